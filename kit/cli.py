@@ -1,0 +1,98 @@
+"""The `kit` command: run the notebooks, show a profile, check a dataset, redraw figures."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _cmd_run(a: argparse.Namespace) -> int:
+    from kit.runner import StageFailed, run
+
+    try:
+        out = run(profile=a.profile, run_dir=a.run_dir, only=a.only.split(",") if a.only else None,
+                  overrides=a.set, force=a.force, log_output=a.log_output)
+    except StageFailed as e:
+        print(f"kit run: {e}", file=sys.stderr)
+        return 1
+    print(f"run directory: {out['run_dir']}")
+    return 0
+
+
+def _cmd_params_show(a: argparse.Namespace) -> int:
+    from kit.params import dump, load_profile
+
+    print(dump(load_profile(a.profile, a.set)), end="")
+    return 0
+
+
+def _cmd_data_check(a: argparse.Namespace) -> int:
+    from kit.data import DataError
+    from kit.data.check import check_dataset
+
+    try:
+        summary = check_dataset(a.dataset, a.root, a.split)
+    except (DataError, FileNotFoundError) as e:
+        print(f"kit data check: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_figures(a: argparse.Namespace) -> int:
+    from kit.figures import figures_from_run
+
+    paths = figures_from_run(a.run_dir)
+    for p in paths:
+        print(p)
+    print(f"{len(paths)} figures written", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="kit", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="execute the notebooks in order with papermill")
+    r.add_argument("--profile", default="tiny", help="profile name in params/ or a YAML path (default: tiny)")
+    r.add_argument("--only", help="comma-separated notebook numbers, e.g. 00,03")
+    r.add_argument("--run-dir", help="run directory (default: runs/<profile>)")
+    r.add_argument("--force", action="store_true", help="rerun stages even if done with the same parameters")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. sft.epochs=3")
+    r.add_argument("--log-output", action="store_true", help="stream the notebooks' output (progress bars)")
+    r.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("params", help="profiles")
+    psub = p.add_subparsers(dest="pcmd", required=True)
+    ps = psub.add_parser("show", help="print the resolved profile")
+    ps.add_argument("profile")
+    ps.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ps.set_defaults(func=_cmd_params_show)
+
+    d = sub.add_parser("data", help="datasets")
+    dsub = d.add_subparsers(dest="dcmd", required=True)
+    dc = dsub.add_parser("check", help="validate a dataset in its original layout; print a JSON summary")
+    dc.add_argument("dataset", choices=["bdd-oia", "coda-lm"])
+    dc.add_argument("root")
+    dc.add_argument("--split", required=True, help="bdd-oia: train/val/test; coda-lm: Train/Val/Test/Mini")
+    dc.set_defaults(func=_cmd_data_check)
+
+    f = sub.add_parser("figures", help="regenerate every figure of a run from its files (no training)")
+    f.add_argument("run_dir")
+    f.set_defaults(func=_cmd_figures)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from kit.params import ParamsError
+
+    a = build_parser().parse_args(argv)
+    try:
+        return a.func(a)
+    except ParamsError as e:
+        print(f"kit: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Models: tiny offline builders and one loader for real VLMs and CLIPs."""

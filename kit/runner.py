@@ -1,0 +1,131 @@
+"""`kit run`: execute the numbered notebooks in order with papermill into the run directory.
+
+Each notebook gets three parameters (profile, run_dir, overrides) and does the rest itself; the
+runner only orders, skips, times and records. A stage is skipped on a rerun when it finished
+before with the same resolved parameters (its marker `<stage>/.stage.json` holds their hash).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata as md
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from kit import params as kparams
+from kit import runs
+from kit.params import PROJECT_ROOT
+
+NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+TRACKED_PACKAGES = ["kit", "torch", "torchvision", "transformers", "trl", "peft", "accelerate", "bitsandbytes",
+                    "open_clip_torch", "segment-anything", "scikit-learn", "papermill", "datasets", "numpy"]
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+def list_notebooks(only: Iterable[str] | None = None) -> list[Path]:
+    nbs = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        wanted = {s.strip().zfill(2) for s in only if s.strip()}
+        unknown = wanted - {nb.name[:2] for nb in nbs}
+        if unknown:
+            raise SystemExit(f"--only {','.join(sorted(unknown))}: no such notebook in {NOTEBOOKS_DIR} "
+                             f"(have {', '.join(nb.name[:2] for nb in nbs)})")
+        nbs = [nb for nb in nbs if nb.name[:2] in wanted]
+    return nbs
+
+
+def stage_of(nb: Path) -> str:
+    return runs.STAGES.get(nb.name[:2], nb.stem[3:])
+
+
+def git_commit() -> dict:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout.strip()
+    try:
+        return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
+    except OSError:
+        return {"commit": None, "dirty": None}
+
+
+def package_versions() -> dict:
+    out = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    out["python"] = sys.version.split()[0]
+    return out
+
+
+def _stage_hash(P: Mapping) -> str:
+    # The runner's own settings do not change what a stage computes.
+    return kparams.params_hash({k: v for k, v in P.items() if k != "runner"})
+
+
+def is_done(run_dir: Path, stage: str, phash: str, executed: Path) -> bool:
+    marker = runs.read_json(run_dir / stage / ".stage.json", None)
+    return bool(marker and marker.get("status") == "ok" and marker.get("params_hash") == phash
+                and executed.exists())
+
+
+def _failure_message(nb: Path, executed: Path, err: Exception) -> str:
+    cell = getattr(err, "exec_count", None) or getattr(err, "cell_index", None)
+    ename = getattr(err, "ename", type(err).__name__)
+    evalue = getattr(err, "evalue", str(err))
+    return (f"notebook {nb.name} failed in cell {cell}: {ename}: {evalue}\n"
+            f"  the executed notebook, with the traceback, is {executed}")
+
+
+def run(profile: str = "tiny", run_dir: str | None = None, only: Iterable[str] | None = None,
+        overrides: list[str] | Mapping | None = None, force: bool = False, log_output: bool = False) -> dict:
+    import papermill as pm
+
+    P = kparams.load_profile(profile, overrides)  # fail fast on a bad profile, before any notebook starts
+    rd = runs.resolve_run_dir(run_dir or f"runs/{P['profile']}")
+    (rd / "notebooks").mkdir(parents=True, exist_ok=True)
+    nbs = list_notebooks(only)
+    phash = _stage_hash(P)
+    over = kparams.parse_overrides(overrides)
+    manifest_path = rd / "manifest.json"
+    runs.update_json(manifest_path, {
+        "profile": P["profile"], "params": P, "params_hash": phash, "seed": P["seed"],
+        "git": git_commit(), "packages": package_versions(), "overrides": over,
+        "started": _dt.datetime.now().isoformat(timespec="seconds"),
+    })
+    summary = {}
+    for i, nb in enumerate(nbs, 1):
+        stage = stage_of(nb)
+        executed = rd / "notebooks" / nb.name
+        head = f"[{i}/{len(nbs)}] {nb.name}"
+        if not force and is_done(rd, stage, phash, executed):
+            print(f"{head}: done before with the same parameters, skipped (--force reruns it)", flush=True)
+            summary[stage] = "skipped"
+            continue
+        print(f"{head} -> {executed}", flush=True)
+        runs.update_json(manifest_path, {"stages": {stage: {"status": "running", "notebook": str(executed)}}})
+        t0 = time.time()
+        try:
+            pm.execute_notebook(
+                str(nb), str(executed), parameters={"profile": profile, "run_dir": str(rd), "overrides": over},
+                cwd=str(NOTEBOOKS_DIR), kernel_name="python3", progress_bar=True, log_output=log_output,
+                execution_timeout=int(P["runner"]["execution_timeout"]),
+            )
+        except Exception as err:  # papermill raises PapermillExecutionError; anything else is as fatal
+            secs = round(time.time() - t0, 1)
+            runs.update_json(manifest_path, {"stages": {stage: {"status": "failed", "seconds": secs}}})
+            runs.write_json(rd / stage / ".stage.json", {"status": "failed", "params_hash": phash})
+            raise StageFailed(_failure_message(nb, executed, err)) from None
+        secs = round(time.time() - t0, 1)
+        runs.update_json(manifest_path, {"stages": {stage: {"status": "ok", "seconds": secs}}})
+        runs.write_json(rd / stage / ".stage.json", {"status": "ok", "params_hash": phash, "seconds": secs,
+                                                     "notebook": str(executed)})
+        print(f"{head}: ok in {secs:.0f} s", flush=True)
+        summary[stage] = "ok"
+    runs.update_json(manifest_path, {"finished": _dt.datetime.now().isoformat(timespec="seconds")})
+    return {"run_dir": str(rd), "stages": summary}

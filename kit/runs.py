@@ -1,0 +1,157 @@
+"""The run directory contract (shared/design.md): manifest.json, metrics.json, one folder per stage.
+
+Every write here is atomic (write a temp file in the same folder, then os.replace), and
+metrics.json is merged under a file lock, so a crash or two stages finishing together never
+leaves a half-written or clobbered file.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+from kit.params import PROJECT_ROOT
+
+# Stage folder names, by notebook number. Metrics keys are the same names (plus `direct`,
+# which notebook 03 writes beside `sft_baseline`).
+STAGES = {
+    "00": "prepare",
+    "01": "synthesis",
+    "02": "clip_finetune",
+    "03": "sft_baseline",
+    "04": "spin",
+    "05": "rloo",
+    "06": "action_sft",
+    "07": "evaluate",
+}
+
+
+def resolve_run_dir(run_dir: str | os.PathLike) -> Path:
+    """Relative run dirs are relative to the project root, so a notebook run from notebooks/
+    (JupyterLab, nbmake) and `kit run` from the root write to the same place."""
+    p = Path(run_dir).expanduser()
+    return (p if p.is_absolute() else PROJECT_ROOT / p).resolve()
+
+
+def stage_dir(run_dir: str | os.PathLike, stage: str) -> Path:
+    d = resolve_run_dir(run_dir) / stage
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def figures_dir(run_dir: str | os.PathLike, stage: str) -> Path:
+    d = stage_dir(run_dir, stage) / "figures"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+    path = Path(path)
+    if not path.exists():
+        return default
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping]) -> Path:
+    lines = [json.dumps(r, default=_json_default) for r in records]
+    return atomic_write_text(path, "".join(line + "\n" for line in lines))
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    out = []
+    with open(path) as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{i}: invalid JSON record: {e.msg}") from None
+    return out
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(path.suffix + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _deep_update(base: dict, new: Mapping) -> dict:
+    for k, v in new.items():
+        if isinstance(v, Mapping) and isinstance(base.get(k), dict):
+            _deep_update(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def update_json(path: str | os.PathLike, update: Mapping) -> dict:
+    """Deep-merge `update` into a JSON file under a lock, atomically."""
+    path = Path(path)
+    with _locked(path):
+        data = read_json(path, {}) or {}
+        _deep_update(data, json.loads(json.dumps(update, default=_json_default)))
+        write_json(path, data)
+    return data
+
+
+def record_metrics(run_dir: str | os.PathLike, key: str, values: Mapping) -> dict:
+    """Merge one stage's figures into runs/<run>/metrics.json under `key`."""
+    return update_json(resolve_run_dir(run_dir) / "metrics.json", {key: values})
+
+
+def read_metrics(run_dir: str | os.PathLike) -> dict:
+    return read_json(resolve_run_dir(run_dir) / "metrics.json", {}) or {}
+
+
+def require_metrics(run_dir: str | os.PathLike, key: str, needed_by: str) -> dict:
+    """An earlier stage's metrics, or a clear message saying which notebook to run first."""
+    m = read_metrics(run_dir).get(key)
+    if m is None:
+        nb = {v: k for k, v in STAGES.items()}.get(key, "?")
+        raise FileNotFoundError(
+            f"{resolve_run_dir(run_dir) / 'metrics.json'}: no '{key}' entry, which {needed_by} needs; "
+            f"run notebook {nb} ({key}) for this run directory first")
+    return m

@@ -1,0 +1,1 @@
+"""Stages: plain functions (params, run_dir) that the notebooks call."""

@@ -1,0 +1,57 @@
+import pytest
+
+from kit import params as kp
+from kit.params import ParamsError
+
+
+def test_every_profile_resolves():
+    for path in sorted(kp.PARAMS_DIR.glob("*.yaml")):
+        P = kp.load_profile(path.stem)
+        assert P["profile"] == path.stem
+        assert set(kp.load_profile("base")) == set(P)  # no profile adds a key base does not declare
+
+
+def test_extends_chain_and_overrides():
+    P = kp.load_profile("paper-rloo", ["sft.epochs=3", "models.lora.r=8"])
+    assert P["models"]["vlm"]["name"] != "tiny"          # from smolvlm.yaml
+    assert P["rloo"]["k"] == 8 and P["rloo"]["temperature"] == 1.5   # from paper-rloo.yaml
+    assert P["sft"]["epochs"] == 3 and P["models"]["lora"]["r"] == 8  # overrides win
+    # the same from a notebook's `overrides` dict
+    assert kp.load_profile("tiny", {"sft.epochs": 2})["sft"]["epochs"] == 2
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("extends: tiny\nsft:\n  epoch: 3\n")
+    with pytest.raises(ParamsError, match=r"bad.yaml: unknown key 'sft.epoch'"):
+        kp.load_profile(bad)
+
+
+def test_wrong_type_says_what_was_expected(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("extends: tiny\nrloo:\n  k: eight\n")
+    with pytest.raises(ParamsError, match=r"bad.yaml: key 'rloo.k' expects an integer"):
+        kp.load_profile(bad)
+    with pytest.raises(ParamsError, match="expects a number"):
+        kp.load_profile("tiny", ["sft.lr=fast"])
+    assert kp.load_profile("tiny", ["sft.lr=1"])["sft"]["lr"] == 1  # an int where a float is declared
+
+
+def test_missing_profile_lists_known_ones():
+    with pytest.raises(ParamsError, match="known profiles: .*tiny"):
+        kp.load_profile("nope")
+
+
+def test_hash_changes_with_params():
+    a, b = kp.load_profile("tiny"), kp.load_profile("tiny", ["seed=1"])
+    assert kp.params_hash(a) == kp.params_hash(kp.load_profile("tiny"))
+    assert kp.params_hash(a) != kp.params_hash(b)
+
+
+def test_cli_params_show(capsys):
+    from kit.cli import main
+
+    assert main(["params", "show", "tiny", "--set", "seed=7"]) == 0
+    assert "seed: 7" in capsys.readouterr().out
+    assert main(["params", "show", "tiny", "--set", "nokey=1"]) == 2
+    assert "unknown key 'nokey'" in capsys.readouterr().err

@@ -1,0 +1,79 @@
+"""The papermill runner on two small real notebooks: order, skip on rerun, failure report."""
+import json
+
+import nbformat
+import pytest
+
+from kit import runner, runs
+
+
+def _nb(path, body):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "tiny"\nrun_dir = "runs/x"\noverrides = {}')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+COUNT = """
+from pathlib import Path
+from kit.notebook import setup
+from kit.runs import record_metrics
+P, RUN = setup(profile, run_dir, overrides, stage="{stage}")
+f = RUN / "{stage}" / "count.txt"
+n = int(f.read_text()) + 1 if f.exists() else 1
+f.write_text(str(n))
+record_metrics(RUN, "{stage}", {{"count": n, "seed": P["seed"]}})
+"""
+
+
+@pytest.fixture
+def nbdir(tmp_path, monkeypatch):
+    d = tmp_path / "notebooks"
+    d.mkdir()
+    _nb(d / "00_prepare.ipynb", COUNT.format(stage="prepare"))
+    _nb(d / "03_sft_baseline.ipynb", COUNT.format(stage="sft_baseline"))
+    monkeypatch.setattr(runner, "NOTEBOOKS_DIR", d)
+    return d
+
+
+@pytest.mark.slow
+def test_run_skip_and_rerun(nbdir, tmp_path):
+    rd = tmp_path / "run"
+    runner.run("tiny", str(rd))
+    m = runs.read_metrics(rd)
+    assert m["prepare"]["count"] == 1 and m["sft_baseline"]["count"] == 1
+    man = json.loads((rd / "manifest.json").read_text())
+    assert man["stages"]["prepare"]["status"] == "ok" and man["stages"]["sft_baseline"]["seconds"] > 0
+    assert man["packages"]["torch"] and "commit" in man["git"] and man["params"]["seed"] == 0
+    assert (rd / "notebooks" / "00_prepare.ipynb").exists()
+
+    out = runner.run("tiny", str(rd))                      # unchanged: both skipped
+    assert out["stages"] == {"prepare": "skipped", "sft_baseline": "skipped"}
+    assert runs.read_metrics(rd)["prepare"]["count"] == 1
+
+    runner.run("tiny", str(rd), only=["3"], force=True)   # --only / --force
+    assert runs.read_metrics(rd)["sft_baseline"]["count"] == 2
+    assert runs.read_metrics(rd)["prepare"]["count"] == 1
+
+    runner.run("tiny", str(rd), overrides=["seed=5"])     # changed parameters rerun
+    m = runs.read_metrics(rd)
+    assert m["prepare"]["count"] == 2 and m["prepare"]["seed"] == 5
+
+
+@pytest.mark.slow
+def test_failure_names_notebook_cell_and_output(nbdir, tmp_path):
+    _nb(nbdir / "05_rloo.ipynb", "raise ValueError('reward went nowhere')")
+    rd = tmp_path / "run"
+    with pytest.raises(runner.StageFailed) as e:
+        runner.run("tiny", str(rd))
+    msg = str(e.value)
+    assert "05_rloo.ipynb" in msg and "reward went nowhere" in msg and str(rd / "notebooks" / "05_rloo.ipynb") in msg
+    man = json.loads((rd / "manifest.json").read_text())
+    assert man["stages"]["rloo"]["status"] == "failed" and man["stages"]["prepare"]["status"] == "ok"
+
+
+def test_only_rejects_unknown_numbers(nbdir):
+    with pytest.raises(SystemExit, match="--only 09"):
+        runner.list_notebooks(["09"])

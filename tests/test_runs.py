@@ -1,0 +1,41 @@
+import json
+import multiprocessing as mp
+
+from kit import runs
+
+
+def _writer(args):
+    rd, i = args
+    runs.record_metrics(rd, f"stage{i}", {"value": i, "nested": {"i": i}})
+
+
+def test_metrics_merge_is_atomic_and_concurrent(tmp_path):
+    with mp.get_context("fork").Pool(4) as pool:
+        pool.map(_writer, [(str(tmp_path), i) for i in range(16)])
+    m = runs.read_metrics(tmp_path)
+    assert sorted(m) == sorted(f"stage{i}" for i in range(16))
+    runs.record_metrics(tmp_path, "stage0", {"extra": 1})
+    assert runs.read_metrics(tmp_path)["stage0"] == {"value": 0, "nested": {"i": 0}, "extra": 1}
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_jsonl_roundtrip_and_bad_line(tmp_path):
+    p = runs.write_jsonl(tmp_path / "x.jsonl", [{"a": 1}, {"b": [1, 2]}])
+    assert runs.read_jsonl(p) == [{"a": 1}, {"b": [1, 2]}]
+    p.write_text('{"a": 1}\n{oops\n')
+    try:
+        runs.read_jsonl(p)
+    except ValueError as e:
+        assert "x.jsonl:2" in str(e)
+    else:
+        raise AssertionError("a malformed line must fail")
+
+
+def test_require_metrics_says_which_notebook(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps({"prepare": {}}))
+    try:
+        runs.require_metrics(tmp_path, "clip_finetune", "the RLOO stage")
+    except FileNotFoundError as e:
+        assert "notebook 02" in str(e)
+    else:
+        raise AssertionError
