@@ -49,6 +49,17 @@ def _cmd_figures(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_stage(a: argparse.Namespace) -> int:
+    from kit.notebook import setup
+    from kit.stages import stage_function
+
+    fn = stage_function(a.name)
+    P, rd = setup(a.profile, a.run_dir or f"runs/{a.profile}", a.set)
+    fn(P, rd)
+    print(f"stage {a.name} done; run directory: {rd}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="kit", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -76,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("root")
     dc.add_argument("--split", required=True, help="bdd-oia: train/val/test; coda-lm: Train/Val/Test/Mini")
     dc.set_defaults(func=_cmd_data_check)
+
+    st = sub.add_parser("stage", help="run one stage function without its notebook (e.g. under accelerate launch)")
+    st.add_argument("name", help="prepare_data, prepare_clip, prepare_vlm, clip_finetune, direct, sft_baseline, rloo, action_sft, evaluate")
+    st.add_argument("--profile", default="tiny")
+    st.add_argument("--run-dir")
+    st.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    st.set_defaults(func=_cmd_stage)
 
     f = sub.add_parser("figures", help="regenerate every figure of a run from its files (no training)")
     f.add_argument("run_dir")

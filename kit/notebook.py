@@ -19,7 +19,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def setup(profile: str = "tiny", run_dir: str = "runs/tiny", overrides: Mapping | None = None,
+def setup(profile: str = "tiny", run_dir: str = "runs/tiny", overrides: Mapping | list[str] | None = None,
           stage: str | None = None) -> tuple[dict, Path]:
     """Resolve the profile (with overrides) and the run directory; seed the RNGs.
 

@@ -1,1 +1,28 @@
-"""Stages: plain functions (params, run_dir) that the notebooks call."""
+"""Stages: plain functions `(params, run_dir) -> dict` that the notebooks call.
+
+The registry lets `kit stage NAME` (and `accelerate launch -m kit.cli stage NAME` on several GPUs)
+run one stage without a notebook.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+STAGE_FUNCTIONS = {
+    "prepare_data": "kit.stages.prepare_data:run_prepare_data",
+    "prepare_clip": "kit.stages.prepare_clip:run_prepare_clip",
+    "prepare_vlm": "kit.stages.prepare_vlm:run_prepare_vlm",
+    "clip_finetune": "kit.stages.clip_finetune:run_clip_finetune",
+    "direct": "kit.stages.sft_baseline:run_direct",
+    "sft_baseline": "kit.stages.sft_baseline:run_sft_baseline",
+    "rloo": "kit.stages.rloo:run_rloo",
+    "action_sft": "kit.stages.action_sft:run_action_sft",
+    "evaluate": "kit.report:run_evaluate",
+}
+
+
+def stage_function(name: str) -> Callable:
+    if name not in STAGE_FUNCTIONS:
+        raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGE_FUNCTIONS)}")
+    module, fn = STAGE_FUNCTIONS[name].split(":")
+    return getattr(importlib.import_module(module), fn)
