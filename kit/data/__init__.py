@@ -1,0 +1,38 @@
+"""Datasets: the real BDD-OIA and CODA-LM layouts (shared/reference/datasets.md) and the toy world
+that writes those same layouts, so one loader serves a user's download and the offline default.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+
+class DataError(ValueError):
+    """Malformed dataset input; the message names the file, the field and what was expected."""
+
+
+def _root_from(P: Mapping, run_dir, key: str, metric_key: str) -> Path:
+    from kit import runs
+
+    given = (P.get("data") or {}).get(key)
+    if given:
+        return Path(given).expanduser().resolve()
+    ds = (runs.read_metrics(run_dir).get("prepare") or {}).get("datasets") or {}
+    if ds.get(metric_key):
+        return Path(ds[metric_key])
+    raise FileNotFoundError(
+        f"{runs.resolve_run_dir(run_dir) / 'metrics.json'}: no prepare.datasets.{metric_key} and the profile's "
+        f"data.{key} is null; run notebook 00 (prepare) for this run directory first, or set data.{key}")
+
+
+def bdd_oia_root(P: Mapping, run_dir) -> Path:
+    """The BDD-OIA root: the profile's `data.bdd_oia_root`, else the toy data notebook 00 generated."""
+    return _root_from(P, run_dir, "bdd_oia_root", "bdd_oia_root")
+
+
+def coda_lm_root(P: Mapping, run_dir) -> Path:
+    """The CODA-LM root: the profile's `data.coda_lm_root`, else the toy data notebook 00 generated."""
+    return _root_from(P, run_dir, "coda_lm_root", "coda_lm_root")
+
+
+__all__ = ["DataError", "bdd_oia_root", "coda_lm_root"]

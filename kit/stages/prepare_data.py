@@ -1,0 +1,72 @@
+"""Notebook 00, data part: generate the toy datasets when the profile has no real roots, check every
+split through the real loaders, draw the data figures, record metrics.json["prepare"]["datasets"]."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from kit import runs
+from kit.data import DataError, bdd_oia, coda_lm, toyworld
+from kit.data.check import check_dataset
+
+
+def _bdd_splits(root: Path) -> list[str]:
+    return [s for s in bdd_oia.SPLITS if (root / f"{s}_25k_images_actions.json").exists()]
+
+
+def _coda_splits(root: Path) -> list[str]:
+    return [s for s in coda_lm.SPLITS if (root / "CODA-LM" / s).is_dir()]
+
+
+def run_prepare_data(P: dict, run_dir) -> dict:
+    rd = runs.resolve_run_dir(run_dir)
+    t0 = time.perf_counter()
+    data = P["data"]
+    out = runs.stage_dir(rd, "prepare") / "data"
+    toy_cfg = data["toy"]
+    generated = {}
+    if data.get("bdd_oia_root"):
+        broot = Path(data["bdd_oia_root"]).expanduser().resolve()
+    else:
+        broot = out / "bdd_oia"
+        generated["bdd_oia"] = toyworld.generate_bdd_oia(broot, toy_cfg)
+    if data.get("coda_lm_root"):
+        croot = Path(data["coda_lm_root"]).expanduser().resolve()
+    else:
+        croot = out / "coda_lm"
+        generated["coda_lm"] = toyworld.generate_coda_lm(croot, toy_cfg)
+    for name, root in (("data.bdd_oia_root", broot), ("data.coda_lm_root", croot)):
+        if not root.is_dir():
+            raise DataError(f"params {name}: {root} is not a folder; expected the dataset root "
+                            "(layouts in shared/reference/datasets.md)")
+    bsplits, csplits = _bdd_splits(broot), _coda_splits(croot)
+    if not bsplits:
+        raise DataError(f"{broot}: no <split>_25k_images_actions.json; expected the BDD-OIA layout")
+    caps = data.get("max_samples") or {}
+    sizes = {"bdd_oia": {}, "coda_lm": {}}
+    checks = {}
+    for sp in bsplits:
+        if data.get("check_on_prepare", True):
+            checks[f"bdd_oia/{sp}"] = check_dataset("bdd-oia", broot, sp)
+        st = bdd_oia.load_split(broot, sp, max_samples=caps.get(sp)).stats
+        sizes["bdd_oia"][sp] = st["samples"]
+        checks.setdefault(f"bdd_oia/{sp}", st)
+    for sp in csplits:
+        if data.get("check_on_prepare", True):
+            checks[f"coda_lm/{sp}"] = check_dataset("coda-lm", croot, sp)
+        else:
+            checks[f"coda_lm/{sp}"] = coda_lm.load_split(croot, sp).stats
+        sizes["coda_lm"][sp] = checks[f"coda_lm/{sp}"]["samples"]
+    runs.write_json(runs.stage_dir(rd, "prepare") / "data_check.json", checks)
+    keep = ("samples", "skipped_missing_image", "dropped_confusing", "multi_frame", "regions")
+    metrics = {"bdd_oia_root": str(broot), "coda_lm_root": str(croot), "sizes": sizes,
+               "toy": {"bdd_oia": "bdd_oia" in generated, "coda_lm": "coda_lm" in generated},
+               "check": {k: {f: v[f] for f in keep if f in v} for k, v in checks.items()},
+               "generated": generated}
+    runs.record_metrics(rd, "prepare", {"datasets": metrics})
+    from kit.data.figures import figures_from_run
+
+    figs = figures_from_run(rd)
+    metrics["seconds"] = round(time.perf_counter() - t0, 2)
+    runs.record_metrics(rd, "prepare", {"datasets": {"seconds": metrics["seconds"]}})
+    return {**metrics, "figures": [str(f) for f in figs]}
