@@ -1,0 +1,105 @@
+"""How noisy is each policy-gradient estimator? Measured on the same sampled batches.
+
+RLOO's claim (paper B, after Kool et al.) is that the leave-one-out baseline lowers the variance of
+the REINFORCE gradient without biasing it. Here every estimator sees the *same* completions and
+rewards: for each of `n_prompts` image sequences, k completions are sampled `repeats` times with
+TRL's own generation path (KitRLOOTrainer._generate_and_score_completions, which also decodes the
+greedy SCST baseline), and for each estimator (rloo | greedy | none) the gradient of TRL's own RLOO
+loss with that estimator's advantages is taken. All three are unbiased, so their mean gradients
+agree up to noise, and the spread of the per-group gradients around it is the estimator's variance.
+
+No library measures estimator variance, hence this module. Gradients are flattened over the
+trainable parameters (LoRA only, with LoRA); above `max_coords` a fixed random subset of
+coordinates is used, scaled so the trace estimate stays unbiased.
+"""
+from __future__ import annotations
+
+import time
+from typing import Mapping, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from kit.rl.advantages import BASELINES, compute_advantages
+
+
+def _flat_grad(loss: torch.Tensor, params: list[torch.nn.Parameter], index: torch.Tensor | None) -> torch.Tensor:
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).float()
+                      for g, p in zip(grads, params)])
+    return flat if index is None else flat[index]
+
+
+def gradient_variance(trainer, rows: Sequence[Mapping], *, n_prompts: int = 8, repeats: int = 4,
+                      baselines: Sequence[str] = BASELINES, max_coords: int = 2 ** 22, seed: int = 0) -> dict:
+    """Trace of the covariance of each estimator's per-group gradient, on shared batches.
+
+    `trainer` is a KitRLOOTrainer (its model, reward functions, k and sampling settings are used;
+    its logs are left as they were). Returns, per estimator: `within_prompt` (mean over prompts of
+    the variance across the `repeats` resamples: the part a baseline can remove), `total` (variance
+    across all groups, prompts included), `mean_grad_norm`, their ratios to rloo, and per-prompt
+    values; plus n_prompts, repeats, k, n_params, n_coords, seconds."""
+    for b in baselines:
+        if b not in BASELINES:
+            raise ValueError(f"rloo.variance baselines: expected names among {', '.join(BASELINES)}, got {b!r}")
+    if repeats < 2:
+        raise ValueError(f"params rloo.variance_repeats: expected an integer >= 2, got {repeats}")
+    rows = list(rows)[:n_prompts]
+    if not rows:
+        raise ValueError("gradient_variance: no rows to sample from")
+    model = trainer.model
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_params = sum(p.numel() for p in params)
+    gen = torch.Generator().manual_seed(seed)
+    index = None
+    if n_params > max_coords:
+        index = torch.randperm(n_params, generator=gen)[:max_coords].to(params[0].device)
+    scale = n_params / (index.numel() if index is not None else n_params)
+    k = trainer.num_generations
+
+    saved = (trainer.log_dir, list(trainer.reward_log), list(trainer.samples_log), trainer.compute_greedy,
+             trainer.state.num_input_tokens_seen)
+    trainer.log_dir, trainer.compute_greedy = None, "greedy" in baselines
+    was_training = model.training
+    model.train()
+    per_prompt: dict[str, list[torch.Tensor]] = {b: [] for b in baselines}  # each: (repeats, coords)
+    t0 = time.time()
+    try:
+        for row in tqdm(rows, desc="gradient variance (prompts)"):
+            G = {b: [] for b in baselines}
+            for _ in range(repeats):
+                out = trainer._generate_and_score_completions([dict(row) for _ in range(k)])
+                lb = trainer.last_batch
+                for b in baselines:
+                    adv = compute_advantages(lb["rewards"], b, lb["greedy_rewards"])
+                    batch = dict(out, advantages=adv.reshape(-1).to(out["advantages"].device))
+                    loss = trainer._compute_loss(model, batch)
+                    G[b].append(_flat_grad(loss, params, index).cpu())
+            for b in baselines:
+                per_prompt[b].append(torch.stack(G[b]))
+    finally:
+        trainer.log_dir, trainer.reward_log, trainer.samples_log, trainer.compute_greedy, \
+            trainer.state.num_input_tokens_seen = saved
+        trainer._metrics["train"].clear()
+        model.train(was_training)
+
+    result: dict = {"n_prompts": len(rows), "repeats": repeats, "k": k, "n_params": n_params,
+                    "n_coords": int(index.numel()) if index is not None else n_params,
+                    "seconds": time.time() - t0, "estimators": {}}
+    for b in baselines:
+        stack = torch.stack(per_prompt[b])  # (prompts, repeats, coords)
+        within = ((stack - stack.mean(dim=1, keepdim=True)) ** 2).sum(-1).sum(-1) / (repeats - 1) * scale
+        flat = stack.reshape(-1, stack.size(-1))
+        total = ((flat - flat.mean(dim=0)) ** 2).sum(-1).sum() / (flat.size(0) - 1) * scale
+        result["estimators"][b] = {
+            "within_prompt": float(within.mean()),
+            "total": float(total),
+            "mean_grad_norm": float(flat.norm(dim=-1).mean() * scale ** 0.5),
+            "per_prompt_within": within.tolist(),
+        }
+    if "rloo" in result["estimators"]:
+        ref = result["estimators"]["rloo"]
+        for b, e in result["estimators"].items():
+            e["within_ratio_to_rloo"] = e["within_prompt"] / ref["within_prompt"] if ref["within_prompt"] else None
+            e["total_ratio_to_rloo"] = e["total"] / ref["total"] if ref["total"] else None
+    return result

@@ -1,0 +1,194 @@
+"""Notebook 06, paper B stage 2: teach the action format with a short SFT on the stage-1 model.
+
+Prompt = the clip's frames + the stage-1 description + the paper's action question
+(kit.labels.ACTION_PROMPT); target = the action text only (kit.labels.format_action_answer), so the
+loss covers nothing but the action. Trained with kit.train.sft.train_sft (TRL SFTTrainer), evaluated
+with the Track B metrics (kit.eval) and the CLIP reward's score/match.
+
+Reads run_dir/rloo/ (final model, descriptions_<split>.jsonl). Writes run_dir/action_sft/:
+trainer/ (checkpoints, final/), predictions.jsonl (Track B records + description + clip_score),
+figures/*.png; and metrics.json["action_sft"].
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from kit import runs
+from kit.labels import ACTION_PROMPT, format_action_answer
+
+STAGE = "action_sft"
+
+
+def stage2_prompt(description: str) -> str:
+    """The stage-2 question: the stage-1 description, then paper B's action question verbatim."""
+    if not isinstance(description, str):
+        raise TypeError(f"stage2_prompt: description must be a string, got {type(description).__name__}")
+    return f"Caption: {description.strip()}\n{ACTION_PROMPT}"
+
+
+def _descriptions(run_dir: Path, split: str) -> dict[str, str]:
+    path = run_dir / "rloo" / f"descriptions_{split}.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; stage 2 needs the stage-1 descriptions of split '{split}'; "
+                                "run notebook 05 (rloo) for this run directory first")
+    out = {}
+    for i, r in enumerate(runs.read_jsonl(path), 1):
+        if "id" not in r or "description" not in r:
+            raise ValueError(f"{path}:{i}: expected fields 'id' and 'description', got {sorted(r)}")
+        out[r["id"]] = r["description"]
+    return out
+
+
+def action_rows(samples: Sequence, descriptions: Mapping[str, str], P: Mapping, *, with_answer: bool = True,
+                where: str = "descriptions") -> list[dict]:
+    """vlm_row per sample: frames + stage2_prompt(description) (+ the action answer for training)."""
+    from kit.stages.rloo import frames_of
+    from kit.train.rows import vlm_row
+
+    rows = []
+    for s in samples:
+        if s.id not in descriptions:
+            raise KeyError(f"{where}: no stage-1 description for sample id {s.id!r}")
+        rows.append(vlm_row(frames_of(s, P), stage2_prompt(descriptions[s.id]),
+                            format_action_answer(s.actions) if with_answer else None))
+    return rows
+
+
+def sft_cfg(P: Mapping) -> dict:
+    """The `action_sft:` section for train_sft; schedule/logging defaults come from `sft:`."""
+    A, S = P["action_sft"], P["sft"]
+    return {"epochs": A["epochs"], "lr": A["lr"], "batch_size": A["batch_size"], "grad_accum": A["grad_accum"],
+            "weight_decay": A["weight_decay"], "warmup_ratio": S.get("warmup_ratio", 0.0),
+            "lr_scheduler": S.get("lr_scheduler", "linear"), "logging_steps": S.get("logging_steps"),
+            "save_each_epoch": True, "seed": P["seed"],
+            # with LoRA the stage-1 checkpoint is an adapter that load_vlm returns trainable, and
+            # train_sft keeps training it; without LoRA it is a full fine-tune: no new adapter either way
+            "peft_config": None}
+
+
+def predict_actions(model, processor, samples: Sequence, descriptions: Mapping[str, str], P: Mapping,
+                    out_path: Path, reward=None, *, tag: str) -> list[dict]:
+    """Stage-2 answers on `samples`, parsed into Track B prediction records (id, output, pred_actions,
+    pred_reasons, gt_actions, gt_reasons, unparseable) plus the stage-1 description and, with a
+    reward, the CLIP score of the output. Reused when out_path holds the same ids for `tag`."""
+    from tqdm.auto import tqdm
+
+    from kit.eval.generate import generate
+    from kit.eval.parse import parse_answer
+    from kit.stages.rloo import frames_of
+
+    meta_path = out_path.with_name(out_path.stem + ".meta.json")
+    meta = {"tag": tag, "ids": [s.id for s in samples], "max_new_tokens": int(P["action_sft"]["max_new_tokens"])}
+    if out_path.exists() and runs.read_json(meta_path) == meta:
+        return runs.read_jsonl(out_path)
+    bs = int(P["eval"]["batch_size"])
+    recs = []
+    with tqdm(total=len(samples), desc="predict actions") as bar:
+        for i in range(0, len(samples), bs * 4):
+            part = samples[i:i + bs * 4]
+            frames = [frames_of(s, P) for s in part]
+            items = [(f, stage2_prompt(descriptions[s.id])) for f, s in zip(frames, part)]
+            outs = generate(model, processor, items, batch_size=bs,
+                            max_new_tokens=int(P["action_sft"]["max_new_tokens"]), progress=False)
+            scores = reward.clip_score(frames, outs) if reward is not None else [None] * len(outs)
+            for s, o, c in zip(part, outs, scores):
+                p = parse_answer(o)
+                recs.append({"id": s.id, "output": o, "pred_actions": p.actions, "pred_reasons": p.reasons,
+                             "gt_actions": list(map(int, s.actions)), "gt_reasons": list(map(int, s.reasons)),
+                             "unparseable": p.unparseable, "description": descriptions[s.id],
+                             "clip_score": c, "image_paths": [str(f) for f in s.frame_paths]})
+            bar.update(len(part))
+    runs.write_jsonl(out_path, recs)
+    runs.write_json(meta_path, meta)
+    return recs
+
+
+def run_action_sft(P: Mapping, run_dir) -> dict:
+    """Stage 2: SFT of the stage-1 model on (frames, description, action question) -> action text;
+    then Track B metrics and CLIP score on the eval split."""
+    from kit.eval.metrics import track_b_metrics
+    from kit.models.vlm import load_vlm
+    from kit.reward import load_reward
+    from kit.stages.rloo import load_samples
+    from kit.train.sft import train_sft
+
+    run_dir = runs.resolve_run_dir(run_dir)
+    sd = runs.stage_dir(run_dir, STAGE)
+    t0 = time.time()
+    m1 = runs.require_metrics(run_dir, "rloo", "stage 2 (action SFT)")
+    ckpt1 = m1.get("checkpoint")
+    if not ckpt1 or not Path(ckpt1).is_dir():
+        raise FileNotFoundError(f"{run_dir / 'metrics.json'}: field rloo.checkpoint {ckpt1!r} is not a folder; "
+                                "rerun notebook 05 (rloo)")
+    A = P["action_sft"]
+    eval_split = P["eval"]["split"]
+    train = load_samples(P, run_dir, "train", A.get("train_samples"))
+    test = load_samples(P, run_dir, eval_split, P["rloo"].get("eval_samples"))
+    d_train, d_test = _descriptions(run_dir, "train"), _descriptions(run_dir, eval_split)
+    train = [s for s in train if s.id in d_train]
+    rows = action_rows(train, d_train, P, where=str(run_dir / "rloo" / "descriptions_train.jsonl"))
+
+    model, processor = load_vlm(P, run_dir, path=ckpt1, for_training=True)
+    res = train_sft(model, processor, rows, sd / "trainer", sft_cfg(P), P)
+    del model
+    model, processor = load_vlm(P, run_dir, path=res["checkpoint"])
+    reward = load_reward(P, run_dir)
+    tag = f"{res['checkpoint']}@{Path(res['checkpoint']).stat().st_mtime_ns}"
+    recs = predict_actions(model, processor, test, d_test, P, sd / "predictions.jsonl", reward, tag=tag)
+    tb = track_b_metrics(recs)
+    n = len(recs)
+    scores = [r["clip_score"] for r in recs]
+    thr = reward.threshold
+    d1 = runs.read_jsonl(run_dir / "rloo" / f"descriptions_{eval_split}.jsonl")
+    d1 = [r for r in d1 if r["id"] in {s.id for s in test}]
+    pred_counts = [sum(r["pred_actions"][i] for r in recs) for i in range(4)]
+    metrics = {
+        "checkpoint": res["checkpoint"],
+        "train_loss": res.get("train_loss"),
+        "train_seconds": res.get("seconds"),
+        "n_train": len(rows),
+        "eval": {
+            "split": eval_split, **tb,
+            "clip_score": sum(scores) / max(n, 1),
+            "clip_match": sum(s > thr for s in scores) / max(n, 1),
+            "description_clip_score": sum(r["clip_score"] for r in d1) / max(len(d1), 1),
+            "description_clip_match": sum(bool(r["clip_match"]) for r in d1) / max(len(d1), 1),
+            "pred_action_counts": pred_counts,
+            "only_stop": bool(n and all(r["pred_actions"] == [0, 1, 0, 0] for r in recs)),
+        },
+    }
+    runs.record_metrics(run_dir, STAGE, metrics)
+    from kit.rl.figures import figures_from_run as _figs
+
+    metrics["figures"] = [str(p) for p in _figs(run_dir, stages=(STAGE,))]
+    metrics["seconds"] = time.time() - t0
+    runs.record_metrics(run_dir, STAGE, {"figures": metrics["figures"], "seconds": metrics["seconds"]})
+    return metrics
+
+
+# ---- tables for notebook 06 --------------------------------------------------------------------------------
+def example_prompts(run_dir, n: int = 3):
+    """The first `n` stage-2 prompts (stage-1 description + action question) with their targets."""
+    import pandas as pd
+
+    recs = runs.read_jsonl(runs.resolve_run_dir(run_dir) / STAGE / "predictions.jsonl")[:n]
+    from kit.labels import format_action_answer
+
+    return pd.DataFrame([{"id": r["id"], "prompt": stage2_prompt(r["description"]),
+                          "target": format_action_answer(r["gt_actions"]), "model output": r["output"]}
+                         for r in recs])
+
+
+def summary_table(run_dir):
+    """Headline Track B metrics and CLIP scores of stage 2."""
+    import pandas as pd
+
+    e = (runs.read_metrics(run_dir).get(STAGE) or {}).get("eval") or {}
+    row = {"action accuracy": e["action"]["accuracy"], "action mF1": e["action"]["macro_f1"],
+           "action F1_all": e["action"]["f1_all"], "reason accuracy": e["reason"]["accuracy"],
+           "reason mF1": e["reason"]["macro_f1"], "CLIP score (output)": e["clip_score"],
+           "CLIP match (output)": e["clip_match"], "CLIP score (stage-1 description)": e["description_clip_score"],
+           "unparseable": e.get("unparseable"), "n": e.get("n")}
+    return pd.DataFrame([row], index=["stage 2"]).T.round(4)

@@ -1,0 +1,226 @@
+"""Stage 1 (RLOO) and stage 2 (action SFT) of paper B: advantages, the TRL subclass, variance, prompts, figures."""
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from kit.rl.advantages import (best_of_k, compute_advantages, greedy_baseline, group, leave_one_out,
+                               no_baseline)
+
+
+# ---- Eq. 1 on hand-made rewards --------------------------------------------------------------------------
+def _eq1(rewards):
+    """Paper B's Eq. 1 written out literally, one prompt at a time."""
+    out = []
+    for row in rewards:
+        k = len(row)
+        out.append([row[i] - sum(row[j] for j in range(k) if j != i) / (k - 1) for i in range(k)])
+    return out
+
+
+def test_leave_one_out_matches_eq1_on_hand_made_rewards():
+    rewards = [[1.0, 0.0, 0.5, 0.25], [0.2, 0.2, 0.9, -0.4]]
+    got = leave_one_out(torch.tensor(rewards))
+    assert torch.allclose(got, torch.tensor(_eq1(rewards)), atol=1e-6)
+    # a worked number: first completion of the first prompt: 1 - (0 + 0.5 + 0.25) / 3 = 0.75
+    assert got[0, 0].item() == pytest.approx(0.75)
+
+
+def test_leave_one_out_properties():
+    r = torch.rand(5, 8)
+    a = leave_one_out(r)
+    assert torch.allclose(a.sum(dim=1), torch.zeros(5), atol=1e-5)  # zero-mean per group
+    assert torch.allclose(leave_one_out(r + 3.0), a, atol=1e-5)      # a shared offset cancels
+    assert torch.allclose(a, r.shape[1] / (r.shape[1] - 1) * (r - r.mean(dim=1, keepdim=True)), atol=1e-5)
+    same = torch.full((2, 4), 0.7)
+    assert torch.count_nonzero(leave_one_out(same)) == 0  # equal rewards: zero gradient (stack-notes)
+
+
+def test_leave_one_out_skips_unscorable_like_trl():
+    r = torch.tensor([[1.0, float("nan"), 0.0, 0.5]])
+    a = leave_one_out(r)
+    assert a[0, 1].item() == 0.0
+    assert a[0, 0].item() == pytest.approx(1.0 - (0.0 + 0.5) / 2)
+
+
+def test_greedy_and_no_baseline():
+    r = torch.tensor([[1.0, 0.0], [0.5, 0.7]])
+    assert torch.allclose(greedy_baseline(r, torch.tensor([0.5, 0.6])), torch.tensor([[0.5, -0.5], [-0.1, 0.1]]))
+    assert torch.equal(no_baseline(r), r)
+    assert torch.equal(compute_advantages(r, "none"), r)
+    with pytest.raises(ValueError, match="greedy_rewards"):
+        compute_advantages(r, "greedy")
+    with pytest.raises(ValueError, match="rloo.baseline"):
+        compute_advantages(r, "critic")
+    with pytest.raises(ValueError, match="one reward per prompt"):
+        greedy_baseline(r, torch.tensor([0.1, 0.2, 0.3]))
+
+
+def test_group_and_best_of_k():
+    flat = torch.tensor([0.1, 0.9, 0.3, 0.2, 0.4, 0.8])
+    g = group(flat, 3)
+    assert g.shape == (2, 3)
+    assert torch.allclose(best_of_k(g), torch.tensor([0.9, 0.8]))
+    with pytest.raises(ValueError, match="multiple of k=4"):
+        group(flat, 4)
+
+
+def test_per_epoch_aggregates_steps():
+    from kit.rl.rloo import per_epoch
+
+    log = [{"step": s, "epoch": s // 3, "mean_reward": 0.1 * s, "best_of_k": 0.2 * s} for s in range(6)]
+    rows = per_epoch(log)
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert rows[0]["steps"] == 3
+    assert rows[1]["mean_reward"] == pytest.approx(0.4)
+    assert rows[1]["best_of_k"] == pytest.approx(0.8)
+
+
+# ---- stage 2 prompt ----------------------------------------------------------------------------------------
+def test_stage2_prompt_contains_stage1_description_and_paper_question():
+    from PIL import Image
+
+    from kit.labels import ACTION_PROMPT
+    from kit.stages.action_sft import action_rows, stage2_prompt
+
+    desc = "a red light ahead and a car stopped in the right lane"
+    p = stage2_prompt(desc)
+    assert desc in p and ACTION_PROMPT in p
+
+    class S:  # the fields of kit.data.bdd_oia.BddSample that the rows use
+        id = "x1"
+        actions = [0, 1, 0, 0]
+        frame_paths = []
+
+        def load_images(self):
+            return [Image.new("RGB", (32, 16)), Image.new("RGB", (32, 16), (255, 0, 0))]
+
+    P = {"rloo": {"frames": 1}}
+    row = action_rows([S()], {"x1": desc}, P)[0]
+    text = row["prompt"][0]["content"][-1]["text"]
+    assert desc in text
+    assert len(row["images"]) == 1 and row["images"][0].getpixel((0, 0)) == (255, 0, 0)  # the last frame
+    assert row["completion"][0]["content"][0]["text"] == "Action: stop."
+    with pytest.raises(KeyError, match="x2"):
+        action_rows([type("T", (S,), {"id": "x2"})()], {"x1": desc}, P)
+
+
+# ---- the TRL subclass on a tiny VLM + tiny CLIP reward ------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.manual_seed(0)
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from kit.models.clip import build_tiny_clip
+    from kit.models.tiny_vlm import build_tiny_vlm
+    from kit.reward.clip_reward import CLIPReward
+
+    rng = random.Random(0)
+    words = "the car stops at a red light road is clear green turn left right lane person".split()
+    d = build_tiny_vlm(tmp_path_factory.mktemp("vlm"), [" ".join(rng.choices(words, k=10)) for _ in range(200)],
+                       cfg={"num_layers": 2, "vision_layers": 1})
+    model = AutoModelForImageTextToText.from_pretrained(d)
+    proc = AutoProcessor.from_pretrained(d)
+    reward = CLIPReward(build_tiny_clip(seed=0))
+    from kit.train.rows import vlm_row
+
+    rows = []
+    for i in range(4):
+        row = vlm_row([Image.new("RGB", (64, 64), (60 * i, 120, 200 - 40 * i))], "Describe the driving scene.")
+        row["id"] = f"s{i}"
+        rows.append(row)
+    return model, proc, reward, rows
+
+
+def _P(**rloo):
+    from kit.params import load_profile
+
+    over = {"rloo.k": 3, "rloo.batch_size": 2, "rloo.epochs": 1, "rloo.max_new_tokens": 6, "rloo.lr": 1e-3}
+    over.update({f"rloo.{k}": v for k, v in rloo.items()})
+    return load_profile("tiny", over)
+
+
+@pytest.mark.parametrize("baseline", ["rloo", "greedy", "none"])
+def test_trainer_uses_the_selected_baseline(tiny, tmp_path, baseline):
+    import copy
+
+    from kit.rl.rloo import make_trainer
+
+    model, proc, reward, rows = tiny
+    P = _P(baseline=baseline)
+    trainer, ckpt = make_trainer(copy.deepcopy(model), proc, reward, rows, tmp_path, P)
+    assert ckpt is None
+    trainer.model.train()
+    out = trainer._generate_and_score_completions([dict(rows[0]) for _ in range(3)] + [dict(rows[1]) for _ in range(3)])
+    lb = trainer.last_batch
+    assert lb["rewards"].shape == (2, 3) and torch.isfinite(lb["rewards"]).all()
+    expected = compute_advantages(lb["rewards"], baseline, lb["greedy_rewards"])
+    assert torch.allclose(out["advantages"].cpu().view(2, 3), expected, atol=1e-5)
+    if baseline == "rloo":  # TRL's own inline advantage is Eq. 1
+        assert torch.allclose(out["advantages"].cpu().view(2, 3), leave_one_out(lb["rewards"]), atol=1e-5)
+    assert (lb["greedy_rewards"] is not None) == (baseline == "greedy")
+    rec = trainer.reward_log[-1]
+    assert rec["best_of_k"] >= rec["mean_reward"] - 1e-6
+    assert (tmp_path / "reward_log.jsonl").is_file() and (tmp_path / "samples.jsonl").is_file()
+    assert len(trainer.samples_log[-1]["completions"]) == 3
+
+
+def test_train_rloo_logs_epochs_and_resumes(tiny, tmp_path):
+    import copy
+
+    from kit import runs
+    from kit.rl.rloo import train_rloo
+
+    model, proc, reward, rows = tiny
+    P = _P(epochs=2)
+    res = train_rloo(copy.deepcopy(model), proc, reward, rows, tmp_path, P)
+    assert [e["epoch"] for e in res["per_epoch"]] == [0, 1]
+    assert all(e["steps"] == 2 for e in res["per_epoch"])  # 4 prompts / 2 per step
+    assert (Path(res["checkpoint"]) / "config.json").is_file()
+    n = len(runs.read_jsonl(tmp_path / "reward_log.jsonl"))
+    again = train_rloo(copy.deepcopy(model), proc, reward, rows, tmp_path, P)  # finished: resumes, no new steps
+    assert len(again["reward_log"]) == n == 4
+
+
+def test_gradient_variance_on_shared_batches(tiny, tmp_path):
+    import copy
+
+    from kit.rl.rloo import make_trainer
+    from kit.rl.variance import gradient_variance
+
+    model, proc, reward, rows = tiny
+    trainer, _ = make_trainer(copy.deepcopy(model), proc, reward, rows, tmp_path, _P())
+    v = gradient_variance(trainer, rows, n_prompts=2, repeats=2, max_coords=50_000)
+    assert set(v["estimators"]) == {"rloo", "greedy", "none"}
+    assert v["n_coords"] == 50_000 < v["n_params"]
+    for e in v["estimators"].values():
+        assert math.isfinite(e["within_prompt"]) and e["within_prompt"] >= 0
+        assert len(e["per_prompt_within"]) == 2
+    assert v["estimators"]["rloo"]["within_ratio_to_rloo"] == pytest.approx(1.0)
+    assert trainer.reward_log == [] and not (tmp_path / "reward_log.jsonl").exists()  # measurement leaves no trace
+
+
+# ---- figures from files alone -------------------------------------------------------------------------------
+def test_figures_from_run_files_only(tmp_path):
+    from kit import runs
+    from kit.rl.figures import figures_from_run
+
+    sd = tmp_path / "rloo"
+    log = [{"step": s, "epoch": s // 4, "mean_reward": 0.2 + 0.01 * s, "best_of_k": 0.3 + 0.01 * s,
+            "baseline": "rloo"} for s in range(12)]
+    runs.write_jsonl(sd / "reward_log.jsonl", log)
+    runs.write_jsonl(sd / "samples.jsonl", [{"step": 0, "rewards": [0.1, 0.4, 0.2, 0.3],
+                                             "advantages": leave_one_out(torch.tensor([[0.1, 0.4, 0.2, 0.3]]))[0].tolist()}])
+    runs.write_json(sd / "variance.json", {"n_prompts": 2, "repeats": 2, "k": 4, "estimators": {
+        b: {"within_prompt": v, "total": 2 * v} for b, v in (("rloo", 1.0), ("greedy", 3.0), ("none", 9.0))}})
+    recs = [{"id": str(i), "description": "d", "clip_score": 0.1 * i, "clip_match": i > 5} for i in range(10)]
+    runs.write_jsonl(sd / "descriptions_test.jsonl", recs)
+    paths = figures_from_run(tmp_path)
+    names = sorted(p.name for p in paths)
+    assert names == ["clip_scores.png", "gradient_variance.png", "reward_advantage.png", "reward_curves.png"]
+    assert all(p.stat().st_size > 5000 for p in paths)
