@@ -1,0 +1,1 @@
+"""Track B evaluation: answer parser, official BDD-OIA metrics, batched generation, figures."""

@@ -1,0 +1,122 @@
+"""Batched greedy generation for evaluation, and BDD-OIA predictions written as predictions.jsonl.
+
+transformers' `generate` does the decoding; what it does not do is batch a list of (images, prompt)
+items through a VLM chat template with left padding and a progress bar, or turn the answers into
+label records that resume after a crash, so that part is here.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from tqdm.auto import tqdm
+
+from kit import runs
+from kit.labels import ANSWER_PROMPT
+
+
+def generate(model, processor, items: Sequence[tuple[Sequence, str]], *, batch_size: int,
+             max_new_tokens: int, do_sample: bool = False, desc: str = "generate",
+             progress: bool = True, **gen_kwargs) -> list[str]:
+    """Answers for `items` = [(images, prompt), ...], in order. Greedy unless `do_sample`.
+
+    Prompts are rendered with the processor's chat template (generation prompt added), batched with
+    left padding so every row's answer starts at the same column, and decoded without special tokens.
+    """
+    import torch
+
+    from kit.train.rows import chat_prompt
+
+    if batch_size < 1:
+        raise ValueError(f"generate: batch_size={batch_size}; expected >= 1 (params eval.batch_size)")
+    tok = getattr(processor, "tokenizer", processor)
+    old_side = tok.padding_side
+    tok.padding_side = "left"
+    device = getattr(model, "device", None) or next(model.parameters()).device
+    # the compute dtype: a 4-/8-bit model's first parameters may be integer-packed weights
+    dtype = getattr(model, "dtype", None)
+    if dtype is None or not dtype.is_floating_point:
+        dtype = next(p.dtype for p in model.parameters() if p.dtype.is_floating_point)
+    outs: list[str] = []
+    was_training = model.training
+    model.eval()
+    try:
+        bar = tqdm(total=len(items), desc=desc, disable=not progress, leave=False)
+        for i in range(0, len(items), batch_size):
+            chunk = items[i:i + batch_size]
+            # the generation prompt of kit.train.rows (the same turn the SFT rows train on)
+            texts = [chat_prompt(processor, len(imgs), p) for imgs, p in chunk]
+            images = [[im.convert("RGB") for im in imgs] for imgs, _ in chunk]
+            enc = processor(text=texts, images=images if any(images) else None, return_tensors="pt",
+                            padding=True)
+            enc = enc.to(device)
+            if "pixel_values" in enc:
+                enc["pixel_values"] = enc["pixel_values"].to(dtype)
+            kw = dict(max_new_tokens=int(max_new_tokens), do_sample=bool(do_sample),
+                      pad_token_id=tok.pad_token_id)
+            if not do_sample:
+                kw.update(temperature=None, top_p=None, top_k=None)
+            kw.update(gen_kwargs)
+            with torch.no_grad():
+                gen = model.generate(**enc, **kw)
+            new = gen[:, enc["input_ids"].shape[1]:]
+            outs += [s.strip() for s in tok.batch_decode(new, skip_special_tokens=True)]
+            bar.update(len(chunk))
+        bar.close()
+    finally:
+        tok.padding_side = old_side
+        if was_training:
+            model.train()
+    return outs
+
+
+def _record(sample, output: str) -> dict:
+    from kit.eval.parse import parse_answer
+
+    p = parse_answer(output)
+    return {"id": sample.id, "output": output, "pred_actions": p.actions, "pred_reasons": p.reasons,
+            "gt_actions": list(map(int, sample.actions)), "gt_reasons": list(map(int, sample.reasons)),
+            "unparseable": p.unparseable, "image_paths": [str(f) for f in sample.frame_paths]}
+
+
+def predict_bdd(model, processor, samples: Sequence, P: Mapping, out_path: str | os.PathLike,
+                prompt: str = ANSWER_PROMPT, *, tag: str | None = None, desc: str = "predict") -> list[dict]:
+    """Generate an answer per BDD-OIA sample, parse it, and write predictions.jsonl records
+    (id, output, pred_actions, pred_reasons, gt_actions, gt_reasons, unparseable, image_paths).
+
+    Resumes: finished records are kept in `<out_path>.partial` after each chunk, and a complete
+    `out_path` whose meta (`tag`, prompt, ids) matches is returned as is. Pass the checkpoint
+    path as `tag` so a retrained model never reuses old answers.
+    """
+    out_path = Path(out_path)
+    meta_path = out_path.with_name(out_path.stem + ".meta.json")
+    partial = out_path.with_name(out_path.name + ".partial")
+    ids = [s.id for s in samples]
+    meta = {"tag": tag, "prompt": prompt, "n": len(ids),
+            "max_new_tokens": int(P["eval"]["max_new_tokens"])}
+    if out_path.exists() and runs.read_json(meta_path) == meta:
+        recs = runs.read_jsonl(out_path)
+        if [r["id"] for r in recs] == ids:
+            return recs
+    done: dict[str, dict] = {}
+    if partial.exists() and runs.read_json(meta_path) == meta:
+        done = {r["id"]: r for r in runs.read_jsonl(partial)}
+    runs.write_json(meta_path, meta)
+    todo = [s for s in samples if s.id not in done]
+    bs = int(P["eval"]["batch_size"])
+    chunk = bs * 4  # images are loaded per chunk, never the whole split at once
+    with tqdm(total=len(samples), initial=len(samples) - len(todo), desc=desc) as bar:
+        for i in range(0, len(todo), chunk):
+            part = todo[i:i + chunk]
+            items = [(s.load_images(), prompt) for s in part]
+            outs = generate(model, processor, items, batch_size=bs,
+                            max_new_tokens=int(P["eval"]["max_new_tokens"]), progress=False)
+            for s, o in zip(part, outs):
+                done[s.id] = _record(s, o)
+            runs.write_jsonl(partial, [done[k] for k in ids if k in done])
+            bar.update(len(part))
+    recs = [done[k] for k in ids]
+    runs.write_jsonl(out_path, recs)
+    partial.unlink(missing_ok=True)
+    return recs

@@ -1,0 +1,127 @@
+"""Batched generation (left padding), predictions.jsonl records with resume, and the figures."""
+from pathlib import Path
+
+import pytest
+
+from kit import runs
+from kit.labels import ACTION_TEXTS, ANSWER_PROMPT, N_ACTIONS, N_REASONS, REASONS, format_answer
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A random-weight tiny Idefics3 VLM built locally (no download), loaded through load_vlm."""
+    import torch
+
+    from kit.models.tiny_vlm import build_tiny_vlm
+    from kit.models.vlm import load_vlm, tiny_vlm_dir
+    from kit.params import load_profile
+
+    torch.set_num_threads(1)
+    rd = tmp_path_factory.mktemp("run")
+    texts = list(REASONS) + list(ACTION_TEXTS) + [ANSWER_PROMPT, "Describe the driving scene."] * 3
+    texts += [format_answer([1, 0, 1, 0], [1] + [0] * 20), "a car on the road", "a red light ahead"] * 5
+    build_tiny_vlm(tiny_vlm_dir(rd), texts, image_size=64)
+    P = load_profile("tiny", {"eval.batch_size": 3, "eval.max_new_tokens": 6})
+    model, processor = load_vlm(P, rd)
+    return P, rd, model, processor
+
+
+def _samples(tmp: Path, n: int):
+    from PIL import Image
+
+    from kit.data.bdd_oia import BddSample
+
+    out = []
+    for i in range(n):
+        p = tmp / f"img{i}.jpg"
+        Image.new("RGB", (96, 54), (40 * i % 255, 120, 200 - 30 * i % 200)).save(p)
+        a = [int(i % 2 == 0), int(i % 2 == 1), 0, int(i % 3 == 0)]
+        r = [0] * N_REASONS
+        r[i % N_REASONS] = 1
+        out.append(BddSample(id=f"s{i}", file_name=p.name, image_path=p, frame_paths=[p], actions=a, reasons=r))
+    return out
+
+
+def test_batched_generation_equals_one_by_one(tiny, tmp_path):
+    from kit.eval.generate import generate
+
+    P, rd, model, processor = tiny
+    imgs = [s.load_images() for s in _samples(tmp_path, 4)]
+    # prompts of different lengths, so left padding is exercised
+    items = [(imgs[0], "Stop?"), (imgs[1], ANSWER_PROMPT), (imgs[2], "Describe the driving scene."),
+             (imgs[3], ANSWER_PROMPT + " " + ANSWER_PROMPT)]
+    side = processor.tokenizer.padding_side
+    batched = generate(model, processor, items, batch_size=4, max_new_tokens=6)
+    single = [generate(model, processor, [it], batch_size=1, max_new_tokens=6)[0] for it in items]
+    assert len(batched) == 4 and all(isinstance(s, str) for s in batched)
+    assert batched == single
+    assert processor.tokenizer.padding_side == side  # left padding only while generating
+    with pytest.raises(ValueError, match="batch_size"):
+        generate(model, processor, items, batch_size=0, max_new_tokens=2)
+
+
+def test_predict_bdd_records_and_resume(tiny, tmp_path, monkeypatch):
+    import kit.eval.generate as G
+
+    P, rd, model, processor = tiny
+    samples = _samples(tmp_path, 5)
+    out = tmp_path / "pred" / "predictions.jsonl"
+    recs = G.predict_bdd(model, processor, samples, P, out, tag="m1")
+    assert [r["id"] for r in recs] == [s.id for s in samples]
+    for r, s in zip(recs, samples):
+        assert set(r) >= {"id", "output", "pred_actions", "pred_reasons", "gt_actions", "gt_reasons", "unparseable"}
+        assert len(r["pred_actions"]) == N_ACTIONS and len(r["pred_reasons"]) == N_REASONS
+        assert r["gt_actions"] == s.actions and r["gt_reasons"] == s.reasons
+    assert runs.read_jsonl(out) == recs
+
+    # same tag: answers are reused, nothing is generated
+    def boom(*a, **k):
+        raise AssertionError("generate must not run when predictions are complete")
+    monkeypatch.setattr(G, "generate", boom)
+    assert G.predict_bdd(model, processor, samples, P, out, tag="m1") == recs
+    # a crash mid-way leaves a partial file that a rerun completes
+    monkeypatch.undo()
+    partial = out.with_name(out.name + ".partial")
+    runs.write_jsonl(partial, recs[:2])
+    out.unlink()
+    calls = []
+    real = G.generate
+    monkeypatch.setattr(G, "generate", lambda m, p, items, **k: calls.append(len(items)) or real(m, p, items, **k))
+    again = G.predict_bdd(model, processor, samples, P, out, tag="m1")
+    assert calls == [3] and [r["id"] for r in again] == [s.id for s in samples]
+    assert not partial.exists()
+    # another tag (a retrained model): everything is regenerated
+    calls.clear()
+    G.predict_bdd(model, processor, samples, P, out, tag="m2")
+    assert calls == [5]
+
+
+def test_figures_for_predictions(tmp_path):
+    from PIL import Image
+
+    from kit.eval.figures import figures_for_predictions, figures_from_run
+    from kit.eval.metrics import track_b_metrics
+
+    recs = []
+    for i, s in enumerate(_samples(tmp_path, 8)):
+        pa = s.actions if i % 3 else [0, 1, 0, 0]
+        recs.append({"id": s.id, "output": format_answer(pa, s.reasons), "pred_actions": pa,
+                     "pred_reasons": s.reasons, "gt_actions": s.actions, "gt_reasons": s.reasons,
+                     "unparseable": False, "image_paths": [str(s.image_path)]})
+    rd = tmp_path / "run"
+    runs.write_jsonl(rd / "sft_baseline" / "predictions.jsonl", recs)
+    runs.record_metrics(rd, "sft_baseline", {"eval": track_b_metrics(recs),
+                                             "train_loss": [{"step": 1, "epoch": 0.5, "loss": 2.0},
+                                                            {"step": 2, "epoch": 1.0, "loss": 1.0}]})
+    paths = figures_for_predictions(rd / "sft_baseline" / "predictions.jsonl", tmp_path / "figs", "test")
+    assert [p.name for p in paths] == ["label_distribution.png", "per_class_f1.png", "action_confusion.png",
+                                       "examples.png"]
+    for p in paths:
+        w, h = Image.open(p).size
+        assert w > 300 and h > 200
+    again = figures_from_run(rd)
+    names = {p.name for p in again}
+    assert {"per_class_f1.png", "train_loss.png", "comparison.png"} <= names
+    assert all(p.parent == rd / "sft_baseline" / "figures" for p in again)
+    with pytest.raises(FileNotFoundError, match="predictions"):
+        figures_for_predictions(tmp_path / "nope.jsonl", tmp_path / "f", "x")
