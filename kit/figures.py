@@ -11,14 +11,15 @@ from pathlib import Path
 
 from kit import runs
 
-# stage folder -> module with figures_from_run(run_dir)
-FIGURE_MODULES = {
-    "prepare": "kit.data.figures",
-    "clip_finetune": "kit.reward.figures",
-    "sft_baseline": "kit.eval.figures",
-    "rloo": "kit.rl.figures",
-    "evaluate": "kit.report",
-}
+# (stage folder, module with figures_from_run(run_dir)), in notebook order
+FIGURE_MODULES = [
+    ("prepare", "kit.data.figures"),
+    ("prepare", "kit.stages.prepare_vlm"),
+    ("clip_finetune", "kit.reward.figures"),
+    ("sft_baseline", "kit.eval.figures"),
+    ("rloo", "kit.rl.figures"),
+    ("evaluate", "kit.report"),
+]
 
 
 def figures_from_run(run_dir: str | os.PathLike) -> list[Path]:
@@ -26,7 +27,7 @@ def figures_from_run(run_dir: str | os.PathLike) -> list[Path]:
     if not (rd / "metrics.json").exists():
         raise FileNotFoundError(f"{rd}: no metrics.json here; is this a run directory (runs/NAME)?")
     paths: list[Path] = []
-    for stage, module in FIGURE_MODULES.items():
+    for stage, module in FIGURE_MODULES:
         if (rd / stage).is_dir():
             paths += list(importlib.import_module(module).figures_from_run(rd))
     return paths

@@ -1,0 +1,1 @@
+"""Training helpers shared by the stages: TRL dataset rows for VLMs and the SFT wrapper."""

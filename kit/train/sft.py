@@ -1,0 +1,168 @@
+"""Supervised fine-tuning of a VLM on prompt-completion rows: a thin wrapper around TRL's SFTTrainer.
+
+Used by the tiny VLM's caption pretraining (notebook 00), the SFT baseline (notebook 03) and the
+action SFT of stage 2 (notebook 06). What it adds to SFTTrainer: the kit's device/precision
+settings, `max_length=None` (truncating would cut image tokens), per-epoch checkpoints, resuming
+from the last checkpoint in out_dir, a finished-run marker so a rerun returns at once, and the loss
+curve as plain data (and a figure helper).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from kit.models.device import trainer_precision_kwargs
+from kit.runs import read_json, write_json
+
+REQUIRED = ("epochs", "lr", "batch_size", "grad_accum", "weight_decay")
+RESULT_FILE = "train_result.json"
+
+
+def _check_cfg(cfg: Mapping) -> None:
+    missing = [k for k in REQUIRED if k not in cfg]
+    if missing:
+        raise ValueError(f"train_sft cfg: missing keys {missing}; expected {list(REQUIRED)} "
+                         "(+ optional warmup_ratio, lr_scheduler, save_each_epoch, logging_steps, max_steps, seed)")
+
+
+def _dataset(rows: Sequence[Mapping], what: str):
+    from datasets import Dataset
+
+    rows = list(rows)
+    if not rows:
+        raise ValueError(f"train_sft: {what} is empty; expected rows from kit.train.rows.vlm_row")
+    bad = [k for k in ("prompt", "completion", "images") if k not in rows[0]]
+    if bad:
+        raise ValueError(f"train_sft: {what}[0] lacks {bad}; expected rows from kit.train.rows.vlm_row")
+    first = rows[0]["images"][0] if rows[0]["images"] else None
+    if isinstance(first, (str, Path)):
+        # image paths: keep them on disk and let `datasets` decode each image when a batch needs it
+        # (real BDD-OIA has 16k frames; holding them all as PIL images does not fit in memory)
+        from datasets import Image, List
+
+        rows = [{**r, "images": [str(x) for x in r["images"]]} for r in rows]
+        return Dataset.from_list(rows).cast_column("images", List(Image()))
+    return Dataset.from_list(rows)
+
+
+def loss_curve(log_history: Sequence[Mapping]) -> list[dict]:
+    """[{step, epoch, loss}] from a Trainer's log_history (training-loss entries only)."""
+    return [{"step": int(e["step"]), "epoch": float(e.get("epoch", 0.0)), "loss": float(e["loss"])}
+            for e in log_history if "loss" in e and "step" in e]
+
+
+def eval_curve(log_history: Sequence[Mapping]) -> list[dict]:
+    return [{"step": int(e["step"]), "epoch": float(e.get("epoch", 0.0)), "loss": float(e["eval_loss"])}
+            for e in log_history if "eval_loss" in e]
+
+
+def train_sft(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cfg: Mapping, P: Mapping,
+              eval_rows: Sequence[Mapping] | None = None) -> dict:
+    """Fine-tune `model` on vlm_row rows (completion-only loss) with TRL's SFTTrainer.
+
+    `model` is a full model (full fine-tune) or gets the adapter in `cfg["peft_config"]`
+    (e.g. kit.models.vlm.lora_config(P)); an already-wrapped PeftModel trains its adapter.
+    cfg: epochs, lr, batch_size, grad_accum, weight_decay; optional warmup_ratio, lr_scheduler,
+    save_each_epoch (default True), logging_steps, max_steps, seed, peft_config.
+    Resumes from the last checkpoint-* in out_dir; if out_dir already holds a finished run
+    (train_result.json and final/), returns that result without training.
+    Returns {"log_history", "train_loss": [{step, epoch, loss}], "eval_loss", "checkpoint"
+    (the final model or adapter folder, loadable with load_vlm(P, run_dir, path)), "seconds", "resumed_from"}.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTConfig, SFTTrainer
+
+    _check_cfg(cfg)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / "final"
+    done = read_json(out_dir / RESULT_FILE)
+    if done and final.is_dir() and Path(done.get("checkpoint", "")).is_dir():
+        return done
+
+    train_ds = _dataset(rows, "rows")
+    eval_ds = _dataset(eval_rows, "eval_rows") if eval_rows else None
+    save_each = bool(cfg.get("save_each_epoch", True))
+    bs, ga = int(cfg["batch_size"]), int(cfg["grad_accum"])
+    steps_per_epoch = max(1, math.ceil(len(train_ds) / bs / ga))
+    args = SFTConfig(
+        output_dir=str(out_dir),
+        num_train_epochs=float(cfg["epochs"]),
+        max_steps=int(cfg.get("max_steps") or -1),
+        learning_rate=float(cfg["lr"]),
+        per_device_train_batch_size=bs,
+        per_device_eval_batch_size=int(cfg.get("eval_batch_size") or bs),
+        gradient_accumulation_steps=ga,
+        weight_decay=float(cfg["weight_decay"]),
+        warmup_steps=float(cfg.get("warmup_ratio") or 0.0),  # transformers 5: a float in [0, 1) is a ratio
+        lr_scheduler_type=str(cfg.get("lr_scheduler") or "linear"),
+        logging_steps=int(cfg.get("logging_steps") or max(1, steps_per_epoch // 5)),
+        save_strategy="epoch" if save_each else "no",
+        eval_strategy="epoch" if eval_ds is not None else "no",
+        max_length=None,               # truncation would cut image tokens (stack-notes.md)
+        completion_only_loss=True,     # prompt-completion rows: loss on the answer only
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        report_to="none",
+        seed=int(cfg.get("seed", P.get("seed", 0))),
+        data_seed=int(cfg.get("seed", P.get("seed", 0))),
+        disable_tqdm=False,
+        **trainer_precision_kwargs(P),
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                         processing_class=processor, peft_config=cfg.get("peft_config"))
+    resume = get_last_checkpoint(str(out_dir)) if any(out_dir.glob("checkpoint-*")) else None
+    t0 = time.time()
+    trainer.train(resume_from_checkpoint=resume)
+    seconds = time.time() - t0
+    trainer.save_model(str(final))
+    processor.save_pretrained(str(final))
+    hist = trainer.state.log_history
+    result = {
+        "log_history": hist,
+        "train_loss": loss_curve(hist),
+        "eval_loss": eval_curve(hist),
+        "checkpoint": str(final),
+        "seconds": round(seconds, 2),
+        "resumed_from": resume,
+        "steps": int(trainer.state.global_step),
+        "n_rows": len(train_ds),
+    }
+    write_json(out_dir / RESULT_FILE, result)
+    return result
+
+
+def plot_loss(curves: Mapping[str, Sequence[Mapping]], path: str | Path, title: str = "training loss",
+              points: Mapping[str, Sequence[Mapping]] | None = None) -> Path:
+    """Plot loss curves ({label: [{step, loss}]}) and unconnected `points` (e.g. held-out loss
+    before/after) to a PNG (Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for label, pts in curves.items():
+        if pts:
+            ax.plot([p["step"] for p in pts], [p["loss"] for p in pts], marker="o", ms=3, label=label)
+    for label, pts in (points or {}).items():
+        if pts:
+            ax.scatter([p["step"] for p in pts], [p["loss"] for p in pts], s=40, marker="D", zorder=3, color="C3", label=label)
+            for p in pts:
+                ax.annotate(f"{p['loss']:.2f}", (p["step"], p["loss"]), textcoords="offset points", xytext=(6, 6),
+                            fontsize=8)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (completion tokens)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
