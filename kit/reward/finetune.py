@@ -1,0 +1,272 @@
+"""Fine-tune an open_clip CLIP as paper B's image-text match classifier (its Appendix B.3).
+
+logit = cos(img, txt) * exp(logit_scale) [+ logit_bias], BCEWithLogitsLoss, AdamW, grad-clip,
+ReduceLROnPlateau on validation AUROC, early stopping, keep the best-AUROC model.
+
+The loop is written here because open_clip ships a contrastive training script, not a trainer for a
+binary pair classifier, and the HF Trainer does not fit open_clip models without more glue than this.
+
+On the bias (`clip_finetune.logit_bias`): the paper's logit has none, so the 0.5 decision boundary
+sits at cosine 0 and the model must learn to push wrong texts to negative cosine. That is learnable
+(and AUROC does not depend on it), so the default follows the paper; a number adds a learnable
+scalar bias (open_clip's own `logit_bias`, as in SigLIP) initialised there, which calibrates the
+probabilities faster. The fine-tuned checkpoint stores it, and the reward uses it for probabilities.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from kit import runs
+from kit.models.clip import ClipBundle, encode_text, save_clip
+from kit.params import params_hash
+from kit.reward.pairs import Pair, swap_left_right
+
+FLIP_MODES = ("swap_text", "off")
+
+
+class ImageStore:
+    """The pair images in memory, read once and shrunk to at most `2 x image_size` on the short side
+    (the model sees `image_size` pixels anyway; real BDD-OIA frames are 1280x720)."""
+
+    def __init__(self, paths: Sequence[str], image_size: int):
+        from tqdm.auto import tqdm
+
+        self.side = 2 * int(image_size)
+        self.images: dict[str, Image.Image] = {}
+        for p in tqdm(sorted(set(map(str, paths))), desc="load pair images", leave=False):
+            try:
+                with Image.open(p) as im:
+                    im = im.convert("RGB")
+            except OSError as e:
+                raise FileNotFoundError(f"{p}: cannot read the pair's image ({e}); expected a JPEG/PNG") from None
+            if min(im.size) > self.side:
+                f = self.side / min(im.size)
+                im = im.resize((max(1, round(im.width * f)), max(1, round(im.height * f))), Image.BICUBIC)
+            self.images[p] = im
+
+    def __getitem__(self, path: str) -> Image.Image:
+        return self.images[str(path)]
+
+
+def train_transform(bundle: ClipBundle, cfg: Mapping):
+    """RandomResizedCrop + ColorJitter + normalisation (torchvision). No hue jitter: a hue shift
+    turns a red light green and would teach wrong labels. The flip is done with the text (below)."""
+    from torchvision import transforms as T
+
+    hw = bundle.image_hw
+    pc = bundle.preprocess_cfg
+    scale = tuple(cfg.get("random_resized_crop_scale") or (0.8, 1.0))
+    cj = float(cfg.get("color_jitter", 0.0) or 0.0)
+    steps = [T.Resize(hw, interpolation=T.InterpolationMode.BICUBIC)] if pc.get("resize_mode") == "squash" \
+        else [T.Resize(min(hw), interpolation=T.InterpolationMode.BICUBIC)]
+    ratio = hw[1] / hw[0]
+    steps.append(T.RandomResizedCrop(hw, scale=scale, ratio=(0.75 * ratio, ratio / 0.75),
+                                     interpolation=T.InterpolationMode.BICUBIC))
+    if cj > 0:
+        steps.append(T.ColorJitter(brightness=cj, contrast=cj, saturation=cj))
+    steps += [T.ToTensor(), T.Normalize(pc["mean"], pc["std"])]
+    return T.Compose(steps)
+
+
+def flip_pair(img: Image.Image, text: str) -> tuple[Image.Image, str]:
+    """A horizontal flip of the image with its text's left and right swapped."""
+    return ImageOps.mirror(img), swap_left_right(text)
+
+
+class PairDataset(torch.utils.data.Dataset):
+    def __init__(self, pairs: Sequence[Pair], store: ImageStore, transform, flip: str = "off", seed: int = 0):
+        if flip not in FLIP_MODES:
+            raise ValueError(f"params clip_finetune.flip: expected one of {FLIP_MODES}, got {flip!r}")
+        self.pairs, self.store, self.transform, self.flip = list(pairs), store, transform, flip
+        self.rng = random.Random(seed)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int):
+        p = self.pairs[i]
+        img, text = self.store[p.image_path], p.text
+        if self.flip == "swap_text" and self.rng.random() < 0.5:
+            img, text = flip_pair(img, text)
+        return self.transform(img), text, float(p.label)
+
+
+def _collate(batch):
+    x, t, y = zip(*batch)
+    return torch.stack(x), list(t), torch.tensor(y)
+
+
+def pair_logits(model, bundle: ClipBundle, pixels: torch.Tensor, texts: list[str]) -> torch.Tensor:
+    img = model.encode_image(pixels.to(bundle.device), normalize=True)
+    txt = encode_text(model, bundle.tokenizer(texts).to(bundle.device), normalize=True)
+    logits = (img * txt).sum(-1) * model.logit_scale.exp()
+    if getattr(model, "logit_bias", None) is not None:
+        logits = logits + model.logit_bias
+    return logits
+
+
+@torch.no_grad()
+def score_pairs(bundle: ClipBundle, pairs: Sequence[Pair], store: ImageStore) -> dict[str, np.ndarray]:
+    """Eval-transform scores of every pair: cosine, logit and probability (each image and text once)."""
+    from kit.reward.clip_reward import CLIPReward
+
+    r = CLIPReward(bundle, cache_size=len(pairs) + 1)
+    cos = r.similarity([store[p.image_path] for p in pairs], [p.text for p in pairs])
+    prob = r.to_probability(cos)
+    return {"cos": cos.cpu().numpy(), "prob": prob.cpu().numpy(),
+            "label": np.array([p.label for p in pairs], dtype=int)}
+
+
+def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores)) if len(set(labels.tolist())) == 2 else float("nan")
+
+
+def _bce(scores: Mapping[str, np.ndarray]) -> float:
+    p = np.clip(scores["prob"], 1e-7, 1 - 1e-7)
+    y = scores["label"]
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+
+
+def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair], out_dir: str | Path,
+                  cfg: Mapping, *, seed: int = 0, store: ImageStore | None = None, desc: str = "CLIP fine-tune") -> dict:
+    """Train `bundle.model` in place; the best-val-AUROC model is saved to `out_dir/best` and loaded
+    back into `bundle.model` at the end. Resumes from `out_dir/last.pt` (written every epoch) when the
+    settings match; a finished run (`out_dir/history.json` with `done`) returns without training.
+
+    Returns {"history": [per-epoch dicts], "best_epoch", "best_val_auroc", "checkpoint", "seconds", ...}.
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    keys = ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "plateau_factor", "plateau_patience",
+            "early_stop_patience", "flip", "random_resized_crop_scale", "color_jitter", "logit_bias")
+    settings = {"cfg": {k: cfg.get(k) for k in keys}, "seed": seed, "start": bundle.source,
+                "train": [(p.id, p.text, p.label) for p in train], "val": [(p.id, p.text, p.label) for p in val]}
+    h = params_hash(settings)
+    done = runs.read_json(out / "history.json", {}) or {}
+    if done.get("done") and done.get("settings_hash") == h and (out / "best").is_dir():
+        _load_weights(bundle, out / "best")
+        return dict(done, resumed=True)
+
+    t_start = time.perf_counter()
+    torch.manual_seed(seed)
+    model = bundle.model
+    if cfg.get("logit_bias") is not None and getattr(model, "logit_bias", None) is None:
+        model.logit_bias = torch.nn.Parameter(torch.tensor(float(cfg["logit_bias"]), device=bundle.device))
+    store = store or ImageStore([p.image_path for p in list(train) + list(val)], bundle.image_size)
+    ds = PairDataset(train, store, train_transform(bundle, cfg), flip=str(cfg.get("flip", "off")), seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    dl = torch.utils.data.DataLoader(ds, batch_size=int(cfg["batch_size"]), shuffle=True, generator=g,
+                                     collate_fn=_collate, drop_last=False, num_workers=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]))
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=float(cfg["plateau_factor"]),
+                                                       patience=int(cfg["plateau_patience"]))
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    history: list[dict] = []
+    best_auroc, best_epoch, bad = -math.inf, 0, 0
+    start_epoch = 1
+
+    last = out / "last.pt"
+    state = torch.load(last, map_location=bundle.device, weights_only=False) if last.exists() else None
+    if state and state.get("settings_hash") == h:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        history, best_auroc, best_epoch, bad = state["history"], state["best_auroc"], state["best_epoch"], state["bad"]
+        start_epoch = state["epoch"] + 1
+        ds.rng.setstate(state["py_rng"])
+        g.set_state(state["torch_rng"])
+    else:
+        # Epoch 0: the starting model on the validation pairs (the "pretrained" point of the curves).
+        s0 = score_pairs(bundle, val, store)
+        best_auroc = _auroc(s0["label"], s0["cos"])
+        history.append({"epoch": 0, "train_loss": None, "val_loss": _bce(s0), "val_auroc": best_auroc,
+                        "lr": float(cfg["lr"]), "seconds": 0.0})
+        save_clip(bundle, out / "best", {"epoch": 0, "val_auroc": best_auroc})
+
+    epochs = int(cfg["epochs"])
+    bar = tqdm(range(start_epoch, epochs + 1), desc=desc, initial=start_epoch - 1, total=epochs)
+    stopped_early = False
+    for ep in bar:
+        if bad >= int(cfg["early_stop_patience"]):
+            stopped_early = True
+            break
+        t0 = time.perf_counter()
+        model.train()
+        tot, n = 0.0, 0
+        for x, texts, y in dl:
+            logits = pair_logits(model, bundle, x, texts)
+            loss = loss_fn(logits, y.to(logits.device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["grad_clip"]))
+            opt.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            tot, n = tot + loss.item() * len(y), n + len(y)
+        model.eval()
+        s = score_pairs(bundle, val, store)
+        auroc = _auroc(s["label"], s["cos"])
+        sched.step(auroc)
+        improved = auroc > best_auroc
+        if improved:
+            best_auroc, best_epoch, bad = auroc, ep, 0
+            save_clip(bundle, out / "best", {"epoch": ep, "val_auroc": auroc})
+        else:
+            bad += 1
+        history.append({"epoch": ep, "train_loss": tot / max(n, 1), "val_loss": _bce(s), "val_auroc": auroc,
+                        "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0})
+        bar.set_postfix(loss=f"{tot / max(n, 1):.3f}", val_auroc=f"{auroc:.3f}")
+        _atomic_torch_save({"settings_hash": h, "epoch": ep, "model": model.state_dict(), "opt": opt.state_dict(),
+                            "sched": sched.state_dict(), "history": history, "best_auroc": best_auroc,
+                            "best_epoch": best_epoch, "bad": bad, "py_rng": ds.rng.getstate(),
+                            "torch_rng": g.get_state()}, last)
+    bar.close()
+    if bad >= int(cfg["early_stop_patience"]) and history[-1]["epoch"] < epochs:
+        stopped_early = True
+    _load_weights(bundle, out / "best")
+    result = {"done": True, "settings_hash": h, "history": history, "best_epoch": best_epoch,
+              "best_val_auroc": best_auroc, "stopped_early": stopped_early, "epochs_run": history[-1]["epoch"],
+              "checkpoint": str(out / "best"),
+              "seconds": round(time.perf_counter() - t_start, 2)}
+    runs.write_json(out / "history.json", result)
+    last.unlink(missing_ok=True)
+    return result
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def _load_weights(bundle: ClipBundle, ckpt_dir: Path) -> None:
+    """Put the weights saved in `ckpt_dir` (by save_clip) into `bundle.model`."""
+    from safetensors.torch import load_file
+
+    from kit.models.clip import WEIGHTS_FILE
+
+    sd = load_file(str(Path(ckpt_dir) / WEIGHTS_FILE), device=str(bundle.device))
+    if "logit_bias" in sd and getattr(bundle.model, "logit_bias", None) is None:
+        bundle.model.logit_bias = torch.nn.Parameter(sd["logit_bias"].clone())
+    bundle.model.load_state_dict(sd)
+    bundle.model.eval()
+
+
+def clone_bundle(bundle: ClipBundle) -> ClipBundle:
+    """A deep copy (to fine-tune a second model from the same start)."""
+    b = copy.copy(bundle)
+    b.model = copy.deepcopy(bundle.model)
+    return b

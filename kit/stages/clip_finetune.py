@@ -1,0 +1,141 @@
+"""Notebook 02: paper B's CLIP reward fine-tune (its Appendix B), judged as the paper does.
+
+Reads: the BDD-OIA root (profile or notebook 00), the CLIP the profile names (tiny: notebook 00's).
+Writes run_dir/clip_finetune/:
+    <target>/pairs_{train,val,test}.jsonl   the pairs (image id, text, label)
+    <target>/best/                          the best-val-AUROC model (open_clip local-dir layout)
+    <target>/history.json                   per-epoch train loss, val loss, val AUROC, lr
+    <target>/scores_{val,test}.jsonl        per pair: probability and cosine, fine-tuned and pretrained
+    table1.json                             paper B's Table 1 (Avg. Sim. / Match %)
+    figures/*.png
+metrics.json["clip_finetune"]: per target val/test AUROC, accuracy, precision, recall, F1, confusion,
+the pretrained model's figures on the same pairs, Table 1, and `reward_checkpoint` (notebook 05's reward).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Mapping
+
+from kit import runs
+from kit.reward.pairs import TARGETS
+
+STAGE = "clip_finetune"
+
+
+def _samples(P: Mapping, root: Path, split: str, cap: int | None = None):
+    from kit.data.bdd_oia import load_split
+
+    ms = ((P.get("data") or {}).get("max_samples") or {}).get(split)
+    caps = [c for c in (ms, cap) if c]
+    return load_split(root, split, max_samples=min(caps) if caps else None).samples
+
+
+def _strip_roc(m: Mapping) -> dict:
+    return {k: v for k, v in m.items() if k != "roc"}
+
+
+def run_clip_finetune(P: Mapping, run_dir) -> dict:
+    from kit.data import bdd_oia_root
+    from kit.models.clip import load_clip
+    from kit.reward.clip_reward import CLIPReward
+    from kit.reward.figures import figures_from_run
+    from kit.reward.finetune import ImageStore, clone_bundle, finetune_clip, score_pairs
+    from kit.reward.judge import binary_metrics, similarity_table
+    from kit.reward.pairs import make_pairs
+
+    t0 = time.perf_counter()
+    rd = runs.resolve_run_dir(run_dir)
+    C = dict(P.get("clip_finetune") or {})
+    target = C.get("target", "reason")
+    if target not in TARGETS:
+        raise ValueError(f"params clip_finetune.target: expected one of {TARGETS}, got {target!r}")
+    thr = float(C.get("threshold", 0.5))
+    sd = runs.stage_dir(rd, STAGE)
+    root = bdd_oia_root(P, rd)
+    samples = [s for sp in (C.get("source_splits") or ["train"]) for s in _samples(P, root, sp)]
+    targets = [target] + ([t for t in TARGETS if t != target] if C.get("compare_targets", True) else [])
+
+    base = load_clip(P, rd)
+    results: dict = {}
+    tuned: dict = {}
+    for tgt in targets:
+        td = sd / tgt
+        pairs = make_pairs(samples, tgt, C.get("splits"), seed=int(C.get("split_seed", 42)))
+        for split, ps in pairs.items():
+            runs.write_jsonl(td / f"pairs_{split}.jsonl", [p.to_dict() for p in ps])
+        store = ImageStore([p.image_path for _, ps in pairs.items() for p in ps], base.image_size)
+        before = {sp: score_pairs(base, pairs[sp], store) for sp in ("val", "test")}
+        bundle = clone_bundle(base)
+        fit = finetune_clip(bundle, pairs.train, pairs.val, td, C, seed=int(P.get("seed", 0)), store=store,
+                            desc=f"fine-tune CLIP on {tgt} pairs")
+        after = {sp: score_pairs(bundle, pairs[sp], store) for sp in ("val", "test")}
+        res = {"pairs": pairs.stats, "checkpoint": fit["checkpoint"], "best_epoch": fit["best_epoch"],
+               "best_val_auroc": fit["best_val_auroc"], "epochs_run": fit["epochs_run"],
+               "stopped_early": fit["stopped_early"], "train_seconds": fit["seconds"], "pretrained": {}}
+        for sp in ("val", "test"):
+            recs = [{"id": p.id, "text": p.text, "label": p.label, "anchor": p.anchor,
+                     "prob": float(after[sp]["prob"][i]), "cos": float(after[sp]["cos"][i]),
+                     "pretrained_prob": float(before[sp]["prob"][i]), "pretrained_cos": float(before[sp]["cos"][i])}
+                    for i, p in enumerate(pairs[sp])]
+            runs.write_jsonl(td / f"scores_{sp}.jsonl", recs)
+            res[sp] = _strip_roc(binary_metrics(after[sp]["label"], after[sp]["prob"], thr))
+            res["pretrained"][sp] = _strip_roc(binary_metrics(before[sp]["label"], before[sp]["prob"], thr))
+        results[tgt] = res
+        tuned[tgt] = bundle
+
+    table_samples = _samples(P, root, "test", int(C.get("table_samples") or 0) or None)
+    rewards = {"pretrained": CLIPReward(base, threshold=thr)}
+    rewards.update({f"{t}_ft": CLIPReward(b, threshold=thr) for t, b in tuned.items()})
+    table = similarity_table(rewards, table_samples, thr)
+    runs.write_json(sd / "table1.json", {"threshold": thr, "samples": len(table_samples), "split": "test",
+                                         "table": table})
+
+    main = results[target]
+    out = {
+        "target": target, "targets": targets, "reward_checkpoint": main["checkpoint"],
+        "val_auroc": main["val"]["auroc"], "test_auroc": main["test"]["auroc"],
+        "pretrained_test_auroc": main["pretrained"]["test"]["auroc"],
+        "test": main["test"], "val": main["val"], "models": results, "table1": table,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    runs.record_metrics(rd, STAGE, out)
+    out["figures"] = [str(p) for p in figures_from_run(rd)]
+    return out
+
+
+# ---- tables for notebook 02 (read from the run directory) ------------------------------------------
+
+def results_table(run_dir):
+    """Val/test AUROC, accuracy, precision, recall, F1 of each fine-tuned model and of the pretrained
+    CLIP on the same pairs (paper B, Appendix B.4)."""
+    import pandas as pd
+
+    m = runs.require_metrics(run_dir, STAGE, "results_table")
+    rows = []
+    for tgt, res in m["models"].items():
+        for who, block in ((f"pretrained (on {tgt} pairs)", res["pretrained"]), (f"{tgt}-fine-tuned", res)):
+            for sp in ("val", "test"):
+                b = block[sp]
+                rows.append({"model": who, "split": sp, "pairs": b["n"], "AUROC": b["auroc"], "accuracy": b["accuracy"],
+                             "precision": b["precision"], "recall": b["recall"], "F1": b["f1"],
+                             "TP": b["tp"], "TN": b["tn"], "FP": b["fp"], "FN": b["fn"]})
+    return pd.DataFrame(rows).set_index(["model", "split"]).round(4)
+
+
+def table1(run_dir):
+    """Paper B's Table 1 (Avg. Sim. / Match %) from run_dir/clip_finetune/table1.json."""
+    from kit.reward.judge import table_frame
+
+    t = runs.read_json(runs.resolve_run_dir(run_dir) / STAGE / "table1.json")
+    if not t:
+        raise FileNotFoundError(f"{runs.resolve_run_dir(run_dir) / STAGE / 'table1.json'}: missing; run notebook 02")
+    return table_frame(t["table"])
+
+
+def pairs_preview(run_dir, target: str = "reason", split: str = "train", n: int = 8):
+    """A few pairs with their label, as the fine-tune sees them."""
+    import pandas as pd
+
+    recs = runs.read_jsonl(runs.resolve_run_dir(run_dir) / STAGE / target / f"pairs_{split}.jsonl")
+    return pd.DataFrame(recs[:n])[["id", "text", "label", "anchor"]]

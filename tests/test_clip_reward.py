@@ -1,0 +1,293 @@
+"""CLIP reward: pairs, the left/right flip, the reward against a plain computation, multi-frame
+averaging, the cache, judging, the fine-tune loop (resume, best checkpoint) and figures."""
+from __future__ import annotations
+
+import random
+from collections import Counter
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kit import labels as L
+from kit.models import clip as kclip
+from kit.reward.clip_reward import CLIPReward, completion_text
+from kit.reward.pairs import make_pairs, swap_left_right, true_texts
+
+P_TINY = {"device": "cpu", "models": {"clip": {"name": "tiny", "pretrained": None}}}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.set_num_threads(1)
+    return kclip.build_tiny_clip(seed=0)
+
+
+def _samples(n=300, seed=0):
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        reasons = [0] * L.N_REASONS
+        for j in rng.sample(range(L.N_REASONS), rng.randint(1, 4)):
+            reasons[j] = 1
+        actions = [int(rng.random() < 0.4) for _ in range(L.N_ACTIONS)]
+        actions[rng.randrange(4)] = 1
+        out.append(SimpleNamespace(id=f"s{i:04d}", image_path=f"/img/s{i:04d}.jpg", actions=actions, reasons=reasons))
+    return out
+
+
+def _rand_img(seed, size=(80, 45)):
+    a = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(a)
+
+
+# ---- pairs ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target", ["reason", "action"])
+def test_pairs_negatives_are_never_true_texts(target):
+    samples = _samples()
+    by_id = {s.id: set(true_texts(s, target)) for s in samples}
+    ps = make_pairs(samples, target, {"train": 300, "val": 60, "test": 100})
+    for _, split in ps.items():
+        for p in split:
+            if p.label == 1:
+                assert p.text in by_id[p.id] and p.text == p.anchor
+            else:
+                assert p.text not in by_id[p.id] and p.text != p.anchor
+    assert {p.text for _, s in ps.items() for p in s} <= set(L.REASONS if target == "reason" else L.ACTION_TEXTS)
+
+
+def test_pairs_are_stratified_sized_and_seed_42_reproducible():
+    samples = _samples()
+    sizes = {"train": 400, "val": 100, "test": 200}
+    a = make_pairs(samples, "reason", sizes)
+    b = make_pairs(list(reversed(samples)), "reason", sizes)  # input order does not matter
+    assert a.stats["seed"] == 42 and a.stats["stratified_on"] == ["label+text"]
+    assert {k: len(v) for k, v in a.items()} == sizes
+    assert [p.to_dict() for p in a.test] == [p.to_dict() for p in b.test]
+    assert [p.to_dict() for p in a.train] == [p.to_dict() for p in b.train]
+    c = make_pairs(samples, "reason", sizes, seed=7)
+    assert [p.to_dict() for p in c.test] != [p.to_dict() for p in a.test]
+    # stratified: each split has the same share of positives and the same text mix as the whole
+    for _, split in a.items():
+        assert abs(np.mean([p.label for p in split]) - 0.5) <= 0.01
+    full = Counter((p.label, p.text) for _, s in a.items() for p in s)
+    test = Counter((p.label, p.text) for p in a.test)
+    total, n_test = sum(full.values()), len(a.test)
+    for key, n in full.items():
+        assert abs(test[key] - n * n_test / total) <= 1.5
+
+
+def test_pairs_shrink_proportionally_when_data_is_short():
+    ps = make_pairs(_samples(40), "action", {"train": 1400, "val": 200, "test": 400})
+    got = {k: len(v) for k, v in ps.items()}
+    assert sum(got.values()) == ps.stats["available_pairs"]
+    assert got["test"] == pytest.approx(2 * got["val"], abs=1)
+
+
+# ---- flip -----------------------------------------------------------------------------------------
+
+def test_flip_swaps_left_and_right_in_the_text():
+    assert swap_left_right("Solid line on the left") == "Solid line on the right"
+    assert swap_left_right("On the right-turn lane") == "On the left-turn lane"
+    assert swap_left_right("Left lane, turn RIGHT") == "Right lane, turn LEFT"
+    assert swap_left_right("Traffic light is green") == "Traffic light is green"
+    assert swap_left_right("leftover rightful") == "leftover rightful"  # whole words only
+    for r in L.REASONS:
+        assert swap_left_right(swap_left_right(r)) == r
+        if "left" in r:
+            assert swap_left_right(r) in L.REASONS  # the label space is closed under the flip
+
+
+def test_flip_pair_mirrors_the_image():
+    from kit.reward.finetune import flip_pair
+
+    img = Image.new("RGB", (10, 4), (0, 0, 0))
+    img.putpixel((0, 0), (255, 0, 0))
+    out, text = flip_pair(img, "Obstacles on the left lane")
+    assert out.getpixel((9, 0)) == (255, 0, 0) and out.getpixel((0, 0)) == (0, 0, 0)
+    assert text == "Obstacles on the right lane"
+
+
+# ---- the reward -------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def _plain(bundle, frames, text):
+    """Paper B's reward written out: mean of normalized frame embeddings . normalized text embedding."""
+    m = bundle.model
+    e = torch.nn.functional.normalize(m.encode_image(torch.stack([bundle.preprocess(f) for f in frames])), dim=-1)
+    t = torch.nn.functional.normalize(m.encode_text(bundle.tokenizer([text])), dim=-1)[0]
+    return float(e.mean(0) @ t)
+
+
+def test_reward_equals_plain_computation_and_caches_images(tiny):
+    r = CLIPReward(tiny)
+    k = 4
+    imgs = [_rand_img(i) for i in range(3)]
+    texts = ["Action: stop. Reason: Traffic light is not green.", "a car ahead", "Road is clear", "turn left"]
+    # TRL repeats each prompt k times; the k copies are equal but distinct PIL objects
+    images = [[imgs[i].copy()] for i in range(3) for _ in range(k)]
+    completions = [[{"role": "assistant", "content": texts[j]}] for _ in range(3) for j in range(k)]
+    got = r(prompts=[None] * len(images), completions=completions, images=images)
+    want = [_plain(tiny, images[n], texts[n % k]) for n in range(len(images))]
+    assert got == pytest.approx(want, abs=1e-5)
+    assert r.misses == 3 and r.hits == 3 * k - 3
+    again = r(prompts=None, completions=completions, images=images)  # next epoch: all from the cache
+    assert again == pytest.approx(got, abs=1e-6) and r.misses == 3
+    uncached = CLIPReward(tiny, use_cache=False)(completions=completions, images=images)
+    assert uncached == pytest.approx(got, abs=1e-5)
+
+
+def test_reward_averages_frames(tiny):
+    r = CLIPReward(tiny)
+    f1, f2, f3 = _rand_img(10), _rand_img(11), _rand_img(12)
+    text = "A dashed white line is on the left."
+    one = [r.clip_score([[f]], [text], kind="cosine")[0] for f in (f1, f2, f3)]
+    many = r(completions=[text], images=[[f1, f2, f3]])[0]
+    assert many == pytest.approx(np.mean(one), abs=1e-5)
+    assert many == pytest.approx(_plain(tiny, [f1, f2, f3], text), abs=1e-5)
+    # a PIL image alone counts as a one-frame list
+    assert r.clip_score([f1], [text], kind="cosine") == pytest.approx([one[0]], abs=1e-6)
+
+
+def test_probability_match_and_bounded_cache(tiny):
+    r = CLIPReward(tiny, cache_size=2, threshold=0.5)
+    imgs = [_rand_img(20 + i) for i in range(5)]
+    texts = ["stop"] * 5
+    cos = np.array(r.clip_score(imgs, texts, kind="cosine"))
+    prob = np.array(r.clip_score(imgs, texts))
+    scale = float(tiny.model.logit_scale.detach().exp())
+    assert prob == pytest.approx(1 / (1 + np.exp(-cos * scale)), abs=1e-5)
+    assert r.clip_match(imgs, texts) == [bool(p > 0.5) for p in prob]
+    assert len(r._cache) <= 2
+    fresh = CLIPReward(tiny).clip_score(imgs, texts, kind="cosine")
+    assert fresh == pytest.approx(list(cos), abs=1e-6)
+
+
+def test_completion_formats_and_errors(tiny):
+    assert completion_text("plain") == "plain"
+    assert completion_text([{"role": "assistant", "content": "Action: stop."}]) == "Action: stop."
+    parts = [{"role": "assistant", "content": [{"type": "text", "text": "Action:"}, {"type": "text", "text": "stop."}]}]
+    assert completion_text(parts) == "Action: stop."
+    r = CLIPReward(tiny)
+    with pytest.raises(KeyError, match="images"):
+        r(prompts=["p"], completions=["c"])
+    with pytest.raises(ValueError, match="texts"):
+        r.clip_score([_rand_img(1)], ["a", "b"])
+
+
+# ---- judging ----------------------------------------------------------------------------------------
+
+def test_binary_metrics_match_sklearn_definitions():
+    from kit.reward.judge import binary_metrics
+
+    y = [1, 1, 1, 0, 0, 0, 1, 0]
+    p = [0.9, 0.8, 0.3, 0.2, 0.6, 0.1, 0.7, 0.4]
+    m = binary_metrics(y, p, 0.5)
+    assert (m["tp"], m["fn"], m["fp"], m["tn"]) == (3, 1, 1, 3)
+    assert m["accuracy"] == pytest.approx(6 / 8) and m["precision"] == pytest.approx(3 / 4)
+    assert m["recall"] == pytest.approx(3 / 4) and 0.5 < m["auroc"] < 1.0
+    assert binary_metrics([0, 1], [0.1, 0.9])["auroc"] == 1.0
+
+
+# ---- fine-tune loop ---------------------------------------------------------------------------------
+
+def _color_world(tmp_path, n=48):
+    """Images that are red or green on the left or right half, with matching reason texts."""
+    from kit.reward.pairs import Pair
+
+    pairs = []
+    texts = {("red", "left"): "red on the left", ("red", "right"): "red on the right",
+             ("green", "left"): "green on the left", ("green", "right"): "green on the right"}
+    for i in range(n):
+        col, side = ["red", "green"][i % 2], ["left", "right"][(i // 2) % 2]
+        img = Image.new("RGB", (64, 36), (128, 128, 128))
+        x0 = 0 if side == "left" else 32
+        img.paste((220, 20, 20) if col == "red" else (20, 200, 20), (x0, 0, x0 + 32, 36))
+        path = tmp_path / f"c{i}.png"
+        img.save(path)
+        wrong = texts[("green" if col == "red" else "red", side)]
+        pairs += [Pair(f"c{i}", str(path), texts[(col, side)], 1, texts[(col, side)]),
+                  Pair(f"c{i}", str(path), wrong, 0, texts[(col, side)])]
+    return pairs
+
+
+def test_finetune_trains_keeps_best_and_resumes(tmp_path):
+    from kit.reward.finetune import finetune_clip, score_pairs, ImageStore
+
+    torch.set_num_threads(1)
+    pairs = _color_world(tmp_path)
+    train, val = pairs[:64], pairs[64:]
+    cfg = {"epochs": 3, "batch_size": 16, "lr": 2e-3, "weight_decay": 0.01, "grad_clip": 1.0,
+           "plateau_factor": 0.2, "plateau_patience": 3, "early_stop_patience": 7, "flip": "swap_text",
+           "random_resized_crop_scale": [0.9, 1.0], "color_jitter": 0.1, "logit_bias": 0.0}
+    b = kclip.build_tiny_clip(seed=0)
+    res = finetune_clip(b, train, val, tmp_path / "ft", cfg, seed=0)
+    hist = res["history"]
+    assert [h["epoch"] for h in hist] == [0, 1, 2, 3]
+    assert res["best_val_auroc"] == max(h["val_auroc"] for h in hist)
+    assert hist[-1]["train_loss"] < hist[1]["train_loss"] or res["best_val_auroc"] > hist[0]["val_auroc"]
+    # the best checkpoint loads through the one loader and scores like the in-memory model
+    store = ImageStore([p.image_path for p in val], b.image_size)
+    loaded = kclip.load_clip(P_TINY, tmp_path, checkpoint=res["checkpoint"])
+    assert loaded.model.logit_bias is not None
+    s1, s2 = score_pairs(b, val, store), score_pairs(loaded, val, store)
+    assert np.allclose(s1["prob"], s2["prob"], atol=1e-5)
+    again = finetune_clip(kclip.build_tiny_clip(seed=0), train, val, tmp_path / "ft", cfg, seed=0)
+    assert again.get("resumed") and again["best_epoch"] == res["best_epoch"]
+
+
+def test_figures_from_files_only(tmp_path):
+    from kit import runs
+    from kit.reward.figures import figures_from_run
+
+    rd = tmp_path / "run"
+    td = rd / "clip_finetune" / "reason"
+    hist = [{"epoch": e, "train_loss": None if e == 0 else 1.0 / (e + 1), "val_loss": 0.8 - 0.1 * e,
+             "val_auroc": 0.6 + 0.1 * e, "lr": 1e-3 if e < 2 else 2e-4, "seconds": 1.0} for e in range(4)]
+    runs.write_json(td / "history.json", {"done": True, "history": hist})
+    rng = np.random.default_rng(0)
+    recs = [{"id": str(i), "text": "t", "label": i % 2, "anchor": "t", "prob": float(rng.random()),
+             "cos": 0.1, "pretrained_prob": 1.0, "pretrained_cos": float(rng.random())} for i in range(40)]
+    for sp in ("val", "test"):
+        runs.write_jsonl(td / f"scores_{sp}.jsonl", recs)
+    row = {"avg_sim": 0.7, "match_pct": 70.0, "avg_cos": 0.2, "n": 40}
+    runs.write_json(rd / "clip_finetune" / "table1.json", {"threshold": 0.5, "table": {
+        "pretrained": {r: row for r in ("output", "action", "reason", "control")},
+        "reason_ft": {r: row for r in ("output", "action", "reason", "control")}}})
+    runs.record_metrics(rd, "clip_finetune", {"targets": ["reason"], "test": {"threshold": 0.5}})
+    paths = figures_from_run(rd)
+    names = sorted(p.name for p in paths)
+    assert names == ["confusion_roc_reason.png", "score_hist_reason.png", "table1.png", "training_curves_reason.png"]
+    assert all(p.stat().st_size > 5000 for p in paths)
+
+
+@pytest.mark.slow
+def test_stage_end_to_end_on_toy_data(tmp_path):
+    """prepare data -> tiny CLIP pretraining -> notebook 02's stage, small settings; then the reward loads."""
+    from kit import runs
+    from kit.params import load_profile
+    from kit.reward import load_reward
+    from kit.stages.clip_finetune import results_table, run_clip_finetune, table1
+    from kit.stages.prepare_clip import run_prepare_clip
+    from kit.stages.prepare_data import run_prepare_data
+
+    P = load_profile("tiny", {"data.toy.splits": {"train": 60, "val": 30, "test": 30}, "pretrain.clip_epochs": 2,
+                              "clip_finetune.epochs": 2, "clip_finetune.splits": {"train": 120, "val": 40, "test": 40},
+                              "clip_finetune.table_samples": 10})
+    rd = tmp_path / "run"
+    run_prepare_data(P, rd)
+    pre = run_prepare_clip(P, rd)
+    assert pre["retrieval_after"]["chance"] < 0.2 and pre["epochs"] == 2
+    out = run_clip_finetune(P, rd)
+    m = runs.read_metrics(rd)["clip_finetune"]
+    assert m["reward_checkpoint"] == out["reward_checkpoint"] and m["targets"] == ["reason", "action"]
+    assert set(m["table1"]) == {"pretrained", "reason_ft", "action_ft"}
+    assert len(results_table(rd)) == 8 and table1(rd).shape[0] == 4
+    assert len(out["figures"]) == 7
+    r = load_reward(P, rd)
+    assert r.bundle.model.training is False
+    again = run_clip_finetune(P, rd)  # a rerun resumes: no training
+    assert again["models"]["reason"]["best_epoch"] == out["models"]["reason"]["best_epoch"]
