@@ -152,4 +152,4 @@ def get(params: Mapping, dotted: str, default: Any = None) -> Any:
 
 
 def dump(params: Mapping) -> str:
-    return yaml.safe_dump(dict(params), sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump(dict(params), sort_keys=False, default_flow_style=False)

@@ -1,0 +1,92 @@
+"""Track B end to end with the tiny profile: every notebook through the runner, as `make run` does.
+
+Slow (minutes): it trains every stage on the toy world, then checks the acceptance criteria of
+the issues on what the run directory holds.
+"""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kit import runner, runs
+
+pytestmark = pytest.mark.slow
+TRACK_B = ["00", "02", "03", "05", "06", "07"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    rd = tmp_path_factory.mktemp("e2e") / "tiny"
+    t0 = time.time()
+    out = runner.run("tiny", str(rd), only=TRACK_B)
+    print(f"Track B end to end: {time.time() - t0:.0f} s", file=sys.stderr)
+    assert set(out["stages"].values()) == {"ok"}
+    return rd
+
+
+def test_manifest_and_executed_notebooks(run_dir):
+    man = json.loads((run_dir / "manifest.json").read_text())
+    for nb in runner.list_notebooks(TRACK_B):
+        stage = runner.stage_of(nb)
+        assert man["stages"][stage]["status"] == "ok"
+        executed = json.loads((run_dir / "notebooks" / nb.name).read_text())
+        errors = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
+                  if o.get("output_type") == "error"]
+        assert not errors, f"{nb.name}: {errors[:1]}"
+
+
+def test_pretrained_models_learned(run_dir):
+    m = runs.read_metrics(run_dir)["prepare"]
+    assert all(v > 0 for v in m["datasets"]["sizes"]["bdd_oia"].values())
+    clip = m["models"]["clip"]
+    assert clip["retrieval_after"]["i2t_top1"] > 5 * clip["retrieval_after"]["chance"]
+    vlm = m["models"]["vlm"]
+    assert vlm["caption_loss_after"] < 0.5 * vlm["caption_loss_before"]
+
+
+def test_clip_reward_model_beats_pretrained(run_dir):
+    m = runs.read_metrics(run_dir)["clip_finetune"]
+    assert m["test_auroc"] > m["pretrained_test_auroc"]
+    assert Path(m["reward_checkpoint"]).exists()
+
+
+def test_sft_baseline_beats_direct_and_majority(run_dir):
+    m = runs.read_metrics(run_dir)
+    sft, direct, majority = m["sft_baseline"]["eval"], m["direct"]["eval"], m["sft_baseline"]["majority"]
+    for fam in ("action", "reason"):
+        assert sft[fam]["macro_f1"] > direct[fam]["macro_f1"], fam
+        assert sft[fam]["macro_f1"] > majority[fam]["macro_f1"], fam
+
+
+def test_rloo_reward_rises_and_stage2_evaluated(run_dir):
+    m = runs.read_metrics(run_dir)
+    curve = m["rloo"]["per_epoch"]
+    assert len(curve) >= 2 and curve[-1]["mean_reward"] > curve[0]["mean_reward"]
+    assert m["action_sft"]["eval"]["n"] > 0 and "macro_f1" in m["action_sft"]["eval"]["action"]
+    rows = {r["method"] for r in m["evaluate"]["track_b"]}
+    assert {"Direct", "SFT baseline", "RLOO (stage 1)", "RLOO + action SFT"} <= rows
+
+
+def test_kit_figures_redraws_without_training(run_dir):
+    from kit.cli import main
+
+    weights = [p for p in run_dir.rglob("*.safetensors")]
+    before = {p: p.stat().st_mtime_ns for p in weights}
+    t0 = time.time_ns()
+    assert main(["figures", str(run_dir)]) == 0
+    pngs = list(run_dir.rglob("figures/*.png"))
+    assert len(pngs) >= 20
+    redrawn = [p for p in pngs if p.stat().st_mtime_ns >= t0]
+    assert len(redrawn) >= 20, "kit figures should rewrite the stages' figures"
+    assert {p: p.stat().st_mtime_ns for p in weights} == before, "kit figures must not touch any model"
+
+
+def test_notebook_runs_alone_with_plain_papermill_from_elsewhere(run_dir, tmp_path):
+    nb = runner.NOTEBOOKS_DIR / "07_evaluate_and_figures.ipynb"
+    out = tmp_path / "07.ipynb"
+    subprocess.run([sys.executable, "-m", "papermill", str(nb), str(out), "-p", "run_dir", str(run_dir),
+                    "-k", "python3"], cwd=tmp_path, check=True, capture_output=True)
+    assert (run_dir / "evaluate" / "track_b_table.csv").exists()
