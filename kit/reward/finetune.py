@@ -170,7 +170,7 @@ def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair]
     g = torch.Generator().manual_seed(seed)
     dl = torch.utils.data.DataLoader(ds, batch_size=int(cfg["batch_size"]), shuffle=True, generator=g,
                                      collate_fn=_collate, drop_last=False, num_workers=0)
-    opt = torch.optim.AdamW(model.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]))
+    opt = _adamw(model.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]), device=bundle.device)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=float(cfg["plateau_factor"]),
                                                        patience=int(cfg["plateau_patience"]))
     loss_fn = torch.nn.BCEWithLogitsLoss()
@@ -244,6 +244,18 @@ def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair]
     runs.write_json(out / "history.json", result)
     last.unlink(missing_ok=True)
     return result
+
+
+def _adamw(params, *, lr: float, weight_decay: float, device) -> torch.optim.AdamW:
+    """torch's AdamW, its fused kernel where the device has one (CPU and CUDA do): the same update,
+    but on the tiny CLIP (93% of whose 3.4M weights are the BPE token table) the default per-tensor
+    loop costs more than the forward and backward passes together."""
+    params = list(params)
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay,
+                                 fused=torch.device(device).type in ("cpu", "cuda"))
+    except (RuntimeError, ValueError):  # a device/dtype without the fused kernel
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
 def _atomic_torch_save(obj, path: Path) -> None:

@@ -17,6 +17,7 @@ import torch
 from kit import runs
 from kit.models import clip as kclip
 from kit.params import params_hash
+from kit.reward.finetune import _adamw
 from kit.reward.pairs import swap_left_right
 
 
@@ -68,7 +69,7 @@ def pretrain_clip(bundle: kclip.ClipBundle, train_items: Sequence, cfg: Mapping,
     toks = bundle.tokenizer([c for _, c in train_items])
     toks_flip = bundle.tokenizer([swap_left_right(c) for _, c in train_items])
     loss_fn = ClipLoss()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+    opt = _adamw(model.parameters(), lr=lr, weight_decay=0.1, device=dev)  # fused kernel: see kit.reward.finetune
     steps = epochs * math.ceil(len(train_items) / bs)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
     hist = []
