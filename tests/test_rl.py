@@ -149,6 +149,7 @@ def _P(**rloo):
 def test_trainer_uses_the_selected_baseline(tiny, tmp_path, baseline):
     import copy
 
+    from kit import runs
     from kit.rl.rloo import make_trainer
 
     model, proc, reward, rows = tiny
@@ -166,7 +167,10 @@ def test_trainer_uses_the_selected_baseline(tiny, tmp_path, baseline):
     assert (lb["greedy_rewards"] is not None) == (baseline == "greedy")
     rec = trainer.reward_log[-1]
     assert rec["best_of_k"] >= rec["mean_reward"] - 1e-6
-    assert (tmp_path / "reward_log.jsonl").is_file() and (tmp_path / "samples.jsonl").is_file()
+    assert not (tmp_path / "reward_log.jsonl").exists()  # records are written with checkpoints, not every step
+    trainer.flush_logs()
+    assert len(runs.read_jsonl(tmp_path / "reward_log.jsonl")) == len(trainer.reward_log)
+    assert (tmp_path / "samples.jsonl").is_file()
     assert len(trainer.samples_log[-1]["completions"]) == 3
 
 
@@ -224,3 +228,13 @@ def test_figures_from_run_files_only(tmp_path):
     names = sorted(p.name for p in paths)
     assert names == ["clip_scores.png", "gradient_variance.png", "reward_advantage.png", "reward_curves.png"]
     assert all(p.stat().st_size > 5000 for p in paths)
+
+
+def test_stage2_action_figure_has_no_reason_panels(tmp_path):
+    """Stage 2 answers actions only: its figure counts and scores the four actions from the records."""
+    from kit.rl.figures import plot_actions
+
+    rng = random.Random(0)
+    recs = [{"gt_actions": [rng.randint(0, 1) for _ in range(4)], "pred_actions": [0, 1, 0, 0]} for _ in range(20)]
+    p = plot_actions(recs, tmp_path / "actions.png", "stage 2")
+    assert p.is_file() and p.stat().st_size > 5000

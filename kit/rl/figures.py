@@ -5,7 +5,8 @@ rloo/figures/:  reward_curves.png (its Fig. 6: per-epoch mean reward and mean be
                 estimators' variance on the same batches), clip_scores.png (CLIP score of the eval
                 split's descriptions, base model vs stage 1), reward_advantage.png (one group of k
                 rewards and their leave-one-out advantages, Eq. 1)
-action_sft/figures/: kit.eval.figures' Track B figures of predictions.jsonl + train_loss.png
+action_sft/figures/: actions.png (action counts and per-action F1; stage 2 answers no reasons),
+                kit.eval.figures' action confusion matrices and examples, train_loss.png
 """
 from __future__ import annotations
 
@@ -51,15 +52,28 @@ def plot_reward_curves(reward_log: Sequence[Mapping], per_epoch: Sequence[Mappin
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("CLIP reward")
     ax1.set_xticks(ep)
-    ax1.set_title(f"Stage 1 reward per epoch ({LABELS.get(baseline, baseline)})", fontsize=10)
+    ax1.set_title(f"Stage 1 reward per epoch, {LABELS.get(baseline, baseline)} (band: ±1 s.e.m. over steps)",
+                  fontsize=10)
     ax1.grid(alpha=0.3)
     ax1.legend(fontsize=8)
     steps = [r["step"] for r in reward_log]
-    ax2.plot(steps, [r["mean_reward"] for r in reward_log], color=c, alpha=0.5, lw=1, label="mean reward")
-    ax2.plot(steps, [r["best_of_k"] for r in reward_log], color="#c44e52", alpha=0.5, lw=1, label="best-of-k")
-    ax2.set_xlabel("optimizer step")
+    mean_r = [r["mean_reward"] for r in reward_log]
+    bok = [r["best_of_k"] for r in reward_log]
+    ax2.plot(steps, mean_r, color=c, alpha=0.25, lw=0.8)
+    ax2.plot(steps, bok, color="#c44e52", alpha=0.25, lw=0.8)
+    # a moving average over a third of an epoch, so the trend shows through the per-batch noise
+    w = max(1, (max((e["steps"] for e in per_epoch), default=1) if per_epoch else 1) // 3)
+    for ys, col, lab in ((mean_r, c, "mean reward"), (bok, "#c44e52", "best-of-k")):
+        if len(ys) >= w:
+            avg = [sum(ys[i - w + 1:i + 1]) / w for i in range(w - 1, len(ys))]
+            ax2.plot(steps[w - 1:], avg, color=col, lw=2, label=f"{lab} (moving average, {w} steps)")
+    for e in per_epoch[1:]:
+        first = next((r["step"] for r in reward_log if int(r["epoch"]) == e["epoch"]), None)
+        if first is not None:
+            ax2.axvline(first - 0.5, color="gray", lw=0.6, ls=":")
+    ax2.set_xlabel("optimizer step (dotted: epoch boundaries)")
     ax2.set_ylabel("CLIP reward")
-    ax2.set_title("per step (one batch of prompts x k samples)", fontsize=10)
+    ax2.set_title("per step (one batch of prompts x k samples; faint: raw)", fontsize=10)
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=8)
     fig.tight_layout()
@@ -67,7 +81,7 @@ def plot_reward_curves(reward_log: Sequence[Mapping], per_epoch: Sequence[Mappin
 
 
 def plot_variance(variance: Mapping, path: Path) -> Path:
-    """Variance (trace of the covariance) of each estimator's gradient, same batches; log scale."""
+    """Variance (trace of the covariance) of each estimator's gradient, same batches (linear axis from 0)."""
     est = variance["estimators"]
     names = list(est)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -78,10 +92,9 @@ def plot_variance(variance: Mapping, path: Path) -> Path:
                       color=[COLORS.get(n, "gray") for n in names])
         ref = est.get("rloo", {}).get(key)
         ax.bar_label(bars, labels=[f"{v:.3g}" + (f"\n(x{v / ref:.1f})" if ref else "") for v in vals], fontsize=8)
-        ax.set_yscale("log")
-        ax.set_ylabel("gradient variance (trace)")
+        ax.set_ylabel("gradient variance (trace of covariance)")
         ax.set_title(title, fontsize=10)
-        ax.margins(y=0.3)
+        ax.set_ylim(0, max(vals) * 1.25 if vals and max(vals) > 0 else 1)
     fig.suptitle(f"Policy-gradient estimator variance: {variance['n_prompts']} prompts x {variance['repeats']} "
                  f"resamples x k={variance['k']}", fontsize=10)
     fig.tight_layout()
@@ -91,11 +104,13 @@ def plot_variance(variance: Mapping, path: Path) -> Path:
 def plot_clip_scores(before: Sequence[Mapping] | None, after: Sequence[Mapping], path: Path,
                      threshold: float | None = None) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    bins = 20
+    bins = [i / 20 for i in range(21)]  # the same bins for both, over the probability's range
     if before:
-        ax.hist([r["clip_score"] for r in before], bins=bins, alpha=0.55, color="gray",
+        ax.hist([r["clip_score"] for r in before], bins=bins, histtype="stepfilled", alpha=0.35, color="gray",
+                edgecolor="dimgray", lw=1.2,
                 label=f"base model (mean {sum(r['clip_score'] for r in before) / len(before):.3f})")
-    ax.hist([r["clip_score"] for r in after], bins=bins, alpha=0.55, color=COLORS["rloo"],
+    ax.hist([r["clip_score"] for r in after], bins=bins, histtype="stepfilled", alpha=0.35, color=COLORS["rloo"],
+            edgecolor=COLORS["rloo"], lw=1.5,
             label=f"after stage 1 (mean {sum(r['clip_score'] for r in after) / max(len(after), 1):.3f})")
     if threshold is not None:
         ax.axvline(threshold, color="k", ls=":", lw=1, label=f"match threshold {threshold}")
@@ -153,25 +168,73 @@ def _rloo_figures(rd: Path) -> list[Path]:
     after = sd / f"descriptions_{split}.jsonl"
     if after.is_file():
         base = sd / f"descriptions_{split}_base.jsonl"
+        thr = (runs.read_metrics(rd).get("clip_finetune") or {}).get("test", {}).get("threshold")
         paths.append(plot_clip_scores(runs.read_jsonl(base) if base.is_file() else None, runs.read_jsonl(after),
-                                      out / "clip_scores.png"))
+                                      out / "clip_scores.png", threshold=thr))
     samples = sd / "samples.jsonl"
     if samples.is_file():
         s = runs.read_jsonl(samples)
         if s:
             first = s[0]
             paths.append(plot_group_advantage(first["rewards"], first["advantages"], out / "reward_advantage.png",
-                                              f"Step {first['step']}: k={len(first['rewards'])} samples of one image"))
+                                              f"Eq. 1 at step {first['step']}: k={len(first['rewards'])} sampled "
+                                              f"descriptions of one image ({first.get('id', '')})"))
     return paths
 
 
+def plot_actions(recs: Sequence[Mapping], path: Path, title: str) -> Path:
+    """Stage 2 answers actions only (`Action: <action>.`), so its figure has no reason panels:
+    ground-truth vs predicted action counts, and per-action precision / recall / F1."""
+    import numpy as np
+    from sklearn.metrics import precision_recall_fscore_support
+
+    from kit.labels import ACTIONS
+
+    gt = np.array([r["gt_actions"] for r in recs], dtype=int)
+    pr = np.array([r["pred_actions"] for r in recs], dtype=int)
+    p, r, f, _ = precision_recall_fscore_support(gt, pr, average=None, labels=list(range(len(ACTIONS))),
+                                                 zero_division=0)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.6))
+    x = np.arange(len(ACTIONS))
+    b1 = ax1.bar(x - 0.2, gt.sum(0), 0.4, color="#4c72b0", label="ground truth")
+    b2 = ax1.bar(x + 0.2, pr.sum(0), 0.4, color="#dd8452", label="predicted")
+    ax1.bar_label(b1, fontsize=8)
+    ax1.bar_label(b2, fontsize=8)
+    ax1.set_xticks(x, ACTIONS)
+    ax1.set_ylabel("# samples")
+    ax1.set_title(f"actions: ground truth vs predicted (n = {len(recs)})", fontsize=10)
+    ax1.legend(fontsize=8)
+    ax1.margins(y=0.15)
+    for i, (vals, lab, col) in enumerate(((p, "precision", "#8172b3"), (r, "recall", "#64b5cd"),
+                                          (f, "F1", "#4c72b0"))):
+        bars = ax2.bar(x + (i - 1) * 0.27, 100 * vals, 0.27, color=col, label=lab)
+        ax2.bar_label(bars, labels=[f"{100 * v:.0f}" for v in vals], fontsize=7)
+    ax2.set_xticks(x, [f"{a}\n(n={int(n)})" for a, n in zip(ACTIONS, gt.sum(0))])
+    ax2.set_ylim(0, 110)
+    ax2.set_ylabel("%")
+    ax2.set_title(f"per action; macro F1 {100 * f.mean():.1f}%", fontsize=10)
+    ax2.legend(fontsize=8, ncol=3, loc="upper right")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _action_sft_figures(rd: Path) -> list[Path]:
-    from kit.eval.figures import figures_for_predictions, plot_train_loss
+    from kit.eval.figures import plot_action_confusion, plot_examples, plot_train_loss
 
     sd = rd / "action_sft"
     paths: list[Path] = []
     if (sd / "predictions.jsonl").is_file():
-        paths += figures_for_predictions(sd / "predictions.jsonl", sd / "figures", "Stage 2 (action SFT)")
+        recs = runs.read_jsonl(sd / "predictions.jsonl")
+        if recs:
+            title = "Stage 2 (action SFT)"
+            # kit.eval's label-distribution and per-class figures also plot reasons, which stage 2 never
+            # answers (all zero); the action-only figure replaces them
+            for stale in ("label_distribution.png", "per_class_f1.png"):
+                (sd / "figures" / stale).unlink(missing_ok=True)
+            paths += [plot_actions(recs, sd / "figures" / "actions.png", f"{title}: actions"),
+                      plot_action_confusion(recs, sd / "figures" / "action_confusion.png", title),
+                      plot_examples(recs, sd / "figures" / "examples.png", title)]
     m = runs.read_metrics(rd).get("action_sft") or {}
     if m.get("train_loss"):
         paths.append(plot_train_loss(m["train_loss"], sd / "figures" / "train_loss.png", "Stage 2 (action SFT)"))

@@ -147,7 +147,10 @@ def run_rloo(P: Mapping, run_dir) -> dict:
     model.eval()
     ckpt = res["checkpoint"]
     tag = f"{ckpt}@{Path(ckpt).stat().st_mtime_ns}"
-    desc_train = describe(model, processor, train, P, reward, sd / "descriptions_train.jsonl", tag=tag,
+    # stage 2 trains on these: every train sample up to rloo.describe_train_samples, not only the RL prompts
+    # (greedy decoding is cheap; a tiny model needs more than rloo.train_samples examples to learn the actions)
+    to_describe = load_samples(P, run_dir, "train", R.get("describe_train_samples"))
+    desc_train = describe(model, processor, to_describe, P, reward, sd / "descriptions_train.jsonl", tag=tag,
                           desc="describe (train)")
     desc_eval = describe(model, processor, test, P, reward, sd / f"descriptions_{eval_split}.jsonl", tag=tag,
                          desc=f"describe ({eval_split})")
