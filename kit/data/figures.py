@@ -2,7 +2,6 @@
 CODA-LM region boxes. All are drawn from the dataset files alone (the real loaders read them)."""
 from __future__ import annotations
 
-import os
 import textwrap
 from pathlib import Path
 from typing import Sequence
@@ -16,14 +15,7 @@ from kit import labels as L  # noqa: E402
 from kit import runs  # noqa: E402
 
 
-def _save(fig, out_path) -> Path:
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, out_path)  # atomic: a reader never sees half a PNG
-    return out_path
+_save = runs.save_figure
 
 
 def _short_label(actions, reasons) -> str:

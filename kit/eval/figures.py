@@ -34,13 +34,7 @@ def _records(pred_path) -> list[dict]:
     return recs
 
 
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)  # atomic, like every other write of the kit
-    return path
+_save = runs.save_figure
 
 
 def per_class_table(family_metrics: Mapping, names: Sequence[str] | None = None):

@@ -4,7 +4,6 @@ test), its Table 1 as a heatmap, and the match-probability distributions before 
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -18,13 +17,7 @@ from kit import runs  # noqa: E402
 STAGE = "clip_finetune"
 
 
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+_save = runs.save_figure
 
 
 def training_curves(history: list[dict], title: str, path: Path) -> Path:

@@ -26,13 +26,7 @@ COLORS = {"rloo": "#4c72b0", "greedy": "#dd8452", "none": "#55a868"}
 LABELS = {"rloo": "RLOO (leave-one-out)", "greedy": "SCST (greedy baseline)", "none": "REINFORCE (no baseline)"}
 
 
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+_save = runs.save_figure
 
 
 def plot_reward_curves(reward_log: Sequence[Mapping], per_epoch: Sequence[Mapping], path: Path, *,
