@@ -139,10 +139,9 @@ def main() -> dict:
         "seconds": round(time.perf_counter() - t0, 1),
     }
     out = HERE / "results" / "clip_reward.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     from kit.runs import write_json
 
-    write_json(out, res)
+    write_json(out, res)  # atomic; creates results/
     return res
 
 

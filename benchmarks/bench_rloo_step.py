@@ -145,10 +145,9 @@ def main() -> dict:
         "step_seconds": results,
     }
     out = HERE / "results" / "rloo_step.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     from kit.runs import write_json
 
-    write_json(out, res)
+    write_json(out, res)  # atomic; creates results/
     return res
 
 
