@@ -87,6 +87,9 @@ def run(profile: str = "tiny", run_dir: str | None = None, only: Iterable[str] |
     import papermill as pm
 
     P = kparams.load_profile(profile, overrides)  # fail fast on a bad profile, before any notebook starts
+    # notebooks run in notebooks/: hand them a profile path that does not depend on our cwd
+    ppath = kparams.find_profile(profile)
+    nb_profile = P["profile"] if ppath.parent == kparams.PARAMS_DIR else str(ppath)
     rd = runs.resolve_run_dir(run_dir or f"runs/{P['profile']}")
     (rd / "notebooks").mkdir(parents=True, exist_ok=True)
     nbs = list_notebooks(only)
@@ -112,7 +115,7 @@ def run(profile: str = "tiny", run_dir: str | None = None, only: Iterable[str] |
         t0 = time.time()
         try:
             pm.execute_notebook(
-                str(nb), str(executed), parameters={"profile": profile, "run_dir": str(rd), "overrides": over},
+                str(nb), str(executed), parameters={"profile": nb_profile, "run_dir": str(rd), "overrides": over},
                 cwd=str(NOTEBOOKS_DIR), kernel_name="python3", progress_bar=True, log_output=log_output,
                 execution_timeout=int(P["runner"]["execution_timeout"]),
             )

@@ -77,3 +77,12 @@ def test_failure_names_notebook_cell_and_output(nbdir, tmp_path):
 def test_only_rejects_unknown_numbers(nbdir):
     with pytest.raises(SystemExit, match="--only 09"):
         runner.list_notebooks(["09"])
+
+
+@pytest.mark.slow
+def test_profile_given_as_a_relative_path(nbdir, tmp_path, monkeypatch):
+    (tmp_path / "my.yaml").write_text("extends: tiny\nseed: 11\n")
+    monkeypatch.chdir(tmp_path)
+    rd = tmp_path / "run"
+    runner.run("my.yaml", str(rd), only=["00"])
+    assert runs.read_metrics(rd)["prepare"]["seed"] == 11
