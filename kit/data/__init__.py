@@ -35,4 +35,17 @@ def coda_lm_root(P: Mapping, run_dir) -> Path:
     return _root_from(P, run_dir, "coda_lm_root", "coda_lm_root")
 
 
-__all__ = ["DataError", "bdd_oia_root", "coda_lm_root"]
+def load_bdd_split(P: Mapping, run_dir, split: str, cap: int | None = None):
+    """This run's BDD-OIA split, capped by `data.max_samples[split]` and a stage's own cap (the
+    smaller wins). An empty split is an error: every stage downstream needs samples."""
+    from kit.data.bdd_oia import load_split
+
+    caps = [c for c in (((P.get("data") or {}).get("max_samples") or {}).get(split), cap) if c]
+    s = load_split(bdd_oia_root(P, run_dir), split, max_samples=min(caps) if caps else None)
+    if not s.samples:
+        raise DataError(f"{s.root}: BDD-OIA split '{split}' has no usable samples (stats: {s.stats}); "
+                        "expected images under lastframe/data and annotations in the split's JSON files")
+    return s
+
+
+__all__ = ["DataError", "bdd_oia_root", "coda_lm_root", "load_bdd_split"]

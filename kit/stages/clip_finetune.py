@@ -23,20 +23,12 @@ from kit.reward.pairs import TARGETS
 STAGE = "clip_finetune"
 
 
-def _samples(P: Mapping, root: Path, split: str, cap: int | None = None):
-    from kit.data.bdd_oia import load_split
-
-    ms = ((P.get("data") or {}).get("max_samples") or {}).get(split)
-    caps = [c for c in (ms, cap) if c]
-    return load_split(root, split, max_samples=min(caps) if caps else None).samples
-
-
 def _strip_roc(m: Mapping) -> dict:
     return {k: v for k, v in m.items() if k != "roc"}
 
 
 def run_clip_finetune(P: Mapping, run_dir) -> dict:
-    from kit.data import bdd_oia_root
+    from kit.data import load_bdd_split
     from kit.models.clip import load_clip
     from kit.reward.clip_reward import CLIPReward
     from kit.reward.figures import figures_from_run
@@ -52,8 +44,7 @@ def run_clip_finetune(P: Mapping, run_dir) -> dict:
         raise ValueError(f"params clip_finetune.target: expected one of {TARGETS}, got {target!r}")
     thr = float(C.get("threshold", 0.5))
     sd = runs.stage_dir(rd, STAGE)
-    root = bdd_oia_root(P, rd)
-    samples = [s for sp in (C.get("source_splits") or ["train"]) for s in _samples(P, root, sp)]
+    samples = [s for sp in (C.get("source_splits") or ["train"]) for s in load_bdd_split(P, rd, sp).samples]
     targets = [target] + ([t for t in TARGETS if t != target] if C.get("compare_targets", True) else [])
 
     base = load_clip(P, rd)
@@ -84,7 +75,7 @@ def run_clip_finetune(P: Mapping, run_dir) -> dict:
         results[tgt] = res
         tuned[tgt] = bundle
 
-    table_samples = _samples(P, root, "test", int(C.get("table_samples") or 0) or None)
+    table_samples = load_bdd_split(P, rd, "test", int(C.get("table_samples") or 0) or None).samples
     rewards = {"pretrained": CLIPReward(base, threshold=thr)}
     rewards.update({f"{t}_ft": CLIPReward(b, threshold=thr) for t, b in tuned.items()})
     table = similarity_table(rewards, table_samples, thr)

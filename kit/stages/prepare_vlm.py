@@ -105,7 +105,7 @@ def run_prepare_vlm(P: dict, run_dir) -> dict:
         return {**prev, "skipped": True}
 
     from kit.data import bdd_oia_root, toyworld
-    from kit.data.bdd_oia import load_split
+    from kit.data import load_bdd_split
     from kit.models.tiny_vlm import build_tiny_vlm
     from kit.train.sft import train_sft
 
@@ -133,9 +133,8 @@ def run_prepare_vlm(P: dict, run_dir) -> dict:
         runs.record_metrics(rd, STAGE, {"models": {"vlm": res}})
         return res
 
-    cap = (P["data"].get("max_samples") or {})
-    train = load_split(root, "train", max_samples=cap.get("train"))
-    val = load_split(root, "val", max_samples=cap.get("val"))
+    train = load_bdd_split(P, rd, "train")
+    val = load_bdd_split(P, rd, "val")
     rows = caption_rows(train.samples, toyworld.load_captions(root, "train"))
     val_rows = caption_rows(val.samples, toyworld.load_captions(root, "val"))
 

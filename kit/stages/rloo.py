@@ -25,16 +25,10 @@ from kit.labels import DESCRIBE_PROMPT
 STAGE = "rloo"
 
 
-def _split_cap(P: Mapping, split: str, own: int | None = None) -> int | None:
-    caps = [c for c in (own, (P["data"].get("max_samples") or {}).get(split)) if c]
-    return min(caps) if caps else None
-
-
 def load_samples(P: Mapping, run_dir, split: str, cap: int | None = None) -> list:
-    from kit.data import bdd_oia_root
-    from kit.data.bdd_oia import load_split
+    from kit.data import load_bdd_split
 
-    return load_split(bdd_oia_root(P, run_dir), split, max_samples=_split_cap(P, split, cap)).samples
+    return load_bdd_split(P, run_dir, split, cap).samples
 
 
 def frames_of(sample, P: Mapping) -> list:

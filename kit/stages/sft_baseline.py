@@ -27,15 +27,9 @@ DIRECT = "direct"
 
 
 def _split(P: Mapping, run_dir, split: str):
-    from kit.data import bdd_oia_root
-    from kit.data.bdd_oia import load_split
+    from kit.data import load_bdd_split
 
-    cap = ((P.get("data") or {}).get("max_samples") or {}).get(split)
-    s = load_split(bdd_oia_root(P, run_dir), split, max_samples=cap)
-    if not s.samples:
-        raise ValueError(f"{s.root}: BDD-OIA split '{split}' has no usable samples (stats: {s.stats}); "
-                         "expected images under lastframe/data and annotations in the split's JSON files")
-    return s
+    return load_bdd_split(P, run_dir, split)
 
 
 def sft_rows(samples, prompt: str = ANSWER_PROMPT) -> list[dict]:
