@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -22,6 +23,27 @@ BASE = "base"
 
 class ParamsError(ValueError):
     """A profile or override that does not fit the schema."""
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats: it reads `1e-4` as a number, not as the string
+    '1e-4' (YAML 1.1 wants `1.0e-4`), so `--set rloo.lr=1e-4` means what people type."""
+
+
+_Loader.yaml_implicit_resolvers = {k: [r for r in v if r[0] != "tag:yaml.org,2002:float"]
+                                   for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                              |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                              |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                              |[-+]?\.(?:inf|Inf|INF)
+                              |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
 
 
 def find_profile(profile: str | Path) -> Path:
@@ -38,7 +60,7 @@ def find_profile(profile: str | Path) -> Path:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
@@ -108,7 +130,7 @@ def parse_overrides(items: list[str] | Mapping | None) -> dict:
             if "=" not in it:
                 raise ParamsError(f"override {it!r}: expected KEY=VALUE, e.g. sft.epochs=3")
             k, v = it.split("=", 1)
-            parsed.append((k.strip(), yaml.safe_load(v)))
+            parsed.append((k.strip(), _yaml(v)))
         pairs = parsed
     nested: dict = {}
     for k, v in pairs:

@@ -55,3 +55,9 @@ def test_cli_params_show(capsys):
     assert "seed: 7" in capsys.readouterr().out
     assert main(["params", "show", "tiny", "--set", "nokey=1"]) == 2
     assert "unknown key 'nokey'" in capsys.readouterr().err
+
+
+def test_overrides_read_exponent_floats_as_numbers():
+    # PyYAML alone reads `1e-4` as a string; the schema would then reject a learning rate typed that way
+    P = kp.load_profile("tiny", ["rloo.lr=1e-4", "clip_finetune.lr=3E-5"])
+    assert P["rloo"]["lr"] == 1e-4 and P["clip_finetune"]["lr"] == 3e-5
