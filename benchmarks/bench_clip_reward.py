@@ -10,8 +10,9 @@ text side, which no cache can save):
 - `cold`: the cache, first sight of each image (epoch 1: B image encodes instead of B*k);
 - `warm`: the cache, images seen before (epochs 2+: no image encode at all);
 and `speedup_{cold,warm}` = uncached / cached, also for the image side alone (`image_side`: the
-embeddings of the call's B*k frame lists, which is all the cache can change). The issue's target is
-a speedup >= k/2 at k = 8; `meets_target` says per architecture and case whether it is met.
+embeddings of the call's B*k frame lists, which is all the cache can change), and over a whole
+stage-1 run of paper B's 5 epochs (one cold epoch, four warm). The issue's target is a speedup
+>= k/2 at k = 8; `meets_target` says per architecture and case whether it is met.
 
 The text side (tokenising and encoding the B*k completions) costs the same with or without the
 cache, so the whole-call speedup is bounded by (image + text) / text: with the tiny CLIP the two
@@ -29,6 +30,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 B, K, FRAMES = 8, 8, 1
+EPOCHS = 5   # paper B's stage-1 epochs, for the whole-run speedup
 CALLS = {"tiny": 5, "ViT-B-32": 2}   # reward calls timed per case (ViT-B-32 uncached: ~5-10 s a call)
 
 
@@ -109,6 +111,8 @@ def measure(bundle, groups, rng: random.Random) -> dict:
     sec = {"uncached": med(uncached), "cold": med(cold), "warm": med(warm)}
     img = {"uncached": med(img_unc), "cold": med(img_cold), "warm": med(img_warm)}
     speed = {"cold": sec["uncached"] / sec["cold"], "warm": sec["uncached"] / sec["warm"],
+             # a whole stage-1 run sees each image cold in its first epoch and warm in the others
+             f"rloo_run_{EPOCHS}_epochs": EPOCHS * sec["uncached"] / (sec["cold"] + (EPOCHS - 1) * sec["warm"]),
              "image_side_cold": img["uncached"] / img["cold"], "image_side_warm": img["uncached"] / img["warm"]}
     return {"architecture": bundle.name, "weights": bundle.source, "calls": len(groups),
             "parameters": sum(p.numel() for p in bundle.model.parameters()),
@@ -122,6 +126,7 @@ def main() -> dict:
     import torch
 
     from kit.models.clip import build_tiny_clip
+    from kit.reward.clip_reward import CLIPReward
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -132,10 +137,11 @@ def main() -> dict:
     results = {name: measure(bundle, groups[:CALLS[name]], rng) for name, bundle in archs.items()}
     res = {
         "batch_prompts": B, "k": K, "frames": FRAMES, "threads": 1, "target_speedup": K / 2,
+        "text_batch_size": CLIPReward(archs["tiny"]).text_batch_size,
         "target": f"cached reward >= k/2 = {K / 2:g} times faster than uncached at k = {K}",
         "architectures": results,
         "meets_target": {f"{name}/{case}": r["meets_target"][case] for name, r in results.items()
-                         for case in ("cold", "warm")},
+                         for case in ("cold", "warm", f"rloo_run_{EPOCHS}_epochs")},
         "seconds": round(time.perf_counter() - t0, 1),
     }
     out = HERE / "results" / "clip_reward.json"

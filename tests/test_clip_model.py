@@ -24,12 +24,12 @@ def _img(color, size=(96, 54)):
 def test_tiny_is_a_registered_open_clip_model(tiny):
     assert kclip.TINY_NAME in open_clip.list_models()
     cfg = open_clip.get_model_config(kclip.TINY_NAME)
-    assert cfg["embed_dim"] == 64 and cfg["vision_cfg"]["image_size"] == 64
+    assert cfg["embed_dim"] == 64 and cfg["vision_cfg"]["image_size"] == 128
     toks = tiny.tokenizer(["a red traffic light"])
     assert toks.shape == (1, cfg["text_cfg"]["context_length"])
     # squash resize: the whole 16:9 frame reaches the model (no centre crop cutting the sides off)
     assert tiny.preprocess_cfg["resize_mode"] == "squash"
-    assert tiny.preprocess(_img((255, 0, 0), (256, 144))).shape == (3, 64, 64)
+    assert tiny.preprocess(_img((255, 0, 0), (256, 144))).shape == (3, 128, 128)
 
 
 def test_save_and_load_round_trip(tiny, tmp_path):
@@ -45,7 +45,7 @@ def test_save_and_load_round_trip(tiny, tmp_path):
     assert not b.model.training
     # the tiny CLIP of a run dir is found by the profile alone
     kclip.save_clip(tiny, kclip.tiny_clip_dir(tmp_path / "run"))
-    assert kclip.load_clip(P_TINY, tmp_path / "run").image_size == 64
+    assert kclip.load_clip(P_TINY, tmp_path / "run").image_size == 128
 
 
 def test_logit_bias_survives_save_and_load(tmp_path):

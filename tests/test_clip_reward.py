@@ -138,6 +138,9 @@ def test_reward_equals_plain_computation_and_caches_images(tiny):
     assert again == pytest.approx(got, abs=1e-6) and r.misses == 3
     uncached = CLIPReward(tiny, use_cache=False)(completions=completions, images=images)
     assert uncached == pytest.approx(got, abs=1e-5)
+    # texts are encoded in length-sorted batches and put back in their own places
+    for tbs in (1, 3):
+        assert CLIPReward(tiny, text_batch_size=tbs)(completions=completions, images=images) == pytest.approx(got, abs=1e-5)
 
 
 def test_reward_averages_frames(tiny):
@@ -230,7 +233,7 @@ def test_finetune_trains_keeps_best_and_resumes(tmp_path):
     assert res["best_val_auroc"] == max(h["val_auroc"] for h in hist)
     assert hist[-1]["train_loss"] < hist[1]["train_loss"] or res["best_val_auroc"] > hist[0]["val_auroc"]
     # the best checkpoint loads through the one loader and scores like the in-memory model
-    store = ImageStore([p.image_path for p in val], b.image_size)
+    store = ImageStore.for_bundle([p.image_path for p in val], b)
     loaded = kclip.load_clip(P_TINY, tmp_path, checkpoint=res["checkpoint"])
     assert loaded.model.logit_bias is not None
     s1, s2 = score_pairs(b, val, store), score_pairs(loaded, val, store)
@@ -291,3 +294,21 @@ def test_stage_end_to_end_on_toy_data(tmp_path):
     assert r.bundle.model.training is False
     again = run_clip_finetune(P, rd)  # a rerun resumes: no training
     assert again["models"]["reason"]["best_epoch"] == out["models"]["reason"]["best_epoch"]
+
+
+def test_train_transform_without_augmentation_matches_the_eval_preprocess(tiny, tmp_path):
+    # the fast path (images squashed once in the store, uint8 tensors normalised per batch) feeds the
+    # model what its own eval preprocessing would, when the augmentations are switched off
+    from kit.reward.finetune import ImageStore, normalize_batch, train_transform
+
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (128, 192, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    store = ImageStore.for_bundle(paths, tiny)
+    assert store[paths[0]].size == (tiny.image_hw[1], tiny.image_hw[0])
+    tf = train_transform(tiny, {"random_resized_crop_scale": [1.0, 1.0], "color_jitter": 0.0})
+    got = normalize_batch(torch.stack([tf(store[p]) for p in paths]), tiny)
+    want = torch.stack([tiny.preprocess(Image.open(p).convert("RGB")) for p in paths])
+    assert torch.allclose(got, want, atol=1e-5)

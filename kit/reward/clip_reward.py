@@ -10,7 +10,7 @@ paper B's Table 1 reports as "Avg. Sim." and thresholds at 0.5 for "Match %".
 RLOO scores k completions per prompt and sees every training image once per epoch, so image
 embeddings are computed once per distinct image and kept in a bounded LRU cache keyed by a hash of
 the pixels (TRL hands the k copies of a prompt over as separate, equal PIL objects). Texts are
-encoded in batches, each distinct text once per call.
+encoded in batches of similar length, each distinct text once per call.
 """
 from __future__ import annotations
 
@@ -91,7 +91,8 @@ class CLIPReward:
     """
 
     def __init__(self, bundle: ClipBundle, frames_key: str = "images", *, score: str = "cosine",
-                 threshold: float = 0.5, cache_size: int = 4096, batch_size: int = 64, use_cache: bool = True):
+                 threshold: float = 0.5, cache_size: int = 4096, batch_size: int = 64, text_batch_size: int = 16,
+                 use_cache: bool = True):
         if score not in SCORES:
             raise ValueError(f"CLIPReward score: expected one of {SCORES}, got {score!r}")
         self.bundle = bundle
@@ -99,7 +100,8 @@ class CLIPReward:
         self.score = score
         self.threshold = float(threshold)
         self.cache_size = int(cache_size)
-        self.batch_size = int(batch_size)
+        self.batch_size = int(batch_size)              # images per encoder call
+        self.text_batch_size = int(text_batch_size)    # texts per encoder call, sorted by length
         self.use_cache = use_cache
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self.hits = 0
@@ -118,9 +120,19 @@ class CLIPReward:
 
     @torch.no_grad()
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
-        out = [self.bundle.encode_texts(texts[i:i + self.batch_size]).float()
-               for i in range(0, len(texts), self.batch_size)]
-        return torch.cat(out)
+        """Tokenize once, then encode in batches of similar length: kit.models.clip.encode_text runs a
+        batch only up to its longest text, so sorting by length spends less on padding (the
+        completions of one RLOO batch range from a few words to max_new_tokens)."""
+        from kit.models.clip import encode_text
+
+        tokens = self.bundle.tokenizer(list(texts))
+        order = torch.argsort((tokens != 0).sum(1), stable=True)  # open_clip pads with 0
+        out = None
+        for idx in order.split(self.text_batch_size):
+            e = encode_text(self.bundle.model, tokens[idx].to(self.bundle.device), normalize=True).float()
+            out = e.new_empty(len(texts), e.shape[1]) if out is None else out
+            out[idx.to(e.device)] = e
+        return out
 
     def image_embeddings(self, frames: Sequence[Image.Image]) -> torch.Tensor:
         """Normalized embeddings [len(frames), d]; each distinct image encoded once (cached)."""

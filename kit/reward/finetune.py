@@ -35,9 +35,12 @@ FLIP_MODES = ("swap_text", "off")
 
 class ImageStore:
     """The pair images in memory, read once and shrunk to at most `2 x image_size` on the short side
-    (the model sees `image_size` pixels anyway; real BDD-OIA frames are 1280x720)."""
+    (the model sees `image_size` pixels anyway; real BDD-OIA frames are 1280x720). With `squash_to`
+    (a model whose preprocessing squashes the whole frame, like the tiny CLIP), they are stored at
+    exactly that (height, width): the squash the transforms would do every epoch is then done once,
+    and their own resize becomes a no-op (Pillow returns a copy for an equal size)."""
 
-    def __init__(self, paths: Sequence[str], image_size: int):
+    def __init__(self, paths: Sequence[str], image_size: int, squash_to: tuple[int, int] | None = None):
         from tqdm.auto import tqdm
 
         self.side = 2 * int(image_size)
@@ -48,18 +51,27 @@ class ImageStore:
                     im = im.convert("RGB")
             except OSError as e:
                 raise FileNotFoundError(f"{p}: cannot read the pair's image ({e}); expected a JPEG/PNG") from None
-            if min(im.size) > self.side:
+            if squash_to is not None:
+                im = im.resize((int(squash_to[1]), int(squash_to[0])), Image.BICUBIC)
+            elif min(im.size) > self.side:
                 f = self.side / min(im.size)
                 im = im.resize((max(1, round(im.width * f)), max(1, round(im.height * f))), Image.BICUBIC)
             self.images[p] = im
+
+    @classmethod
+    def for_bundle(cls, paths: Sequence[str], bundle: ClipBundle) -> "ImageStore":
+        squash = bundle.preprocess_cfg.get("resize_mode") == "squash"
+        return cls(paths, bundle.image_size, squash_to=bundle.image_hw if squash else None)
 
     def __getitem__(self, path: str) -> Image.Image:
         return self.images[str(path)]
 
 
 def train_transform(bundle: ClipBundle, cfg: Mapping):
-    """RandomResizedCrop + ColorJitter + normalisation (torchvision). No hue jitter: a hue shift
-    turns a red light green and would teach wrong labels. The flip is done with the text (below)."""
+    """RandomResizedCrop + ColorJitter (torchvision), to a uint8 tensor; `normalize_batch` finishes
+    the batch (one vectorised op instead of a float conversion per image, which cost as much as the
+    rest of the augmentation). No hue jitter: a hue shift turns a red light green and would teach
+    wrong labels. The flip is done with the text (below)."""
     from torchvision import transforms as T
 
     hw = bundle.image_hw
@@ -73,8 +85,17 @@ def train_transform(bundle: ClipBundle, cfg: Mapping):
                                      interpolation=T.InterpolationMode.BICUBIC))
     if cj > 0:
         steps.append(T.ColorJitter(brightness=cj, contrast=cj, saturation=cj))
-    steps += [T.ToTensor(), T.Normalize(pc["mean"], pc["std"])]
+    steps.append(T.PILToTensor())
     return T.Compose(steps)
+
+
+def normalize_batch(x: torch.Tensor, bundle: ClipBundle) -> torch.Tensor:
+    """uint8 [n, 3, h, w] from `train_transform` -> the model's normalised float input
+    (what torchvision's ToTensor + Normalize give per image)."""
+    pc = bundle.preprocess_cfg
+    mean = torch.tensor(pc["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(pc["std"], dtype=torch.float32).view(1, -1, 1, 1)
+    return (x.float().div_(255) - mean) / std
 
 
 def flip_pair(img: Image.Image, text: str) -> tuple[Image.Image, str]:
@@ -165,7 +186,7 @@ def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair]
     model = bundle.model
     if cfg.get("logit_bias") is not None and getattr(model, "logit_bias", None) is None:
         model.logit_bias = torch.nn.Parameter(torch.tensor(float(cfg["logit_bias"]), device=bundle.device))
-    store = store or ImageStore([p.image_path for p in list(train) + list(val)], bundle.image_size)
+    store = store or ImageStore.for_bundle([p.image_path for p in list(train) + list(val)], bundle)
     ds = PairDataset(train, store, train_transform(bundle, cfg), flip=str(cfg.get("flip", "off")), seed=seed)
     g = torch.Generator().manual_seed(seed)
     dl = torch.utils.data.DataLoader(ds, batch_size=int(cfg["batch_size"]), shuffle=True, generator=g,
@@ -207,7 +228,7 @@ def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair]
         model.train()
         tot, n = 0.0, 0
         for x, texts, y in dl:
-            logits = pair_logits(model, bundle, x, texts)
+            logits = pair_logits(model, bundle, normalize_batch(x, bundle), texts)
             loss = loss_fn(logits, y.to(logits.device))
             opt.zero_grad(set_to_none=True)
             loss.backward()

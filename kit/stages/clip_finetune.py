@@ -55,7 +55,7 @@ def run_clip_finetune(P: Mapping, run_dir) -> dict:
         pairs = make_pairs(samples, tgt, C.get("splits"), seed=int(C.get("split_seed", 42)))
         for split, ps in pairs.items():
             runs.write_jsonl(td / f"pairs_{split}.jsonl", [p.to_dict() for p in ps])
-        store = ImageStore([p.image_path for _, ps in pairs.items() for p in ps], base.image_size)
+        store = ImageStore.for_bundle([p.image_path for _, ps in pairs.items() for p in ps], base)
         before = {sp: score_pairs(base, pairs[sp], store) for sp in ("val", "test")}
         bundle = clone_bundle(base)
         fit = finetune_clip(bundle, pairs.train, pairs.val, td, C, seed=int(P.get("seed", 0)), store=store,
