@@ -65,6 +65,10 @@ def test_rloo_reward_rises_and_stage2_evaluated(run_dir):
     m = runs.read_metrics(run_dir)
     curve = m["rloo"]["per_epoch"]
     assert len(curve) >= 2 and curve[-1]["mean_reward"] > curve[0]["mean_reward"]
+    # an honest rise: the stage-1 descriptions still fit their own image better than another sample's,
+    # and the policy has not collapsed onto one sentence for every image
+    ev = m["rloo"]["eval"]
+    assert ev["specificity"] > 0 and ev["distinct"] * ev["n"] > 1
     assert m["action_sft"]["eval"]["n"] > 0 and "macro_f1" in m["action_sft"]["eval"]["action"]
     rows = {r["method"] for r in m["evaluate"]["track_b"]}
     assert {"Direct", "SFT baseline", "RLOO (stage 1)", "RLOO + action SFT"} <= rows

@@ -140,9 +140,20 @@ def tiny(tmp_path_factory):
 def _P(**rloo):
     from kit.params import load_profile
 
-    over = {"rloo.k": 3, "rloo.batch_size": 2, "rloo.epochs": 1, "rloo.max_new_tokens": 6, "rloo.lr": 1e-3}
+    # beta 0: the advantages below are Eq. 1 of the bare CLIP rewards (with beta > 0 TRL subtracts the KL first)
+    over = {"rloo.k": 3, "rloo.batch_size": 2, "rloo.epochs": 1, "rloo.max_new_tokens": 6, "rloo.lr": 1e-3,
+            "rloo.beta": 0.0}
     over.update({f"rloo.{k}": v for k, v in rloo.items()})
     return load_profile("tiny", over)
+
+
+@pytest.mark.parametrize("baseline", ["greedy", "none"])
+def test_kl_penalty_with_another_baseline_fails_clearly(tiny, tmp_path, baseline):
+    from kit.rl.rloo import make_trainer
+
+    model, proc, reward, rows = tiny
+    with pytest.raises(ValueError, match="rloo.beta=0"):
+        make_trainer(model, proc, reward, rows, tmp_path, _P(baseline=baseline, beta=0.05))
 
 
 @pytest.mark.parametrize("baseline", ["rloo", "greedy", "none"])
@@ -238,3 +249,16 @@ def test_stage2_action_figure_has_no_reason_panels(tmp_path):
     recs = [{"gt_actions": [rng.randint(0, 1) for _ in range(4)], "pred_actions": [0, 1, 0, 0]} for _ in range(20)]
     p = plot_actions(recs, tmp_path / "actions.png", "stage 2")
     assert p.is_file() and p.stat().st_size > 5000
+
+
+def test_clip_summary_reports_specificity_and_collapse():
+    from kit.stages.rloo import clip_summary
+
+    fits = [{"description": f"d{i}", "clip_score": 0.9, "clip_match": True, "clip_score_other_image": 0.2}
+            for i in range(4)]
+    generic = [{"description": "the same", "clip_score": 0.7, "clip_match": True, "clip_score_other_image": 0.7}
+               for _ in range(4)]
+    a, b = clip_summary(fits), clip_summary(generic)
+    assert a["specificity"] == pytest.approx(0.7) and a["distinct"] == 1.0
+    assert b["specificity"] == pytest.approx(0.0) and b["distinct"] == 0.25
+    assert clip_summary([{"description": "x", "clip_score": 0.5, "clip_match": False}])["specificity"] is None

@@ -252,22 +252,14 @@ def _vehicle_phrase(o: Mapping) -> str:
 
 def caption(g: Mapping, rng: random.Random | None = None) -> str:
     """A generic scene description from the graph. It names what is there (lights, lines, cars,
-    people) but never the action the ego car should take."""
+    people) but never the action the ego car should take.
+
+    What matters for driving comes first (lights, signs, what is ahead, then lanes, then the road
+    and the sky): a model that learns these captions opens its descriptions with the facts the
+    reasons are about, so notebook 05's short descriptions (rloo.max_new_tokens) reach them.
+    """
     rng = rng or random.Random(json.dumps(g, sort_keys=True))
     s = []
-    sky = {"day": "on a clear day", "overcast": "under an overcast sky", "dusk": "at dusk"}[g.get("sky", "day")]
-    n = 1 + (g["lanes"]["left"] != "none") + (g["lanes"]["right"] != "none")
-    s.append(rng.choice([f"A road with {n} lane{'s' if n > 1 else ''} {sky}.",
-                         f"A view from the driver's seat {sky}, on a road with {n} lane{'s' if n > 1 else ''}."]))
-    if g["ego_lane"] != "straight":
-        side = g["ego_lane"].split("_")[0]
-        s.append(f"A white {side} arrow is painted on the ego lane.")
-    for side in ("left", "right"):
-        kind = g["lanes"][side]
-        if kind == "none":
-            s.append(f"There is no lane on the {side}; the road ends at the grass.")
-        else:
-            s.append(f"A {'solid yellow' if kind == 'solid' else 'dashed white'} line is on the {side}.")
     if g.get("light"):
         li = g["light"]
         t = f"A traffic light above the road shows {li['color']}"
@@ -289,13 +281,26 @@ def caption(g: Mapping, rng: random.Random | None = None) -> str:
         noun = _OBSTACLE_NOUN[ob["kind"]]
         s.append(rng.choice([f"There is {noun} on the road ahead.", f"{noun.capitalize()} in the lane ahead."])
                  if not noun.endswith("s") or ob["kind"] == "road_works" else f"There are {noun} on the road ahead.")
+    if not fc and not ob:
+        s.append("Nothing blocks the ego lane.")
     for side in ("left", "right"):
         o = g.get(f"{side}_lane_obstacle")
         if o:
             noun = _vehicle_phrase(o) if o["kind"] in ("car", "truck") else _OBSTACLE_NOUN[o["kind"]]
             s.append(f"{noun[0].upper() + noun[1:]} {'are' if noun.endswith('cones') else 'is'} in the {side} lane.")
-    if not fc and not ob:
-        s.append("Nothing blocks the ego lane.")
+    if g["ego_lane"] != "straight":
+        side = g["ego_lane"].split("_")[0]
+        s.append(f"A white {side} arrow is painted on the ego lane.")
+    for side in ("left", "right"):
+        kind = g["lanes"][side]
+        if kind == "none":
+            s.append(f"There is no lane on the {side}; the road ends at the grass.")
+        else:
+            s.append(f"A {'solid yellow' if kind == 'solid' else 'dashed white'} line is on the {side}.")
+    sky = {"day": "on a clear day", "overcast": "under an overcast sky", "dusk": "at dusk"}[g.get("sky", "day")]
+    n = 1 + (g["lanes"]["left"] != "none") + (g["lanes"]["right"] != "none")
+    s.append(rng.choice([f"A road with {n} lane{'s' if n > 1 else ''} {sky}.",
+                         f"The view from the driver's seat {sky}, on a road with {n} lane{'s' if n > 1 else ''}."]))
     return " ".join(s)
 
 

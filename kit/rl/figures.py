@@ -97,21 +97,43 @@ def plot_variance(variance: Mapping, path: Path) -> Path:
 
 def plot_clip_scores(before: Sequence[Mapping] | None, after: Sequence[Mapping], path: Path,
                      threshold: float | None = None) -> Path:
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    """Left: the CLIP score of the greedy descriptions, before and after stage 1. Right: each
+    description's score against its own image minus against another sample's; a higher reward
+    that leaves this near 0 came from text that fits any image (reward hacking), not from
+    describing the image better."""
+    def _mean(xs):
+        return sum(xs) / max(len(xs), 1)
+
+    runs_ = [(n, recs, c) for n, recs, c in (("base model", before, "gray"), ("after stage 1", after, COLORS["rloo"]))
+             if recs]
+    has_gap = any(r.get("clip_score_other_image") is not None for _, recs, _ in runs_ for r in recs)
+    fig, axes = plt.subplots(1, 2 if has_gap else 1, figsize=(11.5 if has_gap else 6.5, 3.6), squeeze=False)
+    ax = axes[0, 0]
     bins = [i / 20 for i in range(21)]  # the same bins for both, over the probability's range
-    if before:
-        ax.hist([r["clip_score"] for r in before], bins=bins, histtype="stepfilled", alpha=0.35, color="gray",
-                edgecolor="dimgray", lw=1.2,
-                label=f"base model (mean {sum(r['clip_score'] for r in before) / len(before):.3f})")
-    ax.hist([r["clip_score"] for r in after], bins=bins, histtype="stepfilled", alpha=0.35, color=COLORS["rloo"],
-            edgecolor=COLORS["rloo"], lw=1.5,
-            label=f"after stage 1 (mean {sum(r['clip_score'] for r in after) / max(len(after), 1):.3f})")
+    for name, recs, color in runs_:
+        xs = [r["clip_score"] for r in recs]
+        ax.hist(xs, bins=bins, histtype="stepfilled", alpha=0.35, color=color, edgecolor=color, lw=1.3,
+                label=f"{name} (mean {_mean(xs):.3f})")
     if threshold is not None:
         ax.axvline(threshold, color="k", ls=":", lw=1, label=f"match threshold {threshold}")
     ax.set_xlabel("CLIP score of the greedy description (probability)")
     ax.set_ylabel("descriptions")
     ax.set_title("Stage-1 descriptions on the eval split", fontsize=10)
     ax.legend(fontsize=8)
+    if has_gap:
+        ax = axes[0, 1]
+        gbins = [-1 + i / 10 for i in range(21)]
+        for name, recs, color in runs_:
+            gs = [r["clip_score"] - r["clip_score_other_image"] for r in recs
+                  if r.get("clip_score_other_image") is not None]
+            distinct = len({r["description"] for r in recs}) / max(len(recs), 1)
+            ax.hist(gs, bins=gbins, histtype="stepfilled", alpha=0.35, color=color, edgecolor=color, lw=1.3,
+                    label=f"{name} (mean {_mean(gs):+.3f}, {distinct:.0%} distinct)")
+            ax.axvline(_mean(gs), color=color, lw=1.5)
+        ax.axvline(0, color="k", ls=":", lw=1)
+        ax.set_xlabel("score with its own image − with another sample's image")
+        ax.set_title("Does the description fit its own image better than another?", fontsize=10)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 

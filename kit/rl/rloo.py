@@ -102,7 +102,7 @@ class KitRLOOTrainer(RLOOTrainer):
             # TRL folds the KL penalty into the rewards inside the same method; the kit's baselines are
             # computed from the bare rewards, so the two cannot be combined without copying TRL's code.
             raise ValueError(f"rloo.beta: baseline {baseline!r} is implemented for beta = 0 only, got {self.beta}; "
-                             "use baseline rloo for a KL-regularised run")
+                             "set rloo.beta=0 to train with it (and for rloo.compare_baselines), or use baseline rloo")
         self.baseline = baseline
         self.compute_greedy = baseline == "greedy" if compute_greedy is None else compute_greedy
         self.log_dir = Path(log_dir) if log_dir else None

@@ -45,7 +45,7 @@ def describe(model, processor, samples: Sequence, P: Mapping, reward, out_path: 
 
     meta_path = out_path.with_name(out_path.stem + ".meta.json")
     ids = [s.id for s in samples]
-    meta = {"tag": tag, "ids": ids, "max_new_tokens": int(P["rloo"]["max_new_tokens"])}
+    meta = {"tag": tag, "ids": ids, "max_new_tokens": int(P["rloo"]["max_new_tokens"]), "version": 2}
     if out_path.exists() and runs.read_json(meta_path) == meta:
         return runs.read_jsonl(out_path)
     bs = int(P["eval"]["batch_size"])
@@ -60,8 +60,12 @@ def describe(model, processor, samples: Sequence, P: Mapping, reward, out_path: 
             texts = generate(model, processor, [(f, DESCRIBE_PROMPT) for f in frames], batch_size=bs,
                              max_new_tokens=int(P["rloo"]["max_new_tokens"]), progress=False)
             scores = reward.clip_score(frames, texts)
-            for s, t, c in zip(part, texts, scores):
-                recs.append({"id": s.id, "description": t, "clip_score": c, "clip_match": c > reward.threshold})
+            # the same descriptions against another sample's frames: a description that fits its own
+            # image better than a stranger's says something about the image; a generic one does not
+            others = reward.clip_score(frames[1:] + frames[:1], texts) if len(part) > 1 else [None] * len(part)
+            for s, t, c, o in zip(part, texts, scores, others):
+                recs.append({"id": s.id, "description": t, "clip_score": c, "clip_match": c > reward.threshold,
+                             "clip_score_other_image": o})
             bar.update(len(part))
     runs.write_jsonl(out_path, recs)
     runs.write_json(meta_path, meta)
@@ -69,9 +73,17 @@ def describe(model, processor, samples: Sequence, P: Mapping, reward, out_path: 
 
 
 def clip_summary(recs: Sequence[Mapping]) -> dict:
+    """CLIP score and match of greedy descriptions, and two checks that a higher score is honest:
+    `specificity`, the mean score against the sample's own frames minus against another sample's
+    (near 0: the descriptions could be of any image), and `distinct`, the share of different
+    descriptions (low: one sentence for every image, the RL model has collapsed)."""
     n = len(recs)
+    paired = [r for r in recs if r.get("clip_score_other_image") is not None]
     return {"clip_score": sum(r["clip_score"] for r in recs) / max(n, 1),
-            "clip_match": sum(bool(r["clip_match"]) for r in recs) / max(n, 1), "n": n}
+            "clip_match": sum(bool(r["clip_match"]) for r in recs) / max(n, 1),
+            "specificity": (sum(r["clip_score"] - r["clip_score_other_image"] for r in paired) / len(paired)
+                            if paired else None),
+            "distinct": len({r["description"] for r in recs}) / max(n, 1), "n": n}
 
 
 def _train_one(P: Mapping, run_dir: Path, rows: list[dict], reward, out_dir: Path, baseline: str,
@@ -243,6 +255,9 @@ def variance_table(run_dir):
                          for b, e in v["estimators"].items()}).T.round(4)
 
 
+CLIP_COLUMNS = ("clip_score", "clip_match", "specificity", "distinct", "n")
+
+
 def clip_table(run_dir):
     """CLIP score and match of the eval split's greedy descriptions: base model vs after stage 1."""
     import pandas as pd
@@ -250,6 +265,6 @@ def clip_table(run_dir):
     e = (runs.read_metrics(run_dir).get(STAGE) or {}).get("eval") or {}
     rows = {}
     if e.get("base_model"):
-        rows["base model"] = {k: e["base_model"][k] for k in ("clip_score", "clip_match", "n")}
-    rows["after stage 1 (RLOO)"] = {k: e.get(k) for k in ("clip_score", "clip_match", "n")}
+        rows["base model"] = {k: e["base_model"].get(k) for k in CLIP_COLUMNS}
+    rows["after stage 1 (RLOO)"] = {k: e.get(k) for k in CLIP_COLUMNS}
     return pd.DataFrame(rows).T
