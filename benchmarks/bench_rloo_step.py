@@ -131,7 +131,7 @@ def main() -> dict:
     res = {
         "what": "one RLOO optimizer step, tiny VLM + tiny CLIP reward, tiny profile's rloo settings",
         "settings": {"k": R["k"], "prompts_per_step": R["batch_size"], "max_new_tokens": R["max_new_tokens"],
-                     "steps_measured_each": STEPS * ROUNDS, "threads": torch.get_num_threads()},
+                     "beta": R["beta"], "steps_measured_each": STEPS * ROUNDS, "threads": torch.get_num_threads()},
         "kit_step_seconds_median": kit_s,
         "bare_trl_step_seconds_median": bare_s,
         "ratio_kit_over_bare": kit_s / bare_s,
