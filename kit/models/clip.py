@@ -68,9 +68,22 @@ class ClipBundle:
         """Normalized image embeddings for a batch of preprocessed images."""
         return self.model.encode_image(pixels.to(self.device), normalize=True)
 
-    def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        """Normalized text embeddings (open_clip's tokenizer truncates to the context length)."""
-        return encode_text(self.model, self.tokenizer(list(texts)).to(self.device), normalize=True)
+    def encode_texts(self, texts: list[str], batch_size: int | None = None) -> torch.Tensor:
+        """Normalized text embeddings (open_clip's tokenizer truncates to the context length).
+
+        With `batch_size`, the texts are tokenized once and encoded in batches of similar length:
+        `encode_text` runs a batch only up to its longest text, so sorting spends less on padding
+        (the completions of one RLOO batch range from a few words to max_new_tokens)."""
+        tokens = self.tokenizer(list(texts))
+        if batch_size is None or len(tokens) <= batch_size:
+            return encode_text(self.model, tokens.to(self.device), normalize=True)
+        order = torch.argsort((tokens != 0).sum(1), stable=True)  # open_clip pads with 0
+        out = None
+        for idx in order.split(int(batch_size)):
+            e = encode_text(self.model, tokens[idx].to(self.device), normalize=True)
+            out = e.new_empty(len(tokens), e.shape[1]) if out is None else out
+            out[idx.to(e.device)] = e
+        return out
 
 
 def encode_text(model: torch.nn.Module, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:

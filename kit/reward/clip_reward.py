@@ -120,19 +120,7 @@ class CLIPReward:
 
     @torch.no_grad()
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
-        """Tokenize once, then encode in batches of similar length: kit.models.clip.encode_text runs a
-        batch only up to its longest text, so sorting by length spends less on padding (the
-        completions of one RLOO batch range from a few words to max_new_tokens)."""
-        from kit.models.clip import encode_text
-
-        tokens = self.bundle.tokenizer(list(texts))
-        order = torch.argsort((tokens != 0).sum(1), stable=True)  # open_clip pads with 0
-        out = None
-        for idx in order.split(self.text_batch_size):
-            e = encode_text(self.bundle.model, tokens[idx].to(self.bundle.device), normalize=True).float()
-            out = e.new_empty(len(texts), e.shape[1]) if out is None else out
-            out[idx.to(e.device)] = e
-        return out
+        return self.bundle.encode_texts(texts, batch_size=self.text_batch_size).float()
 
     def image_embeddings(self, frames: Sequence[Image.Image]) -> torch.Tensor:
         """Normalized embeddings [len(frames), d]; each distinct image encoded once (cached)."""
