@@ -252,7 +252,7 @@ def test_stage2_action_figure_has_no_reason_panels(tmp_path):
 
 
 def test_clip_summary_reports_specificity_and_collapse():
-    from kit.stages.rloo import clip_summary
+    from kit.reward.judge import clip_summary
 
     fits = [{"description": f"d{i}", "clip_score": 0.9, "clip_match": True, "clip_score_other_image": 0.2}
             for i in range(4)]

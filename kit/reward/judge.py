@@ -6,6 +6,8 @@
   threshold) of each image against its ground-truth output text (`kit.labels.format_answer`), its
   action text and its reason text, plus an irrelevant control text (the paper noticed the pretrained
   CLIP rated "123" or "abc" as high as the true texts).
+- `clip_summary`: CLIP score and match of a model's descriptions (notebook 05), with two checks
+  that a higher score is honest.
 """
 from __future__ import annotations
 
@@ -94,3 +96,17 @@ def table_frame(table: Mapping) -> "pandas.DataFrame":  # noqa: F821
         cols[(model, "Avg. Sim.")] = {TABLE_ROWS[r]: v["avg_sim"] for r, v in rows.items()}
         cols[(model, "Match %")] = {TABLE_ROWS[r]: v["match_pct"] for r, v in rows.items()}
     return pd.DataFrame(cols).round(4)
+
+
+def clip_summary(recs: Sequence[Mapping]) -> dict:
+    """CLIP score and match of greedy descriptions, and two checks that a higher score is honest:
+    `specificity`, the mean score against the sample's own frames minus against another sample's
+    (near 0: the descriptions could be of any image), and `distinct`, the share of different
+    descriptions (low: one sentence for every image, the RL model has collapsed)."""
+    n = len(recs)
+    paired = [r for r in recs if r.get("clip_score_other_image") is not None]
+    return {"clip_score": sum(r["clip_score"] for r in recs) / max(n, 1),
+            "clip_match": sum(bool(r["clip_match"]) for r in recs) / max(n, 1),
+            "specificity": (sum(r["clip_score"] - r["clip_score_other_image"] for r in paired) / len(paired)
+                            if paired else None),
+            "distinct": len({r["description"] for r in recs}) / max(n, 1), "n": n}

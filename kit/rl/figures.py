@@ -101,19 +101,17 @@ def plot_clip_scores(before: Sequence[Mapping] | None, after: Sequence[Mapping],
     description's score against its own image minus against another sample's; a higher reward
     that leaves this near 0 came from text that fits any image (reward hacking), not from
     describing the image better."""
-    def _mean(xs):
-        return sum(xs) / max(len(xs), 1)
+    from kit.reward.judge import clip_summary
 
-    runs_ = [(n, recs, c) for n, recs, c in (("base model", before, "gray"), ("after stage 1", after, COLORS["rloo"]))
-             if recs]
-    has_gap = any(r.get("clip_score_other_image") is not None for _, recs, _ in runs_ for r in recs)
+    runs_ = [(n, recs, clip_summary(recs), c)
+             for n, recs, c in (("base model", before, "gray"), ("after stage 1", after, COLORS["rloo"])) if recs]
+    has_gap = any(sm["specificity"] is not None for _, _, sm, _ in runs_)
     fig, axes = plt.subplots(1, 2 if has_gap else 1, figsize=(11.5 if has_gap else 6.5, 3.6), squeeze=False)
     ax = axes[0, 0]
     bins = [i / 20 for i in range(21)]  # the same bins for both, over the probability's range
-    for name, recs, color in runs_:
-        xs = [r["clip_score"] for r in recs]
-        ax.hist(xs, bins=bins, histtype="stepfilled", alpha=0.35, color=color, edgecolor=color, lw=1.3,
-                label=f"{name} (mean {_mean(xs):.3f})")
+    for name, recs, sm, color in runs_:
+        ax.hist([r["clip_score"] for r in recs], bins=bins, histtype="stepfilled", alpha=0.35, color=color,
+                edgecolor=color, lw=1.3, label=f"{name} (mean {sm['clip_score']:.3f})")
     if threshold is not None:
         ax.axvline(threshold, color="k", ls=":", lw=1, label=f"match threshold {threshold}")
     ax.set_xlabel("CLIP score of the greedy description (probability)")
@@ -123,15 +121,16 @@ def plot_clip_scores(before: Sequence[Mapping] | None, after: Sequence[Mapping],
     if has_gap:
         ax = axes[0, 1]
         gbins = [-1 + i / 10 for i in range(21)]
-        for name, recs, color in runs_:
-            gs = [r["clip_score"] - r["clip_score_other_image"] for r in recs
-                  if r.get("clip_score_other_image") is not None]
-            distinct = len({r["description"] for r in recs}) / max(len(recs), 1)
-            ax.hist(gs, bins=gbins, histtype="stepfilled", alpha=0.35, color=color, edgecolor=color, lw=1.3,
-                    label=f"{name} (mean {_mean(gs):+.3f}, {distinct:.0%} distinct)")
-            ax.axvline(_mean(gs), color=color, lw=1.5)
+        for name, recs, sm, color in runs_:
+            if sm["specificity"] is None:
+                continue
+            gaps = [r["clip_score"] - r["clip_score_other_image"] for r in recs
+                    if r.get("clip_score_other_image") is not None]
+            ax.hist(gaps, bins=gbins, histtype="stepfilled", alpha=0.35, color=color, edgecolor=color, lw=1.3,
+                    label=f"{name} (mean {sm['specificity']:+.3f}, {sm['distinct']:.0%} distinct)")
+            ax.axvline(sm["specificity"], color=color, lw=1.5)
         ax.axvline(0, color="k", ls=":", lw=1)
-        ax.set_xlabel("score with its own image − with another sample's image")
+        ax.set_xlabel("score with its own image \u2212 with another sample's image")
         ax.set_title("Does the description fit its own image better than another?", fontsize=10)
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -72,20 +72,6 @@ def describe(model, processor, samples: Sequence, P: Mapping, reward, out_path: 
     return recs
 
 
-def clip_summary(recs: Sequence[Mapping]) -> dict:
-    """CLIP score and match of greedy descriptions, and two checks that a higher score is honest:
-    `specificity`, the mean score against the sample's own frames minus against another sample's
-    (near 0: the descriptions could be of any image), and `distinct`, the share of different
-    descriptions (low: one sentence for every image, the RL model has collapsed)."""
-    n = len(recs)
-    paired = [r for r in recs if r.get("clip_score_other_image") is not None]
-    return {"clip_score": sum(r["clip_score"] for r in recs) / max(n, 1),
-            "clip_match": sum(bool(r["clip_match"]) for r in recs) / max(n, 1),
-            "specificity": (sum(r["clip_score"] - r["clip_score_other_image"] for r in paired) / len(paired)
-                            if paired else None),
-            "distinct": len({r["description"] for r in recs}) / max(n, 1), "n": n}
-
-
 def _train_one(P: Mapping, run_dir: Path, rows: list[dict], reward, out_dir: Path, baseline: str,
                with_extras: bool, eval_samples: Sequence) -> dict:
     """Load the base VLM and run stage 1 with one baseline. With `with_extras`, also measure the
@@ -125,6 +111,7 @@ def run_rloo(P: Mapping, run_dir) -> dict:
     import torch
 
     from kit.reward import load_reward
+    from kit.reward.judge import clip_summary
 
     run_dir = runs.resolve_run_dir(run_dir)
     sd = runs.stage_dir(run_dir, STAGE)
