@@ -17,6 +17,7 @@ import torch
 from kit import runs
 from kit.models import clip as kclip
 from kit.params import params_hash
+from kit.reward.clip_reward import CLIPReward
 from kit.reward.finetune import _adamw
 from kit.reward.pairs import swap_left_right
 
@@ -40,12 +41,9 @@ def retrieval_accuracy(bundle: kclip.ClipBundle, images: Sequence, captions: Seq
                        batch_size: int = 128) -> dict:
     """Image-to-text and text-to-image top-1 among the given captions. Equal captions count as a hit
     (two scenes can share a description); chance is the expected top-1 of a random pick."""
-    bundle.model.eval()
-    img = torch.cat([bundle.encode_images(torch.stack([bundle.preprocess(im) for im in images[i:i + batch_size]]))
-                     for i in range(0, len(images), batch_size)])
-    txt = torch.cat([bundle.encode_texts(list(captions[i:i + batch_size])) for i in range(0, len(captions), batch_size)])
-    sim = img @ txt.T
     caps = list(captions)
+    enc = CLIPReward(bundle, use_cache=False, batch_size=batch_size, text_batch_size=batch_size)  # puts it in eval
+    sim = enc.image_embeddings(list(images)) @ enc.text_embeddings(caps).T
     same = torch.tensor([[a == b for b in caps] for a in caps])
     i2t = same[torch.arange(len(caps)), sim.argmax(1)].float().mean().item()
     t2i = same[torch.arange(len(caps)), sim.argmax(0)].float().mean().item()
