@@ -143,6 +143,32 @@ def test_reward_equals_plain_computation_and_caches_images(tiny):
         assert CLIPReward(tiny, text_batch_size=tbs)(completions=completions, images=images) == pytest.approx(got, abs=1e-5)
 
 
+def test_reward_keys_the_cache_by_the_dataset_id_column_without_reading_pixels(tiny, monkeypatch):
+    import kit.reward.clip_reward as cr
+
+    k = 3
+    imgs = [_rand_img(30 + i) for i in range(2)]
+    images = [[imgs[i].copy()] for i in range(2) for _ in range(k)]
+    ids = [f"scene-{i}" for i in range(2) for _ in range(k)]
+    completions = ["Road is clear", "Traffic light is green", "stop"] * 2
+    want = CLIPReward(tiny, use_cache=False)(completions=completions, images=images)
+
+    def no_checksum(img):
+        raise AssertionError("the pixels were checksummed although the call carried ids")
+
+    monkeypatch.setattr(cr, "image_key", no_checksum)
+    r = CLIPReward(tiny)
+    got = r(prompts=None, completions=completions, images=images, id=ids)  # TRL passes dataset columns as kwargs
+    assert got == pytest.approx(want, abs=1e-5)
+    assert (r.misses, r.hits) == (2, 2 * k - 2)
+    assert r(completions=completions, images=images, id=ids) == pytest.approx(got, abs=1e-6) and r.misses == 2
+    # an id names a clip: the same id with a different frame list is another key, not a stale hit
+    two = r(completions=["stop"], images=[[imgs[1], imgs[0]]], id=["scene-0"])[0]
+    assert r.misses == 4 and two == pytest.approx(_plain(tiny, [imgs[1], imgs[0]], "stop"), abs=1e-5)
+    with pytest.raises(ValueError, match="ids"):
+        r.clip_score(images[:2], completions[:2], ids=["only-one"])
+
+
 def test_reward_averages_frames(tiny):
     r = CLIPReward(tiny)
     f1, f2, f3 = _rand_img(10), _rand_img(11), _rand_img(12)
@@ -240,6 +266,45 @@ def test_finetune_trains_keeps_best_and_resumes(tmp_path):
     assert np.allclose(s1["prob"], s2["prob"], atol=1e-5)
     again = finetune_clip(kclip.build_tiny_clip(seed=0), train, val, tmp_path / "ft", cfg, seed=0)
     assert again.get("resumed") and again["best_epoch"] == res["best_epoch"]
+
+
+def test_in_batch_negatives_label_every_image_against_every_text_of_the_batch(tmp_path, tiny):
+    from kit.reward.finetune import ImageStore, PairDataset, finetune_clip, normalize_batch, pair_loss, train_transform
+
+    pairs = _color_world(tmp_path, n=8)
+    truths = {p.image_path: {p.anchor} for p in pairs}
+    cfg = {"random_resized_crop_scale": [1.0, 1.0], "color_jitter": 0.0}
+    store = ImageStore.for_bundle([p.image_path for p in pairs], tiny)
+    ds = PairDataset(pairs, store, train_transform(tiny, cfg), flip="swap_text", seed=0,
+                     truths={k: frozenset(v) for k, v in truths.items()})
+    items = [ds[i] for i in range(len(pairs))]
+    for (x, text, y, truth), p in zip(items, pairs):
+        flipped = text != p.text
+        assert truth == ({swap_left_right(p.anchor)} if flipped else {p.anchor})
+        assert (text in truth) == bool(y)      # the pair's own label agrees with the image's truths
+    assert any(it[1] != p.text for it, p in zip(items, pairs))  # some pairs were flipped
+
+    x = normalize_batch(torch.stack([it[0] for it in items]), tiny)
+    texts, y, truth = [it[1] for it in items], torch.tensor([it[2] for it in items]), [it[3] for it in items]
+    loss, paper = pair_loss(tiny.model, tiny, x, texts, y, truth)
+    with torch.no_grad():
+        img = tiny.model.encode_image(x, normalize=True)
+        txt = tiny.model.encode_text(tiny.tokenizer(texts), normalize=True)
+        logits = img @ txt.T * tiny.model.logit_scale.exp()
+        bce = torch.nn.functional.binary_cross_entropy_with_logits
+        want_paper = bce(logits.diagonal(), y)
+        grid_target = torch.tensor([[float(t in tr) for t in texts] for tr in truth])
+        # the batch repeats texts; the loss counts each distinct text once per image
+        keep = [texts.index(t) for t in sorted(set(texts))]
+        want_grid = bce(logits[:, keep], grid_target[:, keep])
+    assert float(paper) == pytest.approx(float(want_paper), abs=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(want_paper + want_grid), abs=1e-5)
+    loss_plain, paper_plain = pair_loss(tiny.model, tiny, x, texts, y)
+    assert float(loss_plain.detach()) == pytest.approx(float(want_paper), abs=1e-5)
+
+    with pytest.raises(ValueError, match="in_batch_negatives"):
+        finetune_clip(kclip.build_tiny_clip(seed=0), pairs, pairs, tmp_path / "ft",
+                      {"in_batch_negatives": True}, seed=0)
 
 
 def test_figures_from_files_only(tmp_path):

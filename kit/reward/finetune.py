@@ -11,6 +11,12 @@ sits at cosine 0 and the model must learn to push wrong texts to negative cosine
 (and AUROC does not depend on it), so the default follows the paper; a number adds a learnable
 scalar bias (open_clip's own `logit_bias`, as in SigLIP) initialised there, which calibrates the
 probabilities faster. The fine-tuned checkpoint stores it, and the reward uses it for probabilities.
+
+On in-batch negatives (`clip_finetune.in_batch_negatives`): the pair loss labels one text per image
+per pair. Every other text of the batch is free supervision once the image's true texts are known, as
+in SigLIP's sigmoid loss. open_clip's `SigLipLoss` takes the diagonal as the only positive of each row,
+which is wrong here (one reason is true of many scenes), so `pair_loss` builds the labels from the
+annotations. Off by default in the paper profiles.
 """
 from __future__ import annotations
 
@@ -104,10 +110,15 @@ def flip_pair(img: Image.Image, text: str) -> tuple[Image.Image, str]:
 
 
 class PairDataset(torch.utils.data.Dataset):
-    def __init__(self, pairs: Sequence[Pair], store: ImageStore, transform, flip: str = "off", seed: int = 0):
+    """(augmented image, text, label, the image's true texts as seen) per pair. `truths` (image path ->
+    its true texts) is only needed for in-batch negatives; a flipped image's truths are swapped too."""
+
+    def __init__(self, pairs: Sequence[Pair], store: ImageStore, transform, flip: str = "off", seed: int = 0,
+                 truths: Mapping[str, frozenset[str]] | None = None):
         if flip not in FLIP_MODES:
             raise ValueError(f"params clip_finetune.flip: expected one of {FLIP_MODES}, got {flip!r}")
         self.pairs, self.store, self.transform, self.flip = list(pairs), store, transform, flip
+        self.truths = truths
         self.rng = random.Random(seed)
 
     def __len__(self) -> int:
@@ -116,23 +127,53 @@ class PairDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         p = self.pairs[i]
         img, text = self.store[p.image_path], p.text
+        truth = self.truths[str(p.image_path)] if self.truths is not None else frozenset()
         if self.flip == "swap_text" and self.rng.random() < 0.5:
             img, text = flip_pair(img, text)
-        return self.transform(img), text, float(p.label)
+            truth = frozenset(swap_left_right(t) for t in truth)
+        return self.transform(img), text, float(p.label), truth
 
 
 def _collate(batch):
-    x, t, y = zip(*batch)
-    return torch.stack(x), list(t), torch.tensor(y)
+    x, t, y, truth = zip(*batch)
+    return torch.stack(x), list(t), torch.tensor(y), list(truth)
 
 
-def pair_logits(model, bundle: ClipBundle, pixels: torch.Tensor, texts: list[str]) -> torch.Tensor:
-    img = model.encode_image(pixels.to(bundle.device), normalize=True)
-    txt = encode_text(model, bundle.tokenizer(texts).to(bundle.device), normalize=True)
-    logits = (img * txt).sum(-1) * model.logit_scale.exp()
+def _logits(model, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+    logits = img @ txt.T * model.logit_scale.exp()
     if getattr(model, "logit_bias", None) is not None:
         logits = logits + model.logit_bias
     return logits
+
+
+def batch_logits(model, bundle: ClipBundle, pixels: torch.Tensor, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """(pair logits [n], every image against every distinct text of the batch [n, m], those m texts).
+
+    Each distinct text is encoded once (a batch of reasons repeats a few texts many times)."""
+    uniq = sorted(set(texts))
+    col = {t: j for j, t in enumerate(uniq)}
+    img = model.encode_image(pixels.to(bundle.device), normalize=True)
+    txt = encode_text(model, bundle.tokenizer(uniq).to(bundle.device), normalize=True)
+    grid = _logits(model, img, txt)
+    idx = torch.tensor([col[t] for t in texts], device=grid.device)
+    return grid[torch.arange(len(texts), device=grid.device), idx], grid, uniq
+
+
+def pair_loss(model, bundle: ClipBundle, pixels: torch.Tensor, texts: list[str], labels: torch.Tensor,
+              truths: Sequence[frozenset[str]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paper B's loss, BCE-with-logits on the batch's pairs; with `truths` (each image's true texts)
+    the mean BCE over every image against every distinct text of the batch is added: the in-batch
+    negatives of SigLIP's sigmoid loss, labelled by the image's true texts instead of the diagonal
+    (a driving scene has several true reasons, and the same reason is true of many scenes).
+
+    Returns (the loss to minimise, the pairs' BCE alone: what the history reports as train loss)."""
+    pair, grid, uniq = batch_logits(model, bundle, pixels, texts)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    paper = bce(pair, labels.to(pair.device))
+    if truths is None:
+        return paper, paper.detach()
+    target = torch.tensor([[float(t in tr) for t in uniq] for tr in truths], device=grid.device)
+    return paper + bce(grid, target), paper.detach()
 
 
 @torch.no_grad()
@@ -160,7 +201,8 @@ def _bce(scores: Mapping[str, np.ndarray]) -> float:
 
 
 def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair], out_dir: str | Path,
-                  cfg: Mapping, *, seed: int = 0, store: ImageStore | None = None, desc: str = "CLIP fine-tune") -> dict:
+                  cfg: Mapping, *, seed: int = 0, store: ImageStore | None = None, desc: str = "CLIP fine-tune",
+                  truths: Mapping[str, Sequence[str]] | None = None) -> dict:
     """Train `bundle.model` in place; the best-val-AUROC model is saved to `out_dir/best` and loaded
     back into `bundle.model` at the end. Resumes from `out_dir/last.pt` (written every epoch) when the
     settings match; a finished run (`out_dir/history.json` with `done`) returns without training.
@@ -172,7 +214,16 @@ def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     keys = ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "plateau_factor", "plateau_patience",
-            "early_stop_patience", "flip", "random_resized_crop_scale", "color_jitter", "logit_bias")
+            "early_stop_patience", "flip", "random_resized_crop_scale", "color_jitter", "logit_bias",
+            "in_batch_negatives")
+    in_batch = bool(cfg.get("in_batch_negatives", False))
+    if in_batch:
+        if truths is None:
+            raise ValueError("clip_finetune.in_batch_negatives needs each image's true texts (finetune_clip(truths=...))")
+        truths = {str(k): frozenset(v) for k, v in truths.items()}
+        missing = sorted({str(p.image_path) for p in train} - set(truths))
+        if missing:
+            raise ValueError(f"finetune_clip: no true texts given for {len(missing)} train images, e.g. {missing[0]}")
     settings = {"cfg": {k: cfg.get(k) for k in keys}, "seed": seed, "start": bundle.source,
                 "train": [(p.id, p.text, p.label) for p in train], "val": [(p.id, p.text, p.label) for p in val]}
     h = params_hash(settings)
@@ -187,14 +238,14 @@ def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair]
     if cfg.get("logit_bias") is not None and getattr(model, "logit_bias", None) is None:
         model.logit_bias = torch.nn.Parameter(torch.tensor(float(cfg["logit_bias"]), device=bundle.device))
     store = store or ImageStore.for_bundle([p.image_path for p in list(train) + list(val)], bundle)
-    ds = PairDataset(train, store, train_transform(bundle, cfg), flip=str(cfg.get("flip", "off")), seed=seed)
+    ds = PairDataset(train, store, train_transform(bundle, cfg), flip=str(cfg.get("flip", "off")), seed=seed,
+                     truths=truths if in_batch else None)
     g = torch.Generator().manual_seed(seed)
     dl = torch.utils.data.DataLoader(ds, batch_size=int(cfg["batch_size"]), shuffle=True, generator=g,
                                      collate_fn=_collate, drop_last=False, num_workers=0)
     opt = _adamw(model.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]), device=bundle.device)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=float(cfg["plateau_factor"]),
                                                        patience=int(cfg["plateau_patience"]))
-    loss_fn = torch.nn.BCEWithLogitsLoss()
     history: list[dict] = []
     best_auroc, best_epoch, bad = -math.inf, 0, 0
     start_epoch = 1
@@ -227,16 +278,15 @@ def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair]
         t0 = time.perf_counter()
         model.train()
         tot, n = 0.0, 0
-        for x, texts, y in dl:
-            logits = pair_logits(model, bundle, normalize_batch(x, bundle), texts)
-            loss = loss_fn(logits, y.to(logits.device))
+        for x, texts, y, truth in dl:
+            loss, paper_loss = pair_loss(model, bundle, normalize_batch(x, bundle), texts, y, truth if in_batch else None)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["grad_clip"]))
             opt.step()
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))
-            tot, n = tot + loss.item() * len(y), n + len(y)
+            tot, n = tot + paper_loss.item() * len(y), n + len(y)
         model.eval()
         s = score_pairs(bundle, val, store)
         auroc = _auroc(s["label"], s["cos"])

@@ -34,7 +34,7 @@ def run_clip_finetune(P: Mapping, run_dir) -> dict:
     from kit.reward.figures import figures_from_run
     from kit.reward.finetune import ImageStore, clone_bundle, finetune_clip, score_pairs
     from kit.reward.judge import binary_metrics, similarity_table
-    from kit.reward.pairs import make_pairs
+    from kit.reward.pairs import make_pairs, true_texts
 
     t0 = time.perf_counter()
     rd = runs.resolve_run_dir(run_dir)
@@ -58,8 +58,9 @@ def run_clip_finetune(P: Mapping, run_dir) -> dict:
         store = ImageStore.for_bundle([p.image_path for _, ps in pairs.items() for p in ps], base)
         before = {sp: score_pairs(base, pairs[sp], store) for sp in ("val", "test")}
         bundle = clone_bundle(base)
+        truths = {str(s.image_path): true_texts(s, tgt) for s in samples}
         fit = finetune_clip(bundle, pairs.train, pairs.val, td, C, seed=int(P.get("seed", 0)), store=store,
-                            desc=f"fine-tune CLIP on {tgt} pairs")
+                            desc=f"fine-tune CLIP on {tgt} pairs", truths=truths)
         after = {sp: score_pairs(bundle, pairs[sp], store) for sp in ("val", "test")}
         res = {"pairs": pairs.stats, "checkpoint": fit["checkpoint"], "best_epoch": fit["best_epoch"],
                "best_val_auroc": fit["best_val_auroc"], "epochs_run": fit["epochs_run"],
