@@ -8,9 +8,11 @@ The fine-tuned reward model was trained as a binary classifier on logits v.t * e
 paper B's Table 1 reports as "Avg. Sim." and thresholds at 0.5 for "Match %".
 
 RLOO scores k completions per prompt and sees every training image once per epoch, so image
-embeddings are computed once per distinct image and kept in a bounded LRU cache keyed by a hash of
-the pixels (TRL hands the k copies of a prompt over as separate, equal PIL objects). Texts are
-encoded in batches of similar length, each distinct text once per call.
+embeddings are computed once per distinct image and kept in a bounded LRU cache. TRL hands the k
+copies of a prompt over as separate, equal PIL objects, together with the dataset's other columns:
+the cache keys frames by the sample's `id` column (`key_column`) when the call carries one, and by
+a checksum of the pixels otherwise (evaluation lists). Texts are encoded in batches of similar
+length, each distinct text once per call.
 """
 from __future__ import annotations
 
@@ -47,6 +49,12 @@ def image_key(img: Image.Image) -> tuple:
     """
     buf = _pixels(img)
     return (img.mode, img.size, zlib.crc32(buf), zlib.adler32(buf))
+
+
+def id_keys(ids: Sequence, frame_lists: Sequence[Sequence[Image.Image]]) -> list[tuple]:
+    """Cache keys of every frame of every entry, from the entries' ids (no pixel is read). The frame's
+    place and size are in the key too: an id names a clip, not one picture."""
+    return [("id", str(i), j, len(fl), f.mode, f.size) for i, fl in zip(ids, frame_lists) for j, f in enumerate(fl)]
 
 
 def completion_text(c: Any) -> str:
@@ -92,7 +100,7 @@ class CLIPReward:
 
     def __init__(self, bundle: ClipBundle, frames_key: str = "images", *, score: str = "cosine",
                  threshold: float = 0.5, cache_size: int = 4096, batch_size: int = 64, text_batch_size: int = 16,
-                 use_cache: bool = True):
+                 use_cache: bool = True, key_column: str | None = "id"):
         if score not in SCORES:
             raise ValueError(f"CLIPReward score: expected one of {SCORES}, got {score!r}")
         self.bundle = bundle
@@ -103,6 +111,7 @@ class CLIPReward:
         self.batch_size = int(batch_size)              # images per encoder call
         self.text_batch_size = int(text_batch_size)    # texts per encoder call, sorted by length
         self.use_cache = use_cache
+        self.key_column = key_column                   # dataset column that names a sample's frames
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -122,17 +131,23 @@ class CLIPReward:
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         return self.bundle.encode_texts(texts, batch_size=self.text_batch_size).float()
 
-    def image_embeddings(self, frames: Sequence[Image.Image]) -> torch.Tensor:
-        """Normalized embeddings [len(frames), d]; each distinct image encoded once (cached)."""
+    def image_embeddings(self, frames: Sequence[Image.Image], keys: Sequence[tuple] | None = None) -> torch.Tensor:
+        """Normalized embeddings [len(frames), d]; each distinct image encoded once (cached).
+
+        `keys`, one per frame, name the images (equal keys: equal pixels); without them the pixels are
+        checksummed, which costs a few ms per call for a batch of small frames and ~2 ms per 1280x720 frame."""
         if not self.use_cache:
             return self._encode_images(list(frames))
-        by_id: dict[int, tuple] = {}
-        keys = []
-        for f in frames:  # the same object often appears several times: hash it once
-            k = by_id.get(id(f))
-            if k is None:
-                k = by_id[id(f)] = image_key(f)
-            keys.append(k)
+        if keys is None:
+            by_id: dict[int, tuple] = {}
+            keys = []
+            for f in frames:  # the same object often appears several times: hash it once
+                k = by_id.get(id(f))
+                if k is None:
+                    k = by_id[id(f)] = image_key(f)
+                keys.append(k)
+        elif len(keys) != len(frames):
+            raise ValueError(f"CLIPReward.image_embeddings: {len(keys)} keys for {len(frames)} frames")
         missing: dict[tuple, Image.Image] = {}
         for k, f in zip(keys, frames):
             if k in self._cache:
@@ -163,14 +178,21 @@ class CLIPReward:
         self.hits = self.misses = 0
 
     # ---- scores -----------------------------------------------------------------------------
-    def similarity(self, images_or_frame_lists: Sequence, texts: Sequence[str]) -> torch.Tensor:
-        """Paper B's v . t per (frames, text) pair: mean of normalized frame embeddings dot text."""
+    def similarity(self, images_or_frame_lists: Sequence, texts: Sequence[str],
+                   ids: Sequence | None = None) -> torch.Tensor:
+        """Paper B's v . t per (frames, text) pair: mean of normalized frame embeddings dot text.
+        `ids` (one per entry, e.g. the sample id) name each entry's frames for the cache."""
         if len(images_or_frame_lists) != len(texts):
             raise ValueError(f"CLIPReward: {len(images_or_frame_lists)} image entries but {len(texts)} texts; "
                              "expected one frame list per text")
         frame_lists = [_frames(x) for x in images_or_frame_lists]
         flat = [f for fl in frame_lists for f in fl]
-        img = self.image_embeddings(flat)
+        keys = None
+        if ids is not None:
+            if len(ids) != len(frame_lists):
+                raise ValueError(f"CLIPReward: {len(ids)} ids for {len(frame_lists)} image entries")
+            keys = id_keys(ids, frame_lists)
+        img = self.image_embeddings(flat, keys)
         sizes = torch.tensor([len(fl) for fl in frame_lists])
         seg = torch.repeat_interleave(torch.arange(len(frame_lists)), sizes).to(img.device)
         v = torch.zeros(len(frame_lists), img.shape[1], device=img.device).index_add_(0, seg, img)
@@ -185,11 +207,12 @@ class CLIPReward:
             logits = logits + m.logit_bias.detach().float()
         return torch.sigmoid(logits)
 
-    def clip_score(self, images_or_frame_lists: Sequence, texts: Sequence[str], kind: str | None = None) -> list[float]:
+    def clip_score(self, images_or_frame_lists: Sequence, texts: Sequence[str], kind: str | None = None,
+                   ids: Sequence | None = None) -> list[float]:
         kind = kind or "probability"
         if kind not in SCORES:
             raise ValueError(f"clip_score kind: expected one of {SCORES}, got {kind!r}")
-        cos = self.similarity(images_or_frame_lists, texts)
+        cos = self.similarity(images_or_frame_lists, texts, ids)
         out = cos if kind == "cosine" else self.to_probability(cos)
         return [float(x) for x in out.cpu()]
 
@@ -204,5 +227,8 @@ class CLIPReward:
             raise KeyError(f"CLIPReward: no '{self.frames_key}' column among the reward's keyword arguments "
                            f"(got {sorted(kw)}); the training dataset must carry the frames")
         texts = [completion_text(c) for c in completions]
-        return self.clip_score(images, texts, kind=self.score)
+        ids = kw.get(self.key_column) if self.key_column else None
+        if ids is not None and any(i is None for i in ids):
+            ids = None
+        return self.clip_score(images, texts, kind=self.score, ids=ids)
 
