@@ -90,7 +90,8 @@ def _frames(item: Any) -> list[Image.Image]:
 
 
 class CLIPReward:
-    """`reward(prompts, completions, images=[[frames], ...], **kw) -> list[float]` for TRL.
+    """`reward(prompts, completions, images=[[frames], ...], id=[...], **kw) -> list[float]` for TRL
+(`id`, the `key_column`, is optional: it names each entry's frames for the cache).
 
     Also `clip_score(images_or_frame_lists, texts, kind=None)` and `clip_match(...)` for evaluation.
     `score` picks what the reward returns (`cosine`: paper B's Eq.; `probability`: the calibrated
