@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
@@ -80,21 +80,25 @@ def _record(sample, output: str) -> dict:
             "unparseable": p.unparseable, "image_paths": [str(f) for f in sample.frame_paths]}
 
 
-def predict_bdd(model, processor, samples: Sequence, P: Mapping, out_path: str | os.PathLike,
-                prompt: str = ANSWER_PROMPT, *, tag: str | None = None, desc: str = "predict") -> list[dict]:
-    """Generate an answer per BDD-OIA sample, parse it, and write predictions.jsonl records
-    (id, output, pred_actions, pred_reasons, gt_actions, gt_reasons, unparseable, image_paths).
+def generate_records(model, processor, samples: Sequence, out_path: str | os.PathLike, meta: Mapping, *,
+                     items: Callable[[Sequence], list], records: Callable[[Sequence, list, list[str]], list[dict]],
+                     batch_size: int, max_new_tokens: int, desc: str = "generate") -> list[dict]:
+    """Greedy answers for `samples`, a record per sample (in order) written to `out_path` (jsonl).
 
-    Resumes: finished records are kept in `<out_path>.partial` after each chunk, and a complete
-    `out_path` whose meta (`tag`, prompt, ids) matches is returned as is. Pass the checkpoint
-    path as `tag` so a retrained model never reuses old answers.
+    `items(part)` gives the (images, prompt) items of a chunk of samples (frames are loaded per
+    chunk, never a whole split at once); `records(part, items, outputs)` turns the chunk's answers
+    into records, each with the sample's "id".
+
+    Reuse and resume: a complete `out_path` whose meta (`meta` plus the ids and max_new_tokens, in
+    `<stem>.meta.json`) matches is returned as is; finished records are kept in `<out_path>.partial`
+    after each chunk, and a rerun with the same meta generates only the rest. Put the checkpoint
+    that answers in `meta` (e.g. as "tag") so a retrained model never reuses old answers.
     """
     out_path = Path(out_path)
     meta_path = out_path.with_name(out_path.stem + ".meta.json")
     partial = out_path.with_name(out_path.name + ".partial")
     ids = [s.id for s in samples]
-    meta = {"tag": tag, "prompt": prompt, "n": len(ids),
-            "max_new_tokens": int(P["eval"]["max_new_tokens"])}
+    meta = dict(meta, ids=ids, max_new_tokens=int(max_new_tokens))
     if out_path.exists() and runs.read_json(meta_path) == meta:
         recs = runs.read_jsonl(out_path)
         if [r["id"] for r in recs] == ids:
@@ -104,19 +108,30 @@ def predict_bdd(model, processor, samples: Sequence, P: Mapping, out_path: str |
         done = {r["id"]: r for r in runs.read_jsonl(partial)}
     runs.write_json(meta_path, meta)
     todo = [s for s in samples if s.id not in done]
-    bs = int(P["eval"]["batch_size"])
-    chunk = bs * 4  # images are loaded per chunk, never the whole split at once
+    chunk = int(batch_size) * 4
     with tqdm(total=len(samples), initial=len(samples) - len(todo), desc=desc) as bar:
         for i in range(0, len(todo), chunk):
             part = todo[i:i + chunk]
-            items = [(s.load_images(), prompt) for s in part]
-            outs = generate(model, processor, items, batch_size=bs,
-                            max_new_tokens=int(P["eval"]["max_new_tokens"]), progress=False)
-            for s, o in zip(part, outs):
-                done[s.id] = _record(s, o)
+            its = items(part)
+            outs = generate(model, processor, its, batch_size=int(batch_size), max_new_tokens=int(max_new_tokens),
+                            progress=False)
+            for r in records(part, its, outs):
+                done[r["id"]] = r
             runs.write_jsonl(partial, [done[k] for k in ids if k in done])
             bar.update(len(part))
     recs = [done[k] for k in ids]
     runs.write_jsonl(out_path, recs)
     partial.unlink(missing_ok=True)
     return recs
+
+
+def predict_bdd(model, processor, samples: Sequence, P: Mapping, out_path: str | os.PathLike,
+                prompt: str = ANSWER_PROMPT, *, tag: str | None = None, desc: str = "predict") -> list[dict]:
+    """Generate an answer per BDD-OIA sample, parse it, and write predictions.jsonl records
+    (id, output, pred_actions, pred_reasons, gt_actions, gt_reasons, unparseable, image_paths).
+    Reused and resumed as `generate_records` says; pass the checkpoint path as `tag`."""
+    return generate_records(
+        model, processor, samples, out_path, {"tag": tag, "prompt": prompt},
+        items=lambda part: [(s.load_images(), prompt) for s in part],
+        records=lambda part, _, outs: [_record(s, o) for s, o in zip(part, outs)],
+        batch_size=int(P["eval"]["batch_size"]), max_new_tokens=int(P["eval"]["max_new_tokens"]), desc=desc)

@@ -72,37 +72,28 @@ def predict_actions(model, processor, samples: Sequence, descriptions: Mapping[s
                     out_path: Path, reward=None, *, tag: str) -> list[dict]:
     """Stage-2 answers on `samples`, parsed into Track B prediction records (id, output, pred_actions,
     pred_reasons, gt_actions, gt_reasons, unparseable) plus the stage-1 description and, with a
-    reward, the CLIP score of the output. Reused when out_path holds the same ids for `tag`."""
-    from tqdm.auto import tqdm
-
-    from kit.eval.generate import generate
+    reward, the CLIP score of the output. Reused and resumed as `kit.eval.generate.generate_records`
+    says, for the same `tag` (the checkpoint)."""
+    from kit.eval.generate import generate_records
     from kit.eval.parse import parse_answer
     from kit.stages.rloo import frames_of
 
-    meta_path = out_path.with_name(out_path.stem + ".meta.json")
-    meta = {"tag": tag, "ids": [s.id for s in samples], "max_new_tokens": int(P["action_sft"]["max_new_tokens"])}
-    if out_path.exists() and runs.read_json(meta_path) == meta:
-        return runs.read_jsonl(out_path)
-    bs = int(P["eval"]["batch_size"])
-    recs = []
-    with tqdm(total=len(samples), desc="predict actions") as bar:
-        for i in range(0, len(samples), bs * 4):
-            part = samples[i:i + bs * 4]
-            frames = [frames_of(s, P) for s in part]
-            items = [(f, stage2_prompt(descriptions[s.id])) for f, s in zip(frames, part)]
-            outs = generate(model, processor, items, batch_size=bs,
-                            max_new_tokens=int(P["action_sft"]["max_new_tokens"]), progress=False)
-            scores = reward.clip_score(frames, outs) if reward is not None else [None] * len(outs)
-            for s, o, c in zip(part, outs, scores):
-                p = parse_answer(o)
-                recs.append({"id": s.id, "output": o, "pred_actions": p.actions, "pred_reasons": p.reasons,
-                             "gt_actions": list(map(int, s.actions)), "gt_reasons": list(map(int, s.reasons)),
-                             "unparseable": p.unparseable, "description": descriptions[s.id],
-                             "clip_score": c, "image_paths": [str(f) for f in s.frame_paths]})
-            bar.update(len(part))
-    runs.write_jsonl(out_path, recs)
-    runs.write_json(meta_path, meta)
-    return recs
+    def records(part, items, outs):
+        frames = [f for f, _ in items]
+        scores = reward.clip_score(frames, outs) if reward is not None else [None] * len(outs)
+        recs = []
+        for s, o, c in zip(part, outs, scores):
+            p = parse_answer(o)
+            recs.append({"id": s.id, "output": o, "pred_actions": p.actions, "pred_reasons": p.reasons,
+                         "gt_actions": list(map(int, s.actions)), "gt_reasons": list(map(int, s.reasons)),
+                         "unparseable": p.unparseable, "description": descriptions[s.id],
+                         "clip_score": c, "image_paths": [str(f) for f in s.frame_paths]})
+        return recs
+
+    return generate_records(model, processor, samples, out_path, {"tag": tag},
+                            items=lambda part: [(frames_of(s, P), stage2_prompt(descriptions[s.id])) for s in part],
+                            records=records, batch_size=int(P["eval"]["batch_size"]),
+                            max_new_tokens=int(P["action_sft"]["max_new_tokens"]), desc="predict actions")
 
 
 def run_action_sft(P: Mapping, run_dir) -> dict:

@@ -39,37 +39,23 @@ def frames_of(sample, P: Mapping) -> list:
 def describe(model, processor, samples: Sequence, P: Mapping, reward, out_path: Path, *, tag: str,
              desc: str = "describe") -> list[dict]:
     """Greedy stage-1 descriptions of `samples` with CLIP score/match against their frames; written to
-    out_path (jsonl, records id, description, clip_score, clip_match). Reused when out_path holds the
-    same ids for the same `tag` (the checkpoint that wrote them)."""
-    from kit.eval.generate import generate
+    out_path (jsonl, records id, description, clip_score, clip_match, clip_score_other_image). Reused
+    and resumed as `kit.eval.generate.generate_records` says, for the same `tag` (the checkpoint)."""
+    from kit.eval.generate import generate_records
 
-    meta_path = out_path.with_name(out_path.stem + ".meta.json")
-    ids = [s.id for s in samples]
-    meta = {"tag": tag, "ids": ids, "max_new_tokens": int(P["rloo"]["max_new_tokens"]), "version": 2}
-    if out_path.exists() and runs.read_json(meta_path) == meta:
-        return runs.read_jsonl(out_path)
-    bs = int(P["eval"]["batch_size"])
-    recs: list[dict] = []
-    chunk = bs * 4  # frames are loaded per chunk, never the whole split at once
-    from tqdm.auto import tqdm
+    def records(part, items, texts):
+        frames = [f for f, _ in items]
+        scores = reward.clip_score(frames, texts)
+        # the same descriptions against another sample's frames: a description that fits its own
+        # image better than a stranger's says something about the image; a generic one does not
+        others = reward.clip_score(frames[1:] + frames[:1], texts) if len(part) > 1 else [None] * len(part)
+        return [{"id": s.id, "description": t, "clip_score": c, "clip_match": c > reward.threshold,
+                 "clip_score_other_image": o} for s, t, c, o in zip(part, texts, scores, others)]
 
-    with tqdm(total=len(samples), desc=desc) as bar:
-        for i in range(0, len(samples), chunk):
-            part = samples[i:i + chunk]
-            frames = [frames_of(s, P) for s in part]
-            texts = generate(model, processor, [(f, DESCRIBE_PROMPT) for f in frames], batch_size=bs,
-                             max_new_tokens=int(P["rloo"]["max_new_tokens"]), progress=False)
-            scores = reward.clip_score(frames, texts)
-            # the same descriptions against another sample's frames: a description that fits its own
-            # image better than a stranger's says something about the image; a generic one does not
-            others = reward.clip_score(frames[1:] + frames[:1], texts) if len(part) > 1 else [None] * len(part)
-            for s, t, c, o in zip(part, texts, scores, others):
-                recs.append({"id": s.id, "description": t, "clip_score": c, "clip_match": c > reward.threshold,
-                             "clip_score_other_image": o})
-            bar.update(len(part))
-    runs.write_jsonl(out_path, recs)
-    runs.write_json(meta_path, meta)
-    return recs
+    return generate_records(model, processor, samples, out_path, {"tag": tag, "version": 2},
+                            items=lambda part: [(frames_of(s, P), DESCRIBE_PROMPT) for s in part],
+                            records=records, batch_size=int(P["eval"]["batch_size"]),
+                            max_new_tokens=int(P["rloo"]["max_new_tokens"]), desc=desc)
 
 
 def _train_one(P: Mapping, run_dir: Path, rows: list[dict], reward, out_dir: Path, baseline: str,
