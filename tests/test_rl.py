@@ -176,6 +176,8 @@ def test_trainer_uses_the_selected_baseline(tiny, tmp_path, baseline):
     if baseline == "rloo":  # TRL's own inline advantage is Eq. 1
         assert torch.allclose(out["advantages"].cpu().view(2, 3), leave_one_out(lb["rewards"]), atol=1e-5)
     assert (lb["greedy_rewards"] is not None) == (baseline == "greedy")
+    # TRL hands the dataset's id column to the reward: its cache is keyed by sample, not by pixels
+    assert {k[:2] for k in reward._cache} >= {("id", "s0"), ("id", "s1")}
     rec = trainer.reward_log[-1]
     assert rec["best_of_k"] >= rec["mean_reward"] - 1e-6
     assert not (tmp_path / "reward_log.jsonl").exists()  # records are written with checkpoints, not every step
