@@ -20,8 +20,8 @@ The text side (tokenising and encoding the B*k completions) costs the same with 
 cache, so with I the cost of one image encode and T of the k texts of one prompt, the speedup is
 (k*I + T) / (I + T) cold and (k*I + T) / T warm: the cold case reaches k/2 only if a prompt's k
 texts cost at most k/(k-2) image encodes (4/3 at k = 8), and with both architectures here they cost
-about two (`text_share_of_uncached_call`). The warm case and a whole run are where the cache pays. Writes benchmarks/results/clip_reward.json.
-Not a timed test; about a minute on one CPU thread.
+about two (`text_share_of_uncached_call`). The warm case and a whole run are where the cache pays.
+Writes benchmarks/results/clip_reward.json. Not a timed test; about a minute on one CPU thread.
 """
 from __future__ import annotations
 

@@ -91,7 +91,7 @@ def _frames(item: Any) -> list[Image.Image]:
 
 class CLIPReward:
     """`reward(prompts, completions, images=[[frames], ...], id=[...], **kw) -> list[float]` for TRL
-(`id`, the `key_column`, is optional: it names each entry's frames for the cache).
+    (`id`, the `key_column`, is optional: it names each entry's frames for the cache).
 
     Also `clip_score(images_or_frame_lists, texts, kind=None)` and `clip_match(...)` for evaluation.
     `score` picks what the reward returns (`cosine`: paper B's Eq.; `probability`: the calibrated
@@ -136,7 +136,7 @@ class CLIPReward:
         """Normalized embeddings [len(frames), d]; each distinct image encoded once (cached).
 
         `keys`, one per frame, name the images (equal keys: equal pixels); without them the pixels are
-        checksummed, which costs a few ms per call for a batch of small frames and ~2 ms per 1280x720 frame."""
+        checksummed (measured on one CPU thread: 0.08 ms for a 256x144 frame, 1.6 ms for a 1280x720 one)."""
         if not self.use_cache:
             return self._encode_images(list(frames))
         if keys is None:
