@@ -99,12 +99,13 @@ def generate_records(model, processor, samples: Sequence, out_path: str | os.Pat
     partial = out_path.with_name(out_path.name + ".partial")
     ids = [s.id for s in samples]
     meta = dict(meta, ids=ids, max_new_tokens=int(max_new_tokens))
-    if out_path.exists() and runs.read_json(meta_path) == meta:
+    same = runs.read_json(meta_path) == meta
+    if same and out_path.exists():
         recs = runs.read_jsonl(out_path)
         if [r["id"] for r in recs] == ids:
             return recs
     done: dict[str, dict] = {}
-    if partial.exists() and runs.read_json(meta_path) == meta:
+    if same and partial.exists():
         done = {r["id"]: r for r in runs.read_jsonl(partial)}
     runs.write_json(meta_path, meta)
     todo = [s for s in samples if s.id not in done]
