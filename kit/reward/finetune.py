@@ -146,7 +146,8 @@ def _logits(model, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def batch_logits(model, bundle: ClipBundle, pixels: torch.Tensor, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def batch_logits(model, bundle: ClipBundle, pixels: torch.Tensor,
+                 texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(pair logits [n], every image against every distinct text of the batch [n, m], those m texts).
 
     Each distinct text is encoded once (a batch of reasons repeats a few texts many times)."""
@@ -225,7 +226,8 @@ def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair]
     in_batch = bool(cfg.get("in_batch_negatives", False))
     if in_batch:
         if truths is None:
-            raise ValueError("clip_finetune.in_batch_negatives needs each image's true texts (finetune_clip(truths=...))")
+            raise ValueError("clip_finetune.in_batch_negatives needs each image's true texts "
+                             "(finetune_clip(truths=...))")
         truths = {str(k): frozenset(v) for k, v in truths.items()}
         missing = sorted({str(p.image_path) for p in train} - set(truths))
         if missing:
@@ -285,7 +287,8 @@ def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair]
         model.train()
         tot, n = 0.0, 0
         for x, texts, y, truth in dl:
-            loss, paper_loss = pair_loss(model, bundle, normalize_batch(x, bundle), texts, y, truth if in_batch else None)
+            loss, paper_loss = pair_loss(model, bundle, normalize_batch(x, bundle), texts, y,
+                                         truth if in_batch else None)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["grad_clip"]))
