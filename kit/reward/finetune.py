@@ -234,6 +234,8 @@ def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair]
             raise ValueError(f"finetune_clip: no true texts given for {len(missing)} train images, e.g. {missing[0]}")
     settings = {"cfg": {k: cfg.get(k) for k in keys}, "seed": seed, "start": bundle.source,
                 "train": [(p.id, p.text, p.label) for p in train], "val": [(p.id, p.text, p.label) for p in val]}
+    if in_batch:  # the in-batch labels come from the train images' true texts: other truths, another training
+        settings["truths"] = sorted({(p.id, tuple(sorted(truths[str(p.image_path)]))) for p in train})
     h = params_hash(settings)
     done = runs.read_json(out / "history.json", {}) or {}
     if done.get("done") and done.get("settings_hash") == h and (out / "best").is_dir():
