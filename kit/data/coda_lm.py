@@ -20,27 +20,29 @@ GENERAL_KEYS = ["vehicles", "vulnerable_road_users", "traffic signs", "traffic l
                 "barriers", "other objects"]
 SUMMARY_KEY = "description and explanation"
 
-# CODA's region category names -> the 7 classes region-perception scores are broken down into.
+# CODA's region category names -> the 7 classes region perception is scored by. This is the list of
+# CODA-LM's official evaluator (evaluation/stage3_eval_batch.py, `convert_label`), matched exactly as
+# it matches them (case and spelling, its "suitcace" included). A name outside the list is left
+# unscored by the official script, silently; the kit counts such regions as "unscored" instead.
 CLASSES = ["vehicle", "vru", "traffic_sign", "traffic_light", "traffic_cone", "barrier", "miscellaneous"]
-REGION_CLASSES: dict[str, str] = {
-    **{n: "vehicle" for n in ("car", "truck", "bus", "van", "suv", "trailer", "tricycle", "construction_vehicle",
-                              "overturned_vehicle", "vehicle", "machinery")},
-    **{n: "vru" for n in ("pedestrian", "cyclist", "bicycle", "motorcycle", "rider", "moped", "scooter",
-                          "wheelchair", "stroller", "person")},
-    **{n: "traffic_sign" for n in ("traffic_sign", "sign", "stop_sign", "warning_sign", "guide_board")},
-    **{n: "traffic_light" for n in ("traffic_light",)},
-    **{n: "traffic_cone" for n in ("traffic_cone", "cone")},
-    **{n: "barrier" for n in ("barrier", "barricade", "bollard", "concrete_block", "fence", "water_barrier",
-                              "warning_triangle")},
-    **{n: "miscellaneous" for n in ("debris", "dog", "cat", "animal", "misc", "miscellaneous", "stone", "plastic_bag",
-                                    "garbage", "trash_can", "box", "other")},
+_OFFICIAL_CLASS_NAMES = {
+    "vehicle": ["car", "truck", "tram", "tricycle", "bus", "trailer", "construction_vehicle", "recreational_vehicle"],
+    "vru": ["pedestrian", "cyclist", "bicycle", "moped", "motorcycle", "stroller", "wheelchair", "cart"],
+    "traffic_sign": ["warning_sign", "traffic_sign"],
+    "traffic_light": ["traffic_light"],
+    "traffic_cone": ["traffic_cone"],
+    "barrier": ["barrier", "bollard"],
+    "miscellaneous": ["dog", "cat", "sentry_box", "traffic_box", "traffic_island", "debris", "suitcace", "dustbin",
+                      "concrete_block", "machinery", "chair", "phone_booth", "basket", "cardboard", "carton", "garbage",
+                      "garbage_bag", "plastic_bag", "stone", "tire", "misc"],
 }
+REGION_CLASSES: dict[str, str] = {n: c for c, names in _OFFICIAL_CLASS_NAMES.items() for n in names}
+UNSCORED = "unscored"
 
 
-def region_class(category_name: str) -> str:
-    """One of CLASSES for a CODA category name (unknown names count as miscellaneous)."""
-    key = str(category_name).strip().lower().replace(" ", "_").replace("-", "_")
-    return REGION_CLASSES.get(key, "miscellaneous")
+def region_class(category_name: str) -> str | None:
+    """One of CLASSES for a CODA category name, or None where the official evaluator scores no class."""
+    return REGION_CLASSES.get(str(category_name))
 
 
 @dataclass
@@ -138,10 +140,10 @@ def load_split(root, split: str, max_samples: int | None = None) -> CodaSplit:
     if max_samples is not None:
         files = files[:int(max_samples)]
     samples = [parse_file(root, p) for p in files]
-    by_class: dict[str, int] = {c: 0 for c in CLASSES}
+    by_class: dict[str, int] = {c: 0 for c in (*CLASSES, UNSCORED)}
     for s in samples:
         for r in s.regions:
-            by_class[region_class(r["category_name"])] += 1
+            by_class[region_class(r["category_name"]) or UNSCORED] += 1
     stats = {"samples": len(samples), "regions": sum(len(s.regions) for s in samples), "regions_per_class": by_class,
              "general_items": {k: sum(len(s.general.get(k, [])) for s in samples) for k in GENERAL_KEYS}}
     return CodaSplit(split=split, root=root, samples=samples, stats=stats)

@@ -330,9 +330,10 @@ def driving_suggestion(g: Mapping) -> str:
     return " ".join(parts)
 
 
-# category_name (CODA's vocabulary) of each drawn object kind
+# category_name of each drawn object kind: names from CODA-LM's own vocabulary, each one the official
+# evaluator maps to a class (kit.data.coda_lm.REGION_CLASSES); CODA labels an overturned car "car"
 _REGION_NAME = {"car": "car", "truck": "truck", "pedestrian": "pedestrian", "rider": "cyclist", "cone": "traffic_cone",
-                "road_works": "barrier", "debris": "debris", "animal": "dog", "overturned_vehicle": "overturned_vehicle",
+                "road_works": "barrier", "debris": "debris", "animal": "dog", "overturned_vehicle": "car",
                 "traffic_light": "traffic_light", "arrow_light": "traffic_light", "stop_sign": "traffic_sign",
                 "speed_limit_sign": "traffic_sign"}
 

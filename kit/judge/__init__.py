@@ -1,0 +1,1 @@
+"""LLM-as-judge for CODA-LM: prompts, backends (rubric, openai), scores, battles and Elo."""

@@ -1,0 +1,191 @@
+"""One interface for every judge backend: ask for ratings (1-10) or pairwise verdicts, never lose an item.
+
+A backend answers one chat request at a time (`_ask(messages, request) -> (text, usage)`); this
+class does what every backend needs around that:
+
+- the kit's prompts turned into chat messages (kit.judge.prompts), the same for every backend;
+- a disk cache keyed by backend, model and the request (kit.judge.cache), so a rerun sends no
+  request twice; only answers that parsed are cached;
+- bounded concurrency (a thread pool of `concurrency` workers) with a progress bar;
+- re-asking when an answer holds no parsable `[[N]]` / `[[A]]`, up to `reask` more times;
+- counts of everything: requests sent, cache hits, transport failures, unparsable answers,
+  items that still failed, and tokens (`stats`).
+
+An item that still fails comes back with `verdict=None` and its `error`; callers count it in
+`coverage` and list it (kit.judge.score), they never drop it silently.
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+from tqdm.auto import tqdm
+
+from kit.judge.parse import parse_rating, parse_verdict
+
+TASKS = ("general_perception", "region_perception", "driving_suggestion")
+
+
+@dataclass(frozen=True)
+class JudgeRequest:
+    """What is judged. `kind` "rate": `prediction` against `reference`; "pair": `answer_a` against
+    `answer_b`, with `reference` as the reference answer."""
+    kind: str
+    task: str
+    reference: str
+    prediction: str | None = None
+    answer_a: str | None = None
+    answer_b: str | None = None
+    question: str = ""
+
+    def __post_init__(self):
+        if self.kind not in ("rate", "pair"):
+            raise ValueError(f"JudgeRequest.kind: expected 'rate' or 'pair', got {self.kind!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"JudgeRequest.task: expected one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.kind == "rate" and self.prediction is None:
+            raise ValueError("JudgeRequest: kind 'rate' needs a prediction")
+        if self.kind == "pair" and (self.answer_a is None or self.answer_b is None):
+            raise ValueError("JudgeRequest: kind 'pair' needs answer_a and answer_b")
+
+
+@dataclass
+class JudgeResult:
+    verdict: int | str | None      # rating 1-10 ("rate"), "A" | "B" | "C" ("pair"); None: failed
+    text: str | None               # the judge's last answer
+    attempts: int = 0              # requests sent for this item (0: answered from the cache)
+    cached: bool = False
+    error: str | None = None       # why it failed, when verdict is None
+    usage: dict = field(default_factory=dict)  # prompt_tokens, completion_tokens of the answer kept
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class TransientJudgeError(RuntimeError):
+    """A request that failed after the backend's own retries (timeout, 429, 5xx, connection)."""
+
+
+def parse(request: JudgeRequest, text: str | None):
+    return parse_rating(text) if request.kind == "rate" else parse_verdict(text)
+
+
+class Judge:
+    """Base class of the backends. Subclasses set `backend`, `model` and implement `_ask`."""
+
+    backend = "base"
+    model = ""
+    cacheable = True  # a backend that costs nothing (rubric) sets False
+
+    def __init__(self, *, prompts=None, cache=None, concurrency: int = 1, reask: int = 2):
+        from kit.judge.prompts import load_prompts
+
+        self.prompts = prompts if prompts is not None else load_prompts(None)
+        self.cache = cache if self.cacheable else None
+        self.concurrency = max(1, int(concurrency))
+        self.reask = max(0, int(reask))
+        self._lock = threading.Lock()
+        self.stats: dict[str, Any] = {"requests_sent": 0, "cache_hits": 0, "transport_failures": 0,
+                                      "unparsable_answers": 0, "failed_items": 0, "items": 0,
+                                      "prompt_tokens": 0, "completion_tokens": 0}
+
+    # -- what a backend implements -----------------------------------------------------------
+    def _ask(self, messages: list[dict], request: JudgeRequest) -> tuple[str, dict]:
+        """One answer (text, usage) to `messages`; raise TransientJudgeError when it could not be had."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """What identifies this judge in files (never a secret)."""
+        return {"backend": self.backend, "model": self.model}
+
+    # -- the shared machinery -----------------------------------------------------------------
+    def _count(self, **kw: int) -> None:
+        with self._lock:
+            for k, v in kw.items():
+                self.stats[k] = self.stats.get(k, 0) + v
+
+    def cache_key(self, messages: list[dict]) -> dict:
+        return {"backend": self.backend, "model": self.model, "messages": messages}
+
+    def judge_one(self, request: JudgeRequest) -> JudgeResult:
+        from kit.judge.prompts import messages_for
+
+        messages = messages_for(request, self.prompts)
+        key = self.cache_key(messages) if self.cache is not None else None
+        if key is not None:
+            hit = self.cache.get(key)
+            if hit is not None and parse(request, hit.get("text")) is not None:
+                self._count(cache_hits=1, items=1)
+                return JudgeResult(parse(request, hit["text"]), hit["text"], 0, True, None, hit.get("usage") or {})
+        attempts, text, error, usage = 0, None, None, {}
+        for _ in range(1 + self.reask):
+            attempts += 1
+            self._count(requests_sent=1)
+            try:
+                text, usage = self._ask(messages, request)
+            except TransientJudgeError as e:
+                self._count(transport_failures=1)
+                error = f"transport: {e}"
+                continue
+            self._count(prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                        completion_tokens=int(usage.get("completion_tokens") or 0))
+            verdict = parse(request, text)
+            if verdict is not None:
+                if key is not None:
+                    self.cache.put(key, {"text": text, "usage": usage})
+                self._count(items=1)
+                return JudgeResult(verdict, text, attempts, False, None, usage)
+            self._count(unparsable_answers=1)
+            error = "unparsable: no " + ("[[1-10]] rating" if request.kind == "rate" else "[[A]]/[[B]]/[[C]] verdict")
+        self._count(failed_items=1, items=1)
+        return JudgeResult(None, text, attempts, False, error, usage)
+
+    def judge(self, requests: Sequence[JudgeRequest], desc: str = "judge", progress: bool = True) -> list[JudgeResult]:
+        """Results for `requests`, in order (concurrently, `concurrency` at a time)."""
+        requests = list(requests)
+        out: list[JudgeResult | None] = [None] * len(requests)
+        with tqdm(total=len(requests), desc=desc, disable=not progress, leave=False) as bar:
+            if self.concurrency == 1:
+                for i, r in enumerate(requests):
+                    out[i] = self.judge_one(r)
+                    bar.update(1)
+            else:
+                with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+                    futures = {pool.submit(self.judge_one, r): i for i, r in enumerate(requests)}
+                    from concurrent.futures import as_completed
+
+                    for f in as_completed(futures):
+                        out[futures[f]] = f.result()
+                        bar.update(1)
+        return out  # type: ignore[return-value]
+
+
+def make_judge(cfg: Mapping, run_dir=None) -> Judge:
+    """The judge the profile's `judge:` section names (backend rubric | openai)."""
+    from kit.judge.prompts import load_prompts
+
+    backend = str(cfg.get("backend") or "rubric")
+    prompts = load_prompts(cfg.get("prompts_dir"))
+    if backend == "rubric":
+        from kit.judge.rubric import RubricJudge
+
+        return RubricJudge(prompts=prompts)
+    if backend == "openai":
+        from kit.judge.cache import DiskCache
+        from kit.judge.openai_judge import OpenAIJudge
+
+        cache_dir = cfg.get("cache_dir")
+        if not cache_dir:
+            if run_dir is None:
+                raise ValueError("params judge.cache_dir: expected a folder for the judge's cache (or a run directory)")
+            from kit.runs import resolve_run_dir
+
+            cache_dir = resolve_run_dir(run_dir) / "judge_cache"
+        return OpenAIJudge(base_url=cfg.get("base_url"), model=cfg.get("model"), prompts=prompts,
+                           cache=DiskCache(cache_dir), concurrency=int(cfg.get("concurrency") or 8),
+                           reask=int(cfg.get("reask", 2)), timeout=float(cfg.get("timeout") or 60),
+                           max_retries=int(cfg.get("max_retries", 2)),
+                           max_tokens=cfg.get("max_tokens"))
+    raise ValueError(f"params judge.backend: expected 'rubric' or 'openai', got {backend!r}")

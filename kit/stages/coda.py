@@ -1,0 +1,175 @@
+"""Track A models on CODA-LM: generate the three tasks' answers, write CODA-LM's submission files,
+score them with the judge.
+
+    run_coda_direct(P, run_dir) -> coda_direct/coda_lm/*_answer.jsonl, judge/, metrics["coda_direct"]
+    run_coda_sft(P, run_dir)    -> coda_sft/checkpoints/<key>/final, coda_lm/, judge/, metrics["coda_sft"]
+
+Direct is the profile's base VLM as is (tiny: notebook 00's pretrained VLM); SFT is TRL's
+SFTTrainer (kit.train.sft) on the three tasks of CODA-LM Train. Each evaluated model records
+`metrics[stage]["coda_lm"] = {"name", "predictions", "scores", "key"}`, which is how notebook 07
+finds every Track A model for the battles.
+
+Reuse follows the stage key (kit.stages.key): training lives in `checkpoints/<key>/` (resumed only
+there); answers are regenerated unless their meta holds the same key.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Mapping
+
+from kit import runs
+from kit.coda.vqa import TASKS, VqaItem, vqa_for, write_answers
+from kit.stages.key import artifact_id, mark, marked_key, stage_key
+
+DIRECT, SFT = "coda_direct", "coda_sft"
+MODEL_NAMES = {DIRECT: "direct", SFT: "sft"}
+
+
+def split_dir(P: Mapping, run_dir, split: str) -> Path:
+    from kit.data import coda_lm_root
+
+    d = coda_lm_root(P, run_dir) / "CODA-LM" / split
+    if not d.is_dir():
+        raise FileNotFoundError(f"{d}: no CODA-LM split '{split}' (params coda.{'eval' if split != 'Train' else 'train'}_split); "
+                                "expected <coda_lm_root>/CODA-LM/<Split>/*.json")
+    return d
+
+
+def split_items(P: Mapping, run_dir, which: str) -> dict[str, list[VqaItem]]:
+    """The VQA items of the profile's `coda.train_split` or `coda.eval_split`, with images on disk."""
+    c = P["coda"]
+    split = c[f"{which}_split"]
+    return vqa_for(P, split_dir(P, run_dir, split), images=True, max_samples=c.get(f"{which}_samples"))
+
+
+def data_id(items: Mapping[str, list[VqaItem]]) -> str:
+    """The identity of a set of VQA items: their texts and the bytes of every image they show."""
+    from kit.params import params_hash
+
+    return params_hash({t: [(it.question_id, it.image, it.question, it.answer, artifact_id(it.image_path))
+                            for it in its] for t, its in items.items()})
+
+
+def _gen_settings(P: Mapping) -> dict:
+    c = P["coda"]
+    return {"max_new_tokens": dict(c["max_new_tokens"]), "batch_size": int(c["batch_size"])}
+
+
+def generate_submission(model, processor, items: Mapping[str, list[VqaItem]], P: Mapping, pred_dir: Path,
+                        key: str, desc: str) -> dict[str, list[str]]:
+    """Greedy answers to every item, written as CODA-LM's submission files in `pred_dir`.
+
+    Resumable per chunk and reused only when `key` (the model's and settings' identity) matches
+    (kit.eval.generate.generate_records)."""
+    from kit.eval.generate import generate_records
+
+    out = {}
+    for task in TASKS:
+        its = items[task]
+        recs = generate_records(
+            model, processor, its, pred_dir / ".generate" / f"{task}.jsonl", {"key": key},
+            items=lambda part: [([it.load_image()], it.question) for it in part],
+            records=lambda part, _, outs: [{"id": it.id, "answer": o} for it, o in zip(part, outs)],
+            batch_size=int(P["coda"]["batch_size"]), max_new_tokens=int(P["coda"]["max_new_tokens"][task]),
+            desc=f"{desc}: {task}")
+        out[task] = [r["answer"] for r in recs]
+        write_answers(pred_dir, task, its, out[task])
+    return out
+
+
+def score_model(P: Mapping, run_dir, stage: str, name: str, refs: Mapping[str, list[VqaItem]], key: str,
+                judge=None) -> dict:
+    """Judge a stage's submission folder; judgments in `<stage>/judge/<task>.jsonl`, scores in metrics."""
+    from kit.judge.base import make_judge
+    from kit.judge.score import judge_submission
+
+    sd = runs.stage_dir(run_dir, stage)
+    judge = judge or make_judge(P["judge"], run_dir)
+    summary, judged = judge_submission(judge, refs, sd / "coda_lm", desc=f"judge {name}")
+    for task, recs in judged.items():
+        runs.write_jsonl(sd / "judge" / f"{task}.jsonl", recs)
+    entry = {"name": name, "predictions": str(sd / "coda_lm"), "scores": summary, "key": key,
+             "split": P["coda"]["eval_split"], "judge": {**judge.describe(), **judge.stats}}
+    runs.record_metrics(run_dir, stage, {"coda_lm": entry})
+    return entry
+
+
+def _evaluate(P, run_dir, stage: str, model, processor, model_id: str, refs) -> dict:
+    key = stage_key({"generate": _gen_settings(P)}, {"model": model_id, "data": data_id(refs)})
+    generate_submission(model, processor, refs, P, runs.stage_dir(run_dir, stage) / "coda_lm", key,
+                        MODEL_NAMES.get(stage, stage))
+    return score_model(P, run_dir, stage, MODEL_NAMES.get(stage, stage), refs, key)
+
+
+def run_coda_direct(P: Mapping, run_dir) -> dict:
+    """The base VLM, untrained on CODA-LM, answering the eval split's three tasks."""
+    from kit.models.vlm import load_vlm, resolve_vlm_path
+
+    t0 = time.time()
+    refs = split_items(P, run_dir, "eval")
+    model, processor = load_vlm(P, run_dir)
+    base = resolve_vlm_path(P, run_dir)
+    entry = _evaluate(P, run_dir, DIRECT, model, processor, artifact_id(base), refs)
+    runs.record_metrics(run_dir, DIRECT, {"coda_lm": {"seconds": round(time.time() - t0, 2), "model": base}})
+    return entry
+
+
+def sft_rows(items: Mapping[str, list[VqaItem]], tasks=TASKS) -> list[dict]:
+    """TRL prompt-completion rows (image path + question -> reference answer) for the given tasks,
+    images left on disk (decoded per batch)."""
+    from kit.train.rows import vlm_row
+
+    return [vlm_row([it.image_path], it.question, it.answer) for t in tasks for it in items[t] if it.answer]
+
+
+def sft_config(P: Mapping) -> dict:
+    s = P["coda_sft"]
+    cfg = {k: s[k] for k in ("epochs", "lr", "batch_size", "grad_accum", "weight_decay", "warmup_ratio",
+                             "lr_scheduler", "logging_steps", "max_steps")}
+    cfg["save_each_epoch"] = bool(s.get("save_each_epoch", True))
+    cfg["seed"] = int(P["seed"])
+    return cfg
+
+
+def train_coda_sft(P: Mapping, run_dir, train_items: Mapping[str, list[VqaItem]], base: str | None = None,
+                   *, out_parent: Path | None = None, tasks=None) -> dict:
+    """SFT on CODA-LM VQA rows into `<out_parent>/<key>/`, resumed only under the same key.
+    Returns train_sft's result plus "key" (the final model folder is marked with it)."""
+    from kit.models.vlm import load_vlm, lora_config, resolve_vlm_path
+    from kit.train.sft import train_sft
+
+    tasks = list(tasks or P["coda_sft"]["tasks"])
+    base = base or resolve_vlm_path(P, run_dir)
+    cfg = sft_config(P)
+    peft = lora_config(P)
+    m = P["models"]
+    key = stage_key({"sft": cfg, "tasks": tasks, "vlm": m["vlm"], "quantization": m.get("quantization"),
+                     "lora": m["lora"] if peft is not None else None, "precision": P.get("precision")},
+                    {"model": artifact_id(base), "data": data_id({t: train_items[t] for t in tasks})})
+    out = Path(out_parent or runs.stage_dir(run_dir, SFT) / "checkpoints") / key
+    done = runs.read_json(out / "train_result.json")
+    if done and marked_key(done.get("checkpoint", "")) == key:
+        return {**done, "key": key, "reused": True}
+    model, processor = load_vlm(P, run_dir, base if Path(base).is_dir() else None, for_training=True)
+    tr = train_sft(model, processor, sft_rows(train_items, tasks), out, {**cfg, "peft_config": peft}, P)
+    del model
+    mark(tr["checkpoint"], key, stage=SFT, base=base)
+    return {**tr, "key": key, "reused": False}
+
+
+def run_coda_sft(P: Mapping, run_dir) -> dict:
+    """SFT on CODA-LM Train's three tasks, then the eval split's answers and scores."""
+    from kit.models.vlm import load_vlm
+
+    t0 = time.time()
+    train = split_items(P, run_dir, "train")
+    refs = split_items(P, run_dir, "eval")
+    tr = train_coda_sft(P, run_dir, train)
+    model, processor = load_vlm(P, run_dir, tr["checkpoint"])
+    entry = _evaluate(P, run_dir, SFT, model, processor, f"key:{tr['key']}", refs)
+    runs.record_metrics(run_dir, SFT, {"coda_lm": {
+        "train_loss": tr["train_loss"], "checkpoint": tr["checkpoint"], "train_key": tr["key"],
+        "n_rows": tr.get("n_rows"), "steps": tr.get("steps"), "train_seconds": tr.get("seconds"),
+        "reused": tr["reused"], "config": sft_config(P), "seconds": round(time.time() - t0, 2)}})
+    return entry

@@ -1,0 +1,86 @@
+"""Notebook 07, Track A: every evaluated model's CODA-LM scores side by side, the battles between
+them, and their ratings.
+
+    run_coda_evaluate(P, run_dir) -> evaluate/battles.jsonl, evaluate/battles_failed.jsonl,
+                                     evaluate/coda_figures/*.png,
+                                     metrics["evaluate"]["coda_lm"] (scores table, judge validity)
+                                     metrics["evaluate"]["elo"] = {"online", "bt", "bootstrap", ...}
+
+Models are found in metrics.json: every stage entry with a `coda_lm` block (kit.stages.coda)
+that holds scores. Their answers are read back from their submission files, so the battles need
+no model.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Mapping
+
+from kit import runs
+from kit.coda.vqa import TASKS, read_answers
+
+STAGE = "evaluate"
+
+
+def evaluated_models(run_dir) -> dict[str, dict]:
+    """{model name: its metrics `coda_lm` entry} for every Track A model of the run, in stage order."""
+    out = {}
+    for stage, m in runs.read_metrics(run_dir).items():
+        entry = m.get("coda_lm") if isinstance(m, dict) else None
+        if entry and entry.get("scores") and entry.get("name"):
+            out[entry["name"]] = {**entry, "stage": stage}
+    return out
+
+
+def scores_table(run_dir):
+    """One row per model: the three task scores and the overall, on 0-100, with coverage (pandas)."""
+    import pandas as pd
+
+    rows = []
+    for name, e in evaluated_models(run_dir).items():
+        s = e["scores"]
+        rows.append({"model": name, **{t: s[t]["score_100"] for t in TASKS}, "overall": s["overall_100"],
+                     "coverage": s["coverage"]})
+    return pd.DataFrame(rows).set_index("model") if rows else pd.DataFrame()
+
+
+def run_coda_evaluate(P: Mapping, run_dir) -> dict:
+    from kit.judge.base import make_judge
+    from kit.judge.battles import run_battles
+    from kit.judge.elo import elo_summary
+    from kit.judge.validity import perturbation_study
+    from kit.stages.coda import split_dir, split_items
+
+    t0 = time.time()
+    out = runs.stage_dir(run_dir, STAGE)
+    models = evaluated_models(run_dir)
+    if len(models) < 2:
+        raise FileNotFoundError(f"{runs.resolve_run_dir(run_dir) / 'metrics.json'}: {len(models)} Track A model(s) with "
+                                "CODA-LM scores; battles need two. Run notebook 03 (Direct and SFT on CODA-LM) first")
+    refs = split_items(P, run_dir, "eval")
+    answers = {}
+    for name, e in models.items():
+        rows = read_answers(e["predictions"])
+        answers[name] = {t: [r["answer"] for r in rows[t]] for t in TASKS}
+        for t in TASKS:
+            if len(answers[name][t]) != len(refs[t]):
+                raise ValueError(f"{e['predictions']}: {t} has {len(answers[name][t])} answers, the eval split "
+                                 f"{len(refs[t])} questions; rerun the stage {e['stage']} for this split")
+    judge = make_judge(P["judge"], run_dir)
+    tasks = list(P["battles"]["tasks"])
+    battles, failed = run_battles(judge, answers, refs, tasks)
+    runs.write_jsonl(out / "battles.jsonl", battles)
+    runs.write_jsonl(out / "battles_failed.jsonl", failed)
+    elo = elo_summary(battles, rounds=int(P["battles"]["bootstrap_rounds"]), seed=int(P["seed"]))
+    validity = perturbation_study(split_dir(P, run_dir, P["coda"]["eval_split"]), judge, seed=int(P["seed"]))
+    runs.write_jsonl(out / "judge_validity.jsonl", validity.pop("rows"))
+    res = {"elo": {**elo, "n_failed": len(failed), "judge": {**judge.describe(), **judge.stats}},
+           "coda_lm": {"models": {n: {"stage": e["stage"], "scores": e["scores"]} for n, e in models.items()},
+                       "judge_validity": validity, "battles": str(out / "battles.jsonl")}}
+    runs.record_metrics(run_dir, STAGE, res)
+    from kit.coda.figures import figures_from_run
+
+    figs = figures_from_run(run_dir)
+    runs.record_metrics(run_dir, STAGE, {"coda_lm": {"figures": [str(f) for f in figs],
+                                                     "seconds": round(time.time() - t0, 2)}})
+    return res
