@@ -19,6 +19,7 @@ FIGURE_MODULES = [
     ("sft_baseline", "kit.eval.figures"),
     ("rloo", "kit.rl.figures"),
     ("evaluate", "kit.report"),
+    ("evaluate", "kit.coda.figures"),
 ]
 
 
