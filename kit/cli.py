@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
@@ -60,6 +61,26 @@ def _cmd_stage(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_judge_score(a: argparse.Namespace) -> int:
+    from kit.data import DataError
+    from kit.judge.base import make_judge
+    from kit.judge.score import score_folder
+
+    cfg = {"backend": a.backend, "base_url": a.base_url, "model": a.model, "prompts_dir": a.prompts_dir,
+           "cache_dir": a.cache, "concurrency": a.concurrency}
+    if a.backend == "openai" and not a.cache:
+        import tempfile
+
+        cfg["cache_dir"] = str(Path(tempfile.gettempdir()) / "kit-judge-cache")
+    try:
+        summary = score_folder(a.pred_dir, a.reference, make_judge(cfg))
+    except (DataError, FileNotFoundError, ValueError) as e:
+        print(f"kit judge score: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="kit", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -94,6 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--run-dir")
     st.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     st.set_defaults(func=_cmd_stage)
+
+    j = sub.add_parser("judge", help="the CODA-LM judge")
+    jsub = j.add_subparsers(dest="jcmd", required=True)
+    js = jsub.add_parser("score", help="score a CODA-LM submission folder; print a JSON summary per task")
+    js.add_argument("pred_dir", help="folder with {general_perception,region_perception,driving_suggestion}_answer.jsonl")
+    js.add_argument("--reference", required=True, help="the CODA-LM JSON folder answered, e.g. CODA-LM/Mini")
+    js.add_argument("--backend", default="rubric", choices=["rubric", "openai"])
+    js.add_argument("--base-url", help="openai: an OpenAI-compatible endpoint (key from $OPENAI_API_KEY)")
+    js.add_argument("--model", help="openai: the judge model")
+    js.add_argument("--prompts-dir", help="a folder of your own prompt files (see kit/judge/prompts.py)")
+    js.add_argument("--cache", help="the judge's answer cache (default: a folder in the system temp dir)")
+    js.add_argument("--concurrency", type=int, default=8)
+    js.set_defaults(func=_cmd_judge_score)
 
     f = sub.add_parser("figures", help="regenerate every figure of a run from its files (no training)")
     f.add_argument("run_dir")

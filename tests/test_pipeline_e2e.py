@@ -1,4 +1,5 @@
-"""Track B end to end with the tiny profile: every notebook through the runner, as `make run` does.
+"""Both tracks end to end with the tiny profile: the notebooks through the runner, as `make run` does
+(Track A's evaluation runs in notebooks 03 and 07).
 
 Slow (minutes): it trains every stage on the toy world, then checks the acceptance criteria of
 the issues on what the run directory holds.
@@ -72,6 +73,26 @@ def test_rloo_reward_rises_and_stage2_evaluated(run_dir):
     assert m["action_sft"]["eval"]["n"] > 0 and "macro_f1" in m["action_sft"]["eval"]["action"]
     rows = {r["method"] for r in m["evaluate"]["track_b"]}
     assert {"Direct", "SFT baseline", "RLOO (stage 1)", "RLOO + action SFT"} <= rows
+
+
+def test_track_a_sft_beats_direct_in_scores_and_battles(run_dir):
+    from kit.coda.vqa import TASKS, read_answers
+
+    m = runs.read_metrics(run_dir)
+    direct, sft = m["coda_direct"]["coda_lm"]["scores"], m["coda_sft"]["coda_lm"]["scores"]
+    assert sft["overall_100"] > direct["overall_100"] and sft["coverage"] == direct["coverage"] == 1
+    for stage in ("coda_direct", "coda_sft"):
+        rows = read_answers(run_dir / stage / "coda_lm")
+        assert all(list(r) == ["question_id", "image", "question", "answer"] for t in TASKS for r in rows[t])
+        assert [r["question_id"] for r in rows["region_perception"]] == list(range(len(rows["region_perception"])))
+    elo = m["evaluate"]["elo"]
+    assert set(elo) >= {"online", "bt", "bootstrap"}
+    assert elo["bootstrap"]["sft"]["lo"] > elo["bootstrap"]["direct"]["hi"]
+    battles = runs.read_jsonl(run_dir / "evaluate" / "battles.jsonl")
+    assert battles and {b["winner"] for b in battles} <= {"model_a", "model_b", "tie"}
+    assert len(battles) + elo["n_failed"] == sum(direct[t]["n"] if t != "region_perception"
+                                                 else direct[t]["n"] + direct[t]["unscored"] for t in TASKS)
+    assert m["evaluate"]["coda_lm"]["judge_validity"]["spearman"] > 0.5
 
 
 def test_kit_figures_redraws_without_training(run_dir):

@@ -148,6 +148,8 @@ def rate(task: str, reference: str, prediction: str) -> tuple[float, str]:
     recall = matched / len(R.objects) if R.objects else (1.0 if not Q.objects else 0.0)
     precision = matched / len(Q.objects) if Q.objects else (1.0 if not R.objects else 0.0)
     f1 = 0.0 if recall + precision == 0 else 2 * recall * precision / (recall + precision)
+    if not R.objects and not Q.objects:
+        attr = 1.0  # nothing to describe on either side: they agree
     advice = _agree(R.advice, Q.advice)
     if task == "driving_suggestion":
         s = 0.6 * advice + 0.4 * f1
