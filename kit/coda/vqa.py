@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from kit.data import DataError
+from kit.data.bdd_oia import read_json_file
 
 TASKS = ("general_perception", "region_perception", "driving_suggestion")
 SUBMISSION_FIELDS = ("question_id", "image", "question", "answer")
@@ -59,10 +60,10 @@ class VqaItem:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    d = read_json_file(path)
+    if not isinstance(d, dict):
+        raise DataError(f"{path}: expected a JSON object with 'general_perception', 'region_perception', "
+                        "'driving_suggestion'")
     for key in ("general_perception", "region_perception", "driving_suggestion"):
         if key not in d:
             raise DataError(f"{path}: missing field '{key}'")

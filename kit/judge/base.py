@@ -17,7 +17,7 @@ An item that still fails comes back with `verdict=None` and its `error`; callers
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -154,8 +154,6 @@ class Judge:
             else:
                 with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
                     futures = {pool.submit(self.judge_one, r): i for i, r in enumerate(requests)}
-                    from concurrent.futures import as_completed
-
                     for f in as_completed(futures):
                         out[futures[f]] = f.result()
                         bar.update(1)
