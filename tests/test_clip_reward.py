@@ -317,7 +317,7 @@ def test_figures_from_files_only(tmp_path):
     td = rd / "clip_finetune" / "reason"
     hist = [{"epoch": e, "train_loss": None if e == 0 else 1.0 / (e + 1), "val_loss": 0.8 - 0.1 * e,
              "val_auroc": 0.6 + 0.1 * e, "lr": 1e-3 if e < 2 else 2e-4, "seconds": 1.0} for e in range(4)]
-    runs.write_json(td / "history.json", {"done": True, "history": hist})
+    runs.write_json(td / "checkpoints" / "k1" / "history.json", {"done": True, "history": hist})
     rng = np.random.default_rng(0)
     recs = [{"id": str(i), "text": "t", "label": i % 2, "anchor": "t", "prob": float(rng.random()),
              "cos": 0.1, "pretrained_prob": 1.0, "pretrained_cos": float(rng.random())} for i in range(40)]
@@ -327,7 +327,8 @@ def test_figures_from_files_only(tmp_path):
     runs.write_json(rd / "clip_finetune" / "table1.json", {"threshold": 0.5, "table": {
         "pretrained": {r: row for r in ("output", "action", "reason", "control")},
         "reason_ft": {r: row for r in ("output", "action", "reason", "control")}}})
-    runs.record_metrics(rd, "clip_finetune", {"targets": ["reason"], "test": {"threshold": 0.5}})
+    runs.record_metrics(rd, "clip_finetune", {"targets": ["reason"], "test": {"threshold": 0.5},
+                                              "models": {"reason": {"checkpoint": str(td / "checkpoints" / "k1" / "best")}}})
     paths = figures_from_run(rd)
     names = sorted(p.name for p in paths)
     assert names == ["confusion_roc_reason.png", "score_hist_reason.png", "table1.png", "training_curves_reason.png"]

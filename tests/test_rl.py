@@ -94,16 +94,13 @@ def test_stage2_prompt_contains_stage1_description_and_paper_question():
     class S:  # the fields of kit.data.bdd_oia.BddSample that the rows use
         id = "x1"
         actions = [0, 1, 0, 0]
-        frame_paths = []
-
-        def load_images(self):
-            return [Image.new("RGB", (32, 16)), Image.new("RGB", (32, 16), (255, 0, 0))]
+        frame_paths = [Path("clip/0.jpg"), Path("clip/1.jpg")]
 
     P = {"rloo": {"frames": 1}}
     row = action_rows([S()], {"x1": desc}, P)[0]
     text = row["prompt"][0]["content"][-1]["text"]
     assert desc in text
-    assert len(row["images"]) == 1 and row["images"][0].getpixel((0, 0)) == (255, 0, 0)  # the last frame
+    assert row["images"] == [Path("clip/1.jpg")]  # the last frame, left on disk
     assert row["completion"][0]["content"][0]["text"] == "Action: stop."
     with pytest.raises(KeyError, match="x2"):
         action_rows([type("T", (S,), {"id": "x2"})()], {"x1": desc}, P)

@@ -161,15 +161,15 @@ def test_tiny_vlm_learns_a_visible_label(run_dir, tmp_path):
 
 def test_rows_with_image_paths_decode_lazily(run_dir, tmp_path):
     from kit.models.vlm import load_vlm
-    from kit.train.rows import vlm_row
-    from kit.train.sft import _dataset, train_sft
+    from kit.train.rows import rows_dataset, vlm_row
+    from kit.train.sft import train_sft
 
     paths = []
     for i, c in enumerate(["red", "green"] * 2):
         paths.append(tmp_path / f"{i}.png")
         _img(COLORS[c], i).save(paths[-1])
     rows = [vlm_row([p], PROMPT, "The light is red.") for p in paths]
-    ds = _dataset(rows, "rows")
+    ds = rows_dataset(rows, "rows")
     assert isinstance(ds[0]["images"][0], Image.Image)  # decoded on access, not stored as pixels
     P = load_profile("tiny")
     model, proc = load_vlm(P, run_dir, for_training=True)

@@ -134,6 +134,14 @@ def _disable_cpu_4bit_repack(model) -> int:
     return n
 
 
+def vlm_settings(P: Mapping) -> dict:
+    """What, beyond a stage's own section, decides how a VLM trains: the model spec, LoRA (when
+    enabled), quantization, device precision."""
+    m = P.get("models") or {}
+    return {"vlm": m.get("vlm"), "lora": m.get("lora") if (m.get("lora") or {}).get("enabled") else None,
+            "quantization": m.get("quantization"), "precision": P.get("precision"), "device": P.get("device")}
+
+
 def lora_config(P: Mapping):
     """The profile's LoRA as a peft.LoraConfig (pass as TRL `peft_config`), or None for full fine-tuning."""
     lp = (P.get("models") or {}).get("lora") or {}

@@ -138,10 +138,11 @@ def figures_from_run(run_dir) -> list[Path]:
     fd = runs.figures_dir(rd, STAGE)
     thr = float(m.get("test", {}).get("threshold", 0.5)) if m else 0.5
     out: list[Path] = []
-    targets = m.get("targets") or sorted(p.name for p in sd.iterdir() if (p / "history.json").exists())
-    for tgt in targets:
+    for tgt in m.get("targets") or []:
         td = sd / tgt
-        hist = runs.read_json(td / "history.json")
+        # the fine-tune of this run's key lives beside its best model (kit.stages.clip_finetune)
+        ckpt = (m.get("models") or {}).get(tgt, {}).get("checkpoint")
+        hist = runs.read_json(Path(ckpt).parent / "history.json") if ckpt else None
         if hist and hist.get("history"):
             out.append(training_curves(hist["history"], f"CLIP fine-tune on image-{tgt} pairs (paper B Fig. 10)",
                                        fd / f"training_curves_{tgt}.png"))

@@ -33,7 +33,6 @@ from PIL import Image, ImageOps
 
 from kit import runs
 from kit.models.clip import ClipBundle, encode_text, save_clip
-from kit.params import params_hash
 from kit.reward.pairs import Pair, swap_left_right
 
 FLIP_MODES = ("swap_text", "off")
@@ -207,22 +206,42 @@ def _bce(scores: Mapping[str, np.ndarray]) -> float:
     return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
 
 
+FINETUNE_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "plateau_factor", "plateau_patience",
+                 "early_stop_patience", "flip", "random_resized_crop_scale", "color_jitter", "logit_bias",
+                 "in_batch_negatives")
+
+
+def finetune_key(train: Sequence[Pair], val: Sequence[Pair], cfg: Mapping, *, seed: int,
+                 upstream: Mapping[str, str], truths: Mapping[str, Sequence[str]] | None = None) -> str:
+    """The stage key (kit.stages.key) of one fine-tune: its settings, its pairs, and `upstream`, the
+    identities of the starting CLIP and of the images (kit.stages.key.artifact_id / samples_id)."""
+    from kit.stages.key import stage_key
+
+    settings = {"cfg": {k: cfg.get(k) for k in FINETUNE_KEYS}, "seed": seed,
+                "train": [(p.id, p.text, p.label) for p in train], "val": [(p.id, p.text, p.label) for p in val]}
+    if cfg.get("in_batch_negatives"):  # the in-batch labels come from the train images' true texts
+        settings["truths"] = sorted({(p.id, tuple(sorted(truths[str(p.image_path)]))) for p in train})
+    return stage_key(settings, upstream)
+
+
 def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair], out_dir: str | Path,
                   cfg: Mapping, *, seed: int = 0, store: ImageStore | None = None, desc: str = "CLIP fine-tune",
-                  truths: Mapping[str, Sequence[str]] | None = None) -> dict:
-    """Train `bundle.model` in place; the best-val-AUROC model is saved to `out_dir/best` and loaded
-    back into `bundle.model` at the end. Resumes from `out_dir/last.pt` (written every epoch) when the
-    settings match; a finished run (`out_dir/history.json` with `done`) returns without training.
+                  truths: Mapping[str, Sequence[str]] | None = None,
+                  upstream: Mapping[str, str] | None = None) -> dict:
+    """Train `bundle.model` in place; the best-val-AUROC model is saved to `out_dir/best` (marked with
+    the run's key) and loaded back into `bundle.model` at the end. Resumes from `out_dir/last.pt`
+    (written every epoch) only when its key matches; a finished run of the same key
+    (`out_dir/history.json`) returns without training. The key is `finetune_key(...)` with
+    `upstream` (default: the starting model's source); the stage puts each key in its own out_dir.
 
-    Returns {"history": [per-epoch dicts], "best_epoch", "best_val_auroc", "checkpoint", "seconds", ...}.
+    Returns {"history": [per-epoch dicts], "best_epoch", "best_val_auroc", "checkpoint", "key", "seconds", ...}.
     """
     from tqdm.auto import tqdm
 
+    from kit.stages.key import mark, marked_key
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    keys = ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "plateau_factor", "plateau_patience",
-            "early_stop_patience", "flip", "random_resized_crop_scale", "color_jitter", "logit_bias",
-            "in_batch_negatives")
     in_batch = bool(cfg.get("in_batch_negatives", False))
     if in_batch:
         if truths is None:
@@ -232,13 +251,9 @@ def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair]
         missing = sorted({str(p.image_path) for p in train} - set(truths))
         if missing:
             raise ValueError(f"finetune_clip: no true texts given for {len(missing)} train images, e.g. {missing[0]}")
-    settings = {"cfg": {k: cfg.get(k) for k in keys}, "seed": seed, "start": bundle.source,
-                "train": [(p.id, p.text, p.label) for p in train], "val": [(p.id, p.text, p.label) for p in val]}
-    if in_batch:  # the in-batch labels come from the train images' true texts: other truths, another training
-        settings["truths"] = sorted({(p.id, tuple(sorted(truths[str(p.image_path)]))) for p in train})
-    h = params_hash(settings)
+    h = finetune_key(train, val, cfg, seed=seed, upstream=upstream or {"clip": bundle.source}, truths=truths)
     done = runs.read_json(out / "history.json", {}) or {}
-    if done.get("done") and done.get("settings_hash") == h and (out / "best").is_dir():
+    if done.get("done") and done.get("key") == h and marked_key(out / "best") == h:
         _load_weights(bundle, out / "best")
         return dict(done, resumed=True)
 
@@ -262,7 +277,7 @@ def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair]
 
     last = out / "last.pt"
     state = torch.load(last, map_location=bundle.device, weights_only=False) if last.exists() else None
-    if state and state.get("settings_hash") == h:
+    if state and state.get("key") == h:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
@@ -311,7 +326,7 @@ def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair]
         history.append({"epoch": ep, "train_loss": tot / max(n, 1), "val_loss": _bce(s), "val_auroc": auroc,
                         "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0})
         bar.set_postfix(loss=f"{tot / max(n, 1):.3f}", val_auroc=f"{auroc:.3f}")
-        _atomic_torch_save({"settings_hash": h, "epoch": ep, "model": model.state_dict(), "opt": opt.state_dict(),
+        _atomic_torch_save({"key": h, "epoch": ep, "model": model.state_dict(), "opt": opt.state_dict(),
                             "sched": sched.state_dict(), "history": history, "best_auroc": best_auroc,
                             "best_epoch": best_epoch, "bad": bad, "py_rng": ds.rng.getstate(),
                             "torch_rng": g.get_state()}, last)
@@ -319,7 +334,8 @@ def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair]
     if bad >= int(cfg["early_stop_patience"]) and history[-1]["epoch"] < epochs:
         stopped_early = True
     _load_weights(bundle, out / "best")
-    result = {"done": True, "settings_hash": h, "history": history, "best_epoch": best_epoch,
+    mark(out / "best", h, stage="clip_finetune")
+    result = {"done": True, "key": h, "history": history, "best_epoch": best_epoch,
               "best_val_auroc": best_auroc, "stopped_early": stopped_early, "epochs_run": history[-1]["epoch"],
               "checkpoint": str(out / "best"),
               "seconds": round(time.perf_counter() - t_start, 2)}

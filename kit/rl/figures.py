@@ -163,20 +163,20 @@ def _rloo_figures(rd: Path) -> list[Path]:
     sd = rd / "rloo"
     out = sd / "figures"
     paths: list[Path] = []
+    from kit.stages.rloo import work_dir
+
     m = runs.read_metrics(rd).get("rloo") or {}
-    log_path = sd / "reward_log.jsonl"
+    work = work_dir(rd)  # this run's training (its key's folder)
+    log_path = work / "reward_log.jsonl"
     if log_path.is_file():
         from kit.rl.rloo import per_epoch
 
         log = runs.read_jsonl(log_path)
         if log:
-            compare = {}
-            for d in sorted(sd.glob("baseline_*")):
-                if (d / "reward_log.jsonl").is_file():
-                    compare[d.name[len("baseline_"):]] = per_epoch(runs.read_jsonl(d / "reward_log.jsonl"))
             paths.append(plot_reward_curves(log, per_epoch(log), out / "reward_curves.png",
-                                            baseline=log[-1].get("baseline", "rloo"), compare=compare))
-    var = runs.read_json(sd / "variance.json")
+                                            baseline=log[-1].get("baseline", "rloo"),
+                                            compare=m.get("compare_baselines") or {}))
+    var = runs.read_json(work / "variance.json")
     if var:
         paths.append(plot_variance(var, out / "gradient_variance.png"))
     split = (m.get("eval") or {}).get("split", "test")
@@ -186,7 +186,7 @@ def _rloo_figures(rd: Path) -> list[Path]:
         thr = (runs.read_metrics(rd).get("clip_finetune") or {}).get("test", {}).get("threshold")
         paths.append(plot_clip_scores(runs.read_jsonl(base) if base.is_file() else None, runs.read_jsonl(after),
                                       out / "clip_scores.png", threshold=thr))
-    samples = sd / "samples.jsonl"
+    samples = work / "samples.jsonl"
     if samples.is_file():
         s = runs.read_jsonl(samples)
         if s:

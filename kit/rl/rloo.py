@@ -36,8 +36,9 @@ SAMPLES = "samples.jsonl"
 
 
 def rloo_rows(samples: Sequence, P: Mapping, prompt: str = DESCRIBE_PROMPT) -> list[dict]:
-    """TRL conversational prompt rows (no completion): the last `rloo.frames` frames of each sample
-    + the description prompt, and the sample id (TRL hands every extra column to the reward)."""
+    """TRL conversational prompt rows (no completion): the paths of the last `rloo.frames` frames of
+    each sample + the description prompt, and the sample id (TRL hands every extra column to the
+    reward). Frames stay on disk; the trainer's dataset decodes them per batch (make_trainer)."""
     from kit.train.rows import vlm_row
 
     n_frames = int(P["rloo"]["frames"])
@@ -45,8 +46,7 @@ def rloo_rows(samples: Sequence, P: Mapping, prompt: str = DESCRIBE_PROMPT) -> l
         raise ValueError(f"params rloo.frames: expected an integer >= 1, got {n_frames}")
     rows = []
     for s in samples:
-        frames = s.load_images()[-n_frames:]
-        row = vlm_row(frames, prompt, None)
+        row = vlm_row(s.frame_paths[-n_frames:], prompt, None)
         row["id"] = s.id
         rows.append(row)
     return rows
@@ -252,7 +252,7 @@ def make_trainer(model, processor, reward_funcs: Callable | list, rows: list[dic
     """A KitRLOOTrainer over `rows` writing to out_dir (TRL's files in out_dir/trainer), and the
     checkpoint to resume from (None for a fresh start). Records of steps after that checkpoint are
     dropped, since the resumed run redoes them."""
-    from datasets import Dataset
+    from kit.train.rows import rows_dataset
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -266,7 +266,7 @@ def make_trainer(model, processor, reward_funcs: Callable | list, rows: list[dic
         old_samples = [r for r in (runs.read_jsonl(out_dir / SAMPLES) if (out_dir / SAMPLES).exists() else [])
                        if r["step"] < done_steps]
     trainer = KitRLOOTrainer(
-        model=model, reward_funcs=reward_funcs, args=args, train_dataset=Dataset.from_list(rows),
+        model=model, reward_funcs=reward_funcs, args=args, train_dataset=rows_dataset(rows, "rloo rows"),
         processing_class=processor, peft_config=peft_config, callbacks=callbacks,
         baseline=baseline, log_dir=out_dir, reward_log=old_log,
     )

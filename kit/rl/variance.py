@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from kit.notebook import isolated_rng
 from kit.rl.advantages import BASELINES, compute_advantages
 
 
@@ -30,12 +31,12 @@ def _flat_grad(loss: torch.Tensor, params: list[torch.nn.Parameter], index: torc
     return flat if index is None else flat[index]
 
 
-def gradient_variance(trainer, rows: Sequence[Mapping], *, n_prompts: int = 8, repeats: int = 4,
+def gradient_variance(trainer, rows: Sequence[Mapping] | None = None, *, n_prompts: int = 8, repeats: int = 4,
                       baselines: Sequence[str] = BASELINES, max_coords: int = 2 ** 22, seed: int = 0) -> dict:
     """Trace of the covariance of each estimator's per-group gradient, on shared batches.
 
     `trainer` is a KitRLOOTrainer (its model, reward functions, k and sampling settings are used;
-    its logs are left as they were). Returns, per estimator: `within_prompt` (mean over prompts of
+    its logs are left as they were); `rows` default to the first of its training dataset. Returns, per estimator: `within_prompt` (mean over prompts of
     the variance across the `repeats` resamples: the part a baseline can remove), `total` (variance
     across all groups, prompts included), `mean_grad_norm`, their ratios to rloo, and per-prompt
     values; plus n_prompts, repeats, k, n_params, n_coords, seconds."""
@@ -44,6 +45,9 @@ def gradient_variance(trainer, rows: Sequence[Mapping], *, n_prompts: int = 8, r
             raise ValueError(f"rloo.variance baselines: expected names among {', '.join(BASELINES)}, got {b!r}")
     if repeats < 2:
         raise ValueError(f"params rloo.variance_repeats: expected an integer >= 2, got {repeats}")
+    if rows is None:  # the trainer's own rows, frames decoded as its dataloader would
+        ds = trainer.train_dataset
+        rows = [ds[i] for i in range(min(n_prompts, len(ds)))]
     rows = list(rows)[:n_prompts]
     if not rows:
         raise ValueError("gradient_variance: no rows to sample from")
@@ -64,24 +68,27 @@ def gradient_variance(trainer, rows: Sequence[Mapping], *, n_prompts: int = 8, r
     model.train()
     per_prompt: dict[str, list[torch.Tensor]] = {b: [] for b in baselines}  # each: (repeats, coords)
     t0 = time.time()
-    try:
-        for row in tqdm(rows, desc="gradient variance (prompts)"):
-            G = {b: [] for b in baselines}
-            for _ in range(repeats):
-                out = trainer._generate_and_score_completions([dict(row) for _ in range(k)])
-                lb = trainer.last_batch
+    # the samples drawn here must not shift the training that follows (same seed, same run, whether
+    # or not this diagnostic ran): the global RNGs are restored afterwards
+    with isolated_rng():
+        try:
+            for row in tqdm(rows, desc="gradient variance (prompts)"):
+                G = {b: [] for b in baselines}
+                for _ in range(repeats):
+                    out = trainer._generate_and_score_completions([dict(row) for _ in range(k)])
+                    lb = trainer.last_batch
+                    for b in baselines:
+                        adv = compute_advantages(lb["rewards"], b, lb["greedy_rewards"])
+                        batch = dict(out, advantages=adv.reshape(-1).to(out["advantages"].device))
+                        loss = trainer._compute_loss(model, batch)
+                        G[b].append(_flat_grad(loss, params, index).cpu())
                 for b in baselines:
-                    adv = compute_advantages(lb["rewards"], b, lb["greedy_rewards"])
-                    batch = dict(out, advantages=adv.reshape(-1).to(out["advantages"].device))
-                    loss = trainer._compute_loss(model, batch)
-                    G[b].append(_flat_grad(loss, params, index).cpu())
-            for b in baselines:
-                per_prompt[b].append(torch.stack(G[b]))
-    finally:
-        trainer.log_dir, trainer.reward_log, trainer.samples_log, trainer.compute_greedy, \
-            trainer.state.num_input_tokens_seen = saved
-        trainer._metrics["train"].clear()
-        model.train(was_training)
+                    per_prompt[b].append(torch.stack(G[b]))
+        finally:
+            trainer.log_dir, trainer.reward_log, trainer.samples_log, trainer.compute_greedy, \
+                trainer.state.num_input_tokens_seen = saved
+            trainer._metrics["train"].clear()
+            model.train(was_training)
 
     result: dict = {"n_prompts": len(rows), "repeats": repeats, "k": k, "n_params": n_params,
                     "n_coords": int(index.numel()) if index is not None else n_params,

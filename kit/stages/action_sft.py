@@ -6,7 +6,8 @@ loss covers nothing but the action. Trained with kit.train.sft.train_sft (TRL SF
 with the Track B metrics (kit.eval) and the CLIP reward's score/match.
 
 Reads run_dir/rloo/ (final model, descriptions_<split>.jsonl). Writes run_dir/action_sft/:
-trainer/ (checkpoints, final/), predictions.jsonl (Track B records + description + clip_score),
+checkpoints/<key>/ (one training per stage key: settings, stage-1 model, descriptions, frames; the
+trainer's checkpoints and final/), predictions.jsonl (Track B records + description + clip_score),
 figures/*.png; and metrics.json["action_sft"].
 """
 from __future__ import annotations
@@ -43,15 +44,15 @@ def _descriptions(run_dir: Path, split: str) -> dict[str, str]:
 
 def action_rows(samples: Sequence, descriptions: Mapping[str, str], P: Mapping, *, with_answer: bool = True,
                 where: str = "descriptions") -> list[dict]:
-    """vlm_row per sample: frames + stage2_prompt(description) (+ the action answer for training)."""
-    from kit.stages.rloo import frames_of
+    """vlm_row per sample: frame paths + stage2_prompt(description) (+ the action answer for training)."""
+    from kit.stages.rloo import frame_paths_of
     from kit.train.rows import vlm_row
 
     rows = []
     for s in samples:
         if s.id not in descriptions:
             raise KeyError(f"{where}: no stage-1 description for sample id {s.id!r}")
-        rows.append(vlm_row(frames_of(s, P), stage2_prompt(descriptions[s.id]),
+        rows.append(vlm_row(frame_paths_of(s, P), stage2_prompt(descriptions[s.id]),
                             format_action_answer(s.actions) if with_answer else None))
     return rows
 
@@ -100,9 +101,10 @@ def run_action_sft(P: Mapping, run_dir) -> dict:
     """Stage 2: SFT of the stage-1 model on (frames, description, action question) -> action text;
     then Track B metrics and CLIP score on the eval split."""
     from kit.eval.metrics import track_b_metrics
-    from kit.models.vlm import load_vlm
+    from kit.models.vlm import load_vlm, vlm_settings
     from kit.reward import load_reward
     from kit.stages.rloo import load_samples
+    from kit.stages.key import artifact_id, keyed_training, samples_id, stage_key
     from kit.train.sft import train_sft
 
     run_dir = runs.resolve_run_dir(run_dir)
@@ -121,12 +123,23 @@ def run_action_sft(P: Mapping, run_dir) -> dict:
     train = [s for s in train if s.id in d_train]
     rows = action_rows(train, d_train, P, where=str(run_dir / "rloo" / "descriptions_train.jsonl"))
 
-    model, processor = load_vlm(P, run_dir, path=ckpt1, for_training=True)
-    res = train_sft(model, processor, rows, sd / "trainer", sft_cfg(P), P)
-    del model
+    # one training per key: the stage-2 settings, the stage-1 model (its own key) and the exact
+    # descriptions and frames it learns from; a retrained stage 1 means a new stage 2
+    cfg = sft_cfg(P)
+    desc_train = run_dir / "rloo" / "descriptions_train.jsonl"
+    key = stage_key({"sft": {k: v for k, v in cfg.items() if k != "peft_config"}, "prompt": ACTION_PROMPT,
+                     "frames": int(P["rloo"]["frames"]), **vlm_settings(P)},
+                    {"model": artifact_id(ckpt1), "descriptions": artifact_id(desc_train), "data": samples_id(train)})
+
+    def train_it(out):
+        model, processor = load_vlm(P, run_dir, path=ckpt1, for_training=True)
+        return train_sft(model, processor, rows, out, cfg, P)
+
+    res = keyed_training(sd / "checkpoints", key, train_it, stage=STAGE, stage1=ckpt1)
     model, processor = load_vlm(P, run_dir, path=res["checkpoint"])
     reward = load_reward(P, run_dir)
-    tag = f"{res['checkpoint']}@{Path(res['checkpoint']).stat().st_mtime_ns}"
+    # answers are reused only for this key and these eval descriptions
+    tag = f"key:{key}+{artifact_id(run_dir / 'rloo' / f'descriptions_{eval_split}.jsonl')}"
     recs = predict_actions(model, processor, test, d_test, P, sd / "predictions.jsonl", reward, tag=tag)
     tb = track_b_metrics(recs)
     n = len(recs)
@@ -137,6 +150,9 @@ def run_action_sft(P: Mapping, run_dir) -> dict:
     pred_counts = [sum(r["pred_actions"][i] for r in recs) for i in range(4)]
     metrics = {
         "checkpoint": res["checkpoint"],
+        "key": key,
+        "reused": res["reused"],
+        "stage1_checkpoint": ckpt1,
         "train_loss": res.get("train_loss"),
         "train_seconds": res.get("seconds"),
         "n_train": len(rows),

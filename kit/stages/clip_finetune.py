@@ -3,8 +3,9 @@
 Reads: the BDD-OIA root (profile or notebook 00), the CLIP the profile names (tiny: notebook 00's).
 Writes run_dir/clip_finetune/:
     <target>/pairs_{train,val,test}.jsonl   the pairs (image id, text, label)
-    <target>/best/                          the best-val-AUROC model (open_clip local-dir layout)
-    <target>/history.json                   per-epoch train loss, val loss, val AUROC, lr
+    <target>/checkpoints/<key>/best/        the best-val-AUROC model (open_clip local-dir layout); <key> is the
+                                            stage key (settings, pairs, starting CLIP, image bytes)
+    <target>/checkpoints/<key>/history.json per-epoch train loss, val loss, val AUROC, lr
     <target>/scores_{val,test}.jsonl        per pair: probability and cosine, fine-tuned and pretrained
     table1.json                             paper B's Table 1 (Avg. Sim. / Match %)
     figures/*.png
@@ -32,9 +33,10 @@ def run_clip_finetune(P: Mapping, run_dir) -> dict:
     from kit.models.clip import load_clip
     from kit.reward.clip_reward import CLIPReward
     from kit.reward.figures import figures_from_run
-    from kit.reward.finetune import ImageStore, clone_bundle, finetune_clip, score_pairs
+    from kit.reward.finetune import ImageStore, clone_bundle, finetune_clip, finetune_key, score_pairs
     from kit.reward.judge import binary_metrics, similarity_table
     from kit.reward.pairs import make_pairs, true_texts
+    from kit.stages.key import artifact_id, keyed_dir, samples_id
 
     t0 = time.perf_counter()
     rd = runs.resolve_run_dir(run_dir)
@@ -48,6 +50,8 @@ def run_clip_finetune(P: Mapping, run_dir) -> dict:
     targets = [target] + ([t for t in TARGETS if t != target] if C.get("compare_targets", True) else [])
 
     base = load_clip(P, rd)
+    upstream = {"clip": artifact_id(base.source) if Path(base.source).exists() else f"id:{base.name}/{base.source}",
+                "images": samples_id(samples)}
     results: dict = {}
     tuned: dict = {}
     for tgt in targets:
@@ -59,10 +63,14 @@ def run_clip_finetune(P: Mapping, run_dir) -> dict:
         before = {sp: score_pairs(base, pairs[sp], store) for sp in ("val", "test")}
         bundle = clone_bundle(base)
         truths = {str(s.image_path): true_texts(s, tgt) for s in samples}
-        fit = finetune_clip(bundle, pairs.train, pairs.val, td, C, seed=int(P.get("seed", 0)), store=store,
-                            desc=f"fine-tune CLIP on {tgt} pairs", truths=truths)
+        # one folder per key: changed settings, another starting CLIP or other images train afresh
+        key = finetune_key(pairs.train, pairs.val, C, seed=int(P.get("seed", 0)), upstream=upstream, truths=truths)
+        fit = finetune_clip(bundle, pairs.train, pairs.val, keyed_dir(td / "checkpoints", key), C,
+                            seed=int(P.get("seed", 0)), store=store, desc=f"fine-tune CLIP on {tgt} pairs",
+                            truths=truths, upstream=upstream)
         after = {sp: score_pairs(bundle, pairs[sp], store) for sp in ("val", "test")}
-        res = {"pairs": pairs.stats, "checkpoint": fit["checkpoint"], "best_epoch": fit["best_epoch"],
+        res = {"pairs": pairs.stats, "checkpoint": fit["checkpoint"], "key": key, "reused": bool(fit.get("resumed")),
+               "best_epoch": fit["best_epoch"],
                "best_val_auroc": fit["best_val_auroc"], "epochs_run": fit["epochs_run"],
                "stopped_early": fit["stopped_early"], "train_seconds": fit["seconds"], "pretrained": {}}
         for sp in ("val", "test"):

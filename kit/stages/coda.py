@@ -20,7 +20,7 @@ from typing import Mapping
 
 from kit import runs
 from kit.coda.vqa import TASKS, VqaItem, vqa_for, write_answers
-from kit.stages.key import artifact_id, mark, marked_key, stage_key
+from kit.stages.key import artifact_id, keyed_training, stage_key
 
 DIRECT, SFT = "coda_direct", "coda_sft"
 MODEL_NAMES = {DIRECT: "direct", SFT: "sft"}
@@ -136,26 +136,21 @@ def train_coda_sft(P: Mapping, run_dir, train_items: Mapping[str, list[VqaItem]]
                    *, out_parent: Path | None = None, tasks=None) -> dict:
     """SFT on CODA-LM VQA rows into `<out_parent>/<key>/`, resumed only under the same key.
     Returns train_sft's result plus "key" (the final model folder is marked with it)."""
-    from kit.models.vlm import load_vlm, lora_config, resolve_vlm_path
+    from kit.models.vlm import load_vlm, lora_config, resolve_vlm_path, vlm_settings
     from kit.train.sft import train_sft
 
     tasks = list(tasks or P["coda_sft"]["tasks"])
     base = base or resolve_vlm_path(P, run_dir)
     cfg = sft_config(P)
-    peft = lora_config(P)
-    m = P["models"]
-    key = stage_key({"sft": cfg, "tasks": tasks, "vlm": m["vlm"], "quantization": m.get("quantization"),
-                     "lora": m["lora"] if peft is not None else None, "precision": P.get("precision")},
+    key = stage_key({"sft": cfg, "tasks": tasks, **vlm_settings(P)},
                     {"model": artifact_id(base), "data": data_id({t: train_items[t] for t in tasks})})
-    out = Path(out_parent or runs.stage_dir(run_dir, SFT) / "checkpoints") / key
-    done = runs.read_json(out / "train_result.json")
-    if done and marked_key(done.get("checkpoint", "")) == key:
-        return {**done, "key": key, "reused": True}
-    model, processor = load_vlm(P, run_dir, base if Path(base).is_dir() else None, for_training=True)
-    tr = train_sft(model, processor, sft_rows(train_items, tasks), out, {**cfg, "peft_config": peft}, P)
-    del model
-    mark(tr["checkpoint"], key, stage=SFT, base=base)
-    return {**tr, "key": key, "reused": False}
+
+    def train_it(out):
+        model, processor = load_vlm(P, run_dir, base if Path(base).is_dir() else None, for_training=True)
+        return train_sft(model, processor, sft_rows(train_items, tasks), out, {**cfg, "peft_config": lora_config(P)}, P)
+
+    return keyed_training(Path(out_parent or runs.stage_dir(run_dir, SFT) / "checkpoints"), key, train_it,
+                          stage=SFT, base=base)
 
 
 def run_coda_sft(P: Mapping, run_dir) -> dict:

@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from kit.params import params_hash
 from kit.runs import read_json, write_json
@@ -86,3 +86,27 @@ def mark(folder: str | os.PathLike, key: str, **info: Any) -> Path:
 def marked_key(folder: str | os.PathLike) -> str | None:
     d = read_json(Path(folder) / MARK) if Path(folder).is_dir() else None
     return (d or {}).get("key")
+
+
+def samples_id(samples: Iterable) -> str:
+    """The identity of BDD-OIA samples: ids, labels and the bytes of every frame they show."""
+    return params_hash([(s.id, list(map(int, s.actions)), list(map(int, s.reasons)),
+                         [artifact_id(f) for f in s.frame_paths]) for s in samples])
+
+
+RESULT_FILE = "train_result.json"
+
+
+def keyed_training(parent: str | os.PathLike, key: str, train: Callable[[Path], Mapping], **info: Any) -> dict:
+    """Train once per key: `train(out_dir)` runs in `<parent>/<key>/` (where it may resume its own
+    checkpoints) and returns a result with "checkpoint"; the result is saved as train_result.json and
+    the checkpoint marked with the key. A later call with the same key returns the saved result
+    ("reused": True); any other key trains afresh in its own folder."""
+    out = keyed_dir(parent, key)
+    done = read_json(out / RESULT_FILE)
+    if done and done.get("checkpoint") and marked_key(done["checkpoint"]) == key:
+        return {**done, "key": key, "reused": True}
+    res = dict(train(out))
+    mark(res["checkpoint"], key, **info)
+    write_json(out / RESULT_FILE, {**res, "key": key})
+    return {**res, "key": key, "reused": False}

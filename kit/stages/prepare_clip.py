@@ -20,6 +20,7 @@ from kit.params import params_hash
 from kit.reward.clip_reward import CLIPReward
 from kit.reward.finetune import _adamw
 from kit.reward.pairs import swap_left_right
+from kit.stages.key import mark
 
 
 def _load_items(root: Path, split: str, max_samples: int | None = None):
@@ -147,6 +148,7 @@ def run_prepare_clip(P: Mapping, run_dir) -> dict:
     }
     kclip.save_clip(bundle, out_dir, {"settings_hash": h, "metrics": out,
                                       "what": "tiny CLIP, contrastively pretrained on toy-world captions"})
+    mark(out_dir, h, stage="prepare_clip")  # later stages' keys take this as the model's identity
     runs.record_metrics(rd, "prepare", {"models": {"clip": out}})
     return out
 

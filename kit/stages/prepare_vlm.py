@@ -23,6 +23,7 @@ from typing import Mapping, Sequence
 from kit import runs
 from kit.labels import DESCRIBE_PROMPT
 from kit.params import params_hash
+from kit.stages.key import mark
 
 STAGE = "prepare"
 SUB = "vlm_pretrain"
@@ -37,7 +38,7 @@ def _pretrain_params(P: Mapping) -> dict:
 
 
 def caption_rows(samples: Sequence, captions: Mapping[str, str], prompt: str = DESCRIBE_PROMPT) -> list[dict]:
-    """vlm_row per sample with a toy caption: frames + DESCRIBE_PROMPT -> caption."""
+    """vlm_row per sample with a toy caption: frame paths + DESCRIBE_PROMPT -> caption."""
     from kit.data import DataError
     from kit.train.rows import vlm_row
 
@@ -45,16 +46,21 @@ def caption_rows(samples: Sequence, captions: Mapping[str, str], prompt: str = D
     for s in samples:
         if s.file_name not in captions:
             raise DataError(f"toy/scenes_*.jsonl: no caption for {s.file_name}; expected one per BDD-OIA image")
-        rows.append(vlm_row(s.load_images(), prompt, captions[s.file_name]))
+        rows.append(vlm_row(s.frame_paths, prompt, captions[s.file_name]))
     return rows
 
 
 def caption_loss(model, processor, rows: Sequence[Mapping], batch_size: int = 16) -> float:
     """Mean completion-token cross-entropy on `rows`, collated exactly as TRL's SFTTrainer does."""
-    import copy
-
     import torch
+    from PIL import Image
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    def _open(x):
+        if not isinstance(x, (str, Path)):
+            return x
+        with Image.open(x) as im:
+            return im.convert("RGB")
 
     collate = DataCollatorForVisionLanguageModeling(processor, completion_only_loss=True)
     device = next(model.parameters()).device
@@ -63,7 +69,8 @@ def caption_loss(model, processor, rows: Sequence[Mapping], batch_size: int = 16
     tot, n = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(rows), batch_size):
-            batch = collate([copy.copy(dict(r)) for r in rows[i:i + batch_size]])
+            # frames given as paths are opened per batch, as the trainer's dataset does
+            batch = collate([{**r, "images": [_open(x) for x in r["images"]]} for r in rows[i:i + batch_size]])
             batch = {k: v.to(device) for k, v in batch.items()}
             ntok = int((batch["labels"][:, 1:] != -100).sum())
             out = model(**batch)
@@ -129,6 +136,7 @@ def run_prepare_vlm(P: dict, run_dir) -> dict:
     res["n_params"] = n_params
     if not pt.get("enabled", True):
         shutil.copytree(init_dir, final, dirs_exist_ok=True)
+        mark(final, h, stage="prepare_vlm")
         res["seconds"] = round(time.time() - t0, 2)
         runs.record_metrics(rd, STAGE, {"models": {"vlm": res}})
         return res
@@ -169,6 +177,7 @@ def run_prepare_vlm(P: dict, run_dir) -> dict:
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(tr["checkpoint"], tmp)
+    mark(tmp, h, stage="prepare_vlm")  # later stages' keys take this as the model's identity
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
 

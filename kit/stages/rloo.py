@@ -2,14 +2,16 @@
 
 Reads: the BDD-OIA root (kit.data.bdd_oia_root), the base VLM (load_vlm), the fine-tuned CLIP
 reward (kit.reward.load_reward, notebook 02). Writes run_dir/rloo/:
-  trainer/               TRL checkpoints (resume), final/ the trained model or adapter
-  reward_log.jsonl       one record per step: mean reward, mean best-of-k, ...
-  samples.jsonl          each step's first prompt: its k sampled descriptions, rewards, advantages
-  variance.json          gradient variance of the rloo / greedy (SCST) / none estimators, same batches
+  checkpoints/<key>/     one training per stage key (rloo_key: settings, base VLM, reward model,
+                         training frames); a rerun resumes or reuses only its own key. Inside:
+    trainer/             TRL checkpoints (resume), final/ the trained model or adapter
+    reward_log.jsonl     one record per step: mean reward, mean best-of-k, ...
+    samples.jsonl        each step's first prompt: its k sampled descriptions, rewards, advantages
+    variance.json        gradient variance of the rloo / greedy (SCST) / none estimators, same batches
   descriptions_<split>.jsonl  greedy descriptions of the stage-1 model (and of the base model for
                          the eval split), with CLIP score and match; stage 2 reads them
-  baseline_<name>/       the same training with another baseline (rloo.compare_baselines)
   figures/*.png
+(rloo.compare_baselines train in checkpoints/<their key>/ too.)
 and metrics.json["rloo"].
 """
 from __future__ import annotations
@@ -31,8 +33,13 @@ def load_samples(P: Mapping, run_dir, split: str, cap: int | None = None) -> lis
     return load_bdd_split(P, run_dir, split, cap).samples
 
 
+def frame_paths_of(sample, P: Mapping) -> list:
+    """The frames a stage-1/stage-2 prompt shows: the last `rloo.frames` of the clip (paths)."""
+    return list(sample.frame_paths)[-int(P["rloo"]["frames"]):]
+
+
 def frames_of(sample, P: Mapping) -> list:
-    """The frames a stage-1/stage-2 prompt shows: the last `rloo.frames` of the clip."""
+    """Those frames as PIL images (generation loads them per chunk)."""
     return sample.load_images()[-int(P["rloo"]["frames"]):]
 
 
@@ -58,37 +65,59 @@ def describe(model, processor, samples: Sequence, P: Mapping, reward, out_path: 
                             max_new_tokens=int(P["rloo"]["max_new_tokens"]), desc=desc)
 
 
-def _train_one(P: Mapping, run_dir: Path, rows: list[dict], reward, out_dir: Path, baseline: str,
-               with_extras: bool, eval_samples: Sequence) -> dict:
-    """Load the base VLM and run stage 1 with one baseline. With `with_extras`, also measure the
-    estimators' gradient variance and the base model's descriptions before training."""
+def rloo_key(P: Mapping, run_dir, baseline: str, train: Sequence, reward) -> str:
+    """Stage 1's key (kit.stages.key): the rloo section (its baseline as trained), seed, prompt, model
+    and reward settings, and the identities of the base VLM, the reward model and the training
+    frames. What does not change the training (how many samples are described afterwards, the
+    other baselines to compare) is left out."""
+    from kit.models.vlm import resolve_vlm_path, vlm_settings
+    from kit.stages.key import artifact_id, samples_id, stage_key
+
+    R = {k: v for k, v in P["rloo"].items() if k not in ("eval_samples", "describe_train_samples", "compare_baselines")}
+    C = P.get("clip_finetune") or {}
+    settings = {"rloo": {**R, "baseline": baseline}, "seed": int(P["seed"]), "prompt": DESCRIBE_PROMPT,
+                "reward": {"score": C.get("reward_score"), "threshold": C.get("threshold")}, **vlm_settings(P)}
+    return stage_key(settings, {"model": artifact_id(resolve_vlm_path(P, run_dir)),
+                                "reward": artifact_id(reward.bundle.source), "data": samples_id(train)})
+
+
+def _train_one(P: Mapping, run_dir: Path, train: Sequence, reward, baseline: str, with_variance: bool) -> dict:
+    """Stage 1 with one baseline, once per key, in rloo/checkpoints/<key>/ (a rerun with the same key
+    resumes or reuses; anything else starts afresh). With `with_variance`, the estimators' gradient
+    variance is measured on the untrained model first (without moving the RNGs training draws from)."""
     from kit.models.vlm import load_vlm, lora_config
-    from kit.rl.rloo import train_rloo
+    from kit.rl.rloo import per_epoch, rloo_rows, train_rloo
     from kit.rl.variance import gradient_variance
+    from kit.stages.key import keyed_training
 
     R = P["rloo"]
-    sd = runs.stage_dir(run_dir, STAGE)
-    model, processor = load_vlm(P, run_dir, for_training=True)
-    extras: dict = {}
+    rows = rloo_rows(train, P)
 
-    def before(trainer, ckpt):
-        if not with_extras:
-            return None
-        var_path = sd / "variance.json"
-        if int(R["variance_prompts"]) > 0 and not var_path.exists() and ckpt is None:
-            v = gradient_variance(trainer, rows, n_prompts=int(R["variance_prompts"]),
-                                  repeats=int(R["variance_repeats"]), seed=int(P["seed"]))
-            runs.write_json(var_path, v)
-        if eval_samples and ckpt is None:
-            extras["before"] = describe(trainer.model, processor, eval_samples, P, reward,
-                                        sd / f"descriptions_{P['eval']['split']}_base.jsonl",
-                                        tag="base", desc="describe (base model)")
-        return None
+    def train_it(out: Path) -> dict:
+        model, processor = load_vlm(P, run_dir, for_training=True)
 
-    res = train_rloo(model, processor, reward, rows, out_dir, P, baseline=baseline,
-                     peft_config=lora_config(P), before_train=before)
-    res["model"], res["processor"] = res["trainer"].model, processor
-    return res
+        def before(trainer, ckpt):
+            var_path = out / "variance.json"
+            if with_variance and int(R["variance_prompts"]) > 0 and ckpt is None and not var_path.exists():
+                runs.write_json(var_path, gradient_variance(trainer, n_prompts=int(R["variance_prompts"]),
+                                                            repeats=int(R["variance_repeats"]), seed=int(P["seed"])))
+
+        res = train_rloo(model, processor, reward, rows, out, P, baseline=baseline, peft_config=lora_config(P),
+                         before_train=before)
+        del model, res["trainer"]
+        gc.collect()
+        return {"checkpoint": res["checkpoint"], "per_epoch": per_epoch(res["reward_log"]),
+                "steps": len(res["reward_log"]), "seconds": res["seconds"], "baseline": baseline}
+
+    key = rloo_key(P, run_dir, baseline, train, reward)
+    return keyed_training(runs.stage_dir(run_dir, STAGE) / "checkpoints", key, train_it, stage=STAGE)
+
+
+def work_dir(run_dir) -> Path:
+    """The folder of this run's stage-1 training (reward_log.jsonl, samples.jsonl, variance.json, final/)."""
+    rd = runs.resolve_run_dir(run_dir)
+    w = (runs.read_metrics(rd).get(STAGE) or {}).get("work_dir")
+    return Path(w) if w else rd / STAGE
 
 
 def run_rloo(P: Mapping, run_dir) -> dict:
@@ -96,8 +125,10 @@ def run_rloo(P: Mapping, run_dir) -> dict:
     of the train and eval splits by the trained model, scored by the reward's clip_score/match."""
     import torch
 
+    from kit.models.vlm import load_vlm, resolve_vlm_path
     from kit.reward import load_reward
     from kit.reward.judge import clip_summary
+    from kit.stages.key import artifact_id
 
     run_dir = runs.resolve_run_dir(run_dir)
     sd = runs.stage_dir(run_dir, STAGE)
@@ -107,64 +138,59 @@ def run_rloo(P: Mapping, run_dir) -> dict:
     train = load_samples(P, run_dir, "train", R["train_samples"])
     eval_split = P["eval"]["split"]
     test = load_samples(P, run_dir, eval_split, R.get("eval_samples"))
-    from kit.rl.rloo import rloo_rows
 
-    rows = rloo_rows(train, P)
-
-    # the comparison runs first (each frees its model), the main run last so its model stays for describing
     curves: dict[str, list] = {}
-    compare = [b for b in (R.get("compare_baselines") or []) if b != R["baseline"]]
-    for b in compare:
-        r = _train_one(P, run_dir, rows, reward, sd / f"baseline_{b}", b, False, [])
-        curves[b] = r["per_epoch"]
-        del r
-        gc.collect()
+    for b in [b for b in (R.get("compare_baselines") or []) if b != R["baseline"]]:
+        curves[b] = _train_one(P, run_dir, train, reward, b, False)["per_epoch"]
+    res = _train_one(P, run_dir, train, reward, R["baseline"], True)
+    key, ckpt = res["key"], res["checkpoint"]
+    work = Path(ckpt).parent
 
-    res = _train_one(P, run_dir, rows, reward, sd, R["baseline"], True, test)
-    curves[R["baseline"]] = res["per_epoch"]
-    model, processor = res["model"], res["processor"]
-    model.eval()
-    ckpt = res["checkpoint"]
-    tag = f"{ckpt}@{Path(ckpt).stat().st_mtime_ns}"
-    # stage 2 trains on these: every train sample up to rloo.describe_train_samples, not only the RL prompts
+    # the base model's descriptions of the eval split (reused while the base model is the same)
+    base = resolve_vlm_path(P, run_dir)
+    model, processor = load_vlm(P, run_dir)
+    before = describe(model, processor, test, P, reward, sd / f"descriptions_{eval_split}_base.jsonl",
+                      tag=artifact_id(base), desc="describe (base model)")
+    # the saved stage-1 model (what stage 2 loads) describes; its answers are reused only under its key.
+    # stage 2 trains on every train sample up to rloo.describe_train_samples, not only the RL prompts
     # (greedy decoding is cheap; a tiny model needs more than rloo.train_samples examples to learn the actions)
+    model, processor = load_vlm(P, run_dir, ckpt)
+    tag = f"key:{key}"
     to_describe = load_samples(P, run_dir, "train", R.get("describe_train_samples"))
     desc_train = describe(model, processor, to_describe, P, reward, sd / "descriptions_train.jsonl", tag=tag,
                           desc="describe (train)")
     desc_eval = describe(model, processor, test, P, reward, sd / f"descriptions_{eval_split}.jsonl", tag=tag,
                          desc=f"describe ({eval_split})")
-    base_path = sd / f"descriptions_{eval_split}_base.jsonl"
-    before = runs.read_jsonl(base_path) if base_path.exists() else None
 
     from kit.rl.figures import figures_from_run as _figs
 
     per_epoch = res["per_epoch"]
-    variance = runs.read_json(sd / "variance.json")
+    variance = runs.read_json(work / "variance.json")
     metrics = {
         "baseline": R["baseline"],
         "checkpoint": ckpt,
+        "key": key,
+        "reused": res["reused"],
+        "work_dir": str(work),
         "per_epoch": per_epoch,
         "reward_first_epoch": per_epoch[0]["mean_reward"] if per_epoch else None,
         "reward_last_epoch": per_epoch[-1]["mean_reward"] if per_epoch else None,
         "reward_rose": bool(per_epoch and per_epoch[-1]["mean_reward"] > per_epoch[0]["mean_reward"]),
-        "steps": len(res["reward_log"]),
+        "steps": res["steps"],
         "train_seconds": res["seconds"],
-        "compare_baselines": {b: c for b, c in curves.items() if b != R["baseline"]},
-        "eval": {"split": eval_split, **clip_summary(desc_eval),
-                 "base_model": clip_summary(before) if before else None,
+        "compare_baselines": curves,
+        "eval": {"split": eval_split, **clip_summary(desc_eval), "base_model": clip_summary(before),
                  "train_split": clip_summary(desc_train)},
         "variance": ({b: {k: v for k, v in e.items() if k != "per_prompt_within"}
                       for b, e in variance["estimators"].items()} if variance else None),
         "descriptions": {"train": str(sd / "descriptions_train.jsonl"),
                          eval_split: str(sd / f"descriptions_{eval_split}.jsonl")},
     }
-    runs.write_json(sd / "per_epoch.json", {"per_epoch": per_epoch, "compare": metrics["compare_baselines"],
-                                             "main": R["baseline"]})
     runs.record_metrics(run_dir, STAGE, metrics)
     metrics["figures"] = [str(p) for p in _figs(run_dir, stages=(STAGE,))]
     metrics["seconds"] = time.time() - t0
     runs.record_metrics(run_dir, STAGE, {"figures": metrics["figures"], "seconds": metrics["seconds"]})
-    del model, res
+    del model
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -178,7 +204,7 @@ def per_epoch_table(run_dir):
 
     from kit.rl.rloo import per_epoch
 
-    log = runs.read_jsonl(runs.resolve_run_dir(run_dir) / STAGE / "reward_log.jsonl")
+    log = runs.read_jsonl(work_dir(run_dir) / "reward_log.jsonl")
     df = pd.DataFrame(per_epoch(log))
     df["epoch"] += 1
     return df.set_index("epoch").round(4)
@@ -192,7 +218,7 @@ def advantage_table(run_dir, step: int | None = None):
 
     from kit.rl.advantages import leave_one_out
 
-    samples = runs.read_jsonl(runs.resolve_run_dir(run_dir) / STAGE / "samples.jsonl")
+    samples = runs.read_jsonl(work_dir(run_dir) / "samples.jsonl")
     s = samples[0] if step is None else next(x for x in samples if x["step"] == step)
     r = torch.tensor([s["rewards"]])
     k = r.shape[1]
@@ -209,7 +235,7 @@ def samples_table(run_dir, n_steps: int = 2):
     """Sampled descriptions of the first and last `n_steps` steps, with their rewards."""
     import pandas as pd
 
-    samples = runs.read_jsonl(runs.resolve_run_dir(run_dir) / STAGE / "samples.jsonl")
+    samples = runs.read_jsonl(work_dir(run_dir) / "samples.jsonl")
     picked = [("early", s) for s in samples[:n_steps]] + [("late", s) for s in samples[-n_steps:]]
     rows = [{"when": w, "step": s["step"], "epoch": s["epoch"] + 1, "image": s["id"], "description": c,
              "reward": round(r, 4)} for w, s in picked for c, r in zip(s["completions"], s["rewards"])]
@@ -220,7 +246,7 @@ def variance_table(run_dir):
     """The estimators' gradient variance on the same batches, and its ratio to RLOO's."""
     import pandas as pd
 
-    v = runs.read_json(runs.resolve_run_dir(run_dir) / STAGE / "variance.json")
+    v = runs.read_json(work_dir(run_dir) / "variance.json")
     if not v:
         return pd.DataFrame()
     return pd.DataFrame({b: {k: e[k] for k in ("within_prompt", "within_ratio_to_rloo", "total",

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from kit import runs
 from kit.labels import ACTIONS, ANSWER_PROMPT, REASONS, format_answer
+from kit.stages.key import artifact_id, keyed_training, samples_id, stage_key
 
 STAGE = "sft_baseline"
 DIRECT = "direct"
@@ -33,11 +34,22 @@ def _split(P: Mapping, run_dir, split: str):
 
 
 def sft_rows(samples, prompt: str = ANSWER_PROMPT) -> list[dict]:
-    """TRL prompt-completion rows: image(s) + the answer prompt -> `Action: ... Reason: ...`."""
+    """TRL prompt-completion rows: image(s) + the answer prompt -> `Action: ... Reason: ...`. Frames
+    stay on disk as paths; the trainer decodes them per batch (kit.train.sft)."""
     from kit.train.rows import vlm_row
 
-    return [vlm_row(s.load_images(), prompt, format_answer(s.actions, s.reasons))
+    return [vlm_row(s.frame_paths, prompt, format_answer(s.actions, s.reasons))
             for s in tqdm(samples, desc="build SFT rows", leave=False)]
+
+
+def sft_config(P: Mapping) -> dict:
+    """The `sft:` section as train_sft's cfg (without the adapter, which lora_config(P) adds)."""
+    sp = P["sft"]
+    cfg = {k: sp[k] for k in ("epochs", "lr", "batch_size", "grad_accum", "weight_decay", "warmup_ratio",
+                              "lr_scheduler", "save_each_epoch", "logging_steps")}
+    cfg["max_steps"] = sp.get("max_steps")
+    cfg["seed"] = int(P["seed"])
+    return cfg
 
 
 def majority_records(train_samples, test_samples) -> list[dict]:
@@ -63,16 +75,6 @@ def _evaluate(model, processor, samples, P, out_dir: Path, tag: str, title: str)
     return m, figs
 
 
-def _model_stamp(where: str) -> str:
-    """A model folder's path plus its weights' modification time (a hub id as is): predictions made
-    with an older model of the same path are not reused."""
-    p = Path(where)
-    if not p.is_dir():
-        return str(where)
-    files = sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin"))
-    return f"{p}@{max((f.stat().st_mtime_ns for f in files), default=0)}"
-
-
 def run_direct(P: Mapping, run_dir) -> dict:
     """Evaluate the profile's base VLM as is on the eval split; metrics.json["direct"]["eval"]."""
     from kit.models.vlm import load_vlm, resolve_vlm_path
@@ -83,7 +85,7 @@ def run_direct(P: Mapping, run_dir) -> dict:
     test = _split(P, run_dir, split)
     model, processor = load_vlm(P, run_dir)
     tag = resolve_vlm_path(P, run_dir)
-    m, figs = _evaluate(model, processor, test.samples, P, out, f"base:{_model_stamp(tag)}", "Direct (base model)")
+    m, figs = _evaluate(model, processor, test.samples, P, out, artifact_id(tag), "Direct (base model)")
     res = {"eval": m, "split": split, "model": tag, "prompt": ANSWER_PROMPT,
            "predictions": str(out / "predictions.jsonl"), "figures": [str(f) for f in figs],
            "seconds": round(time.time() - t0, 2)}
@@ -96,7 +98,7 @@ def run_sft_baseline(P: Mapping, run_dir) -> dict:
     majority-class predictor (and Direct, when notebook 03's Direct step ran)."""
     from kit.eval.figures import figures_from_run
     from kit.eval.metrics import summary_row, track_b_metrics
-    from kit.models.vlm import load_vlm, lora_config, resolve_vlm_path
+    from kit.models.vlm import load_vlm, lora_config, resolve_vlm_path, vlm_settings
     from kit.train.sft import train_sft
 
     t0 = time.time()
@@ -105,34 +107,22 @@ def run_sft_baseline(P: Mapping, run_dir) -> dict:
     train = _split(P, run_dir, "train")
     test = _split(P, run_dir, split)
 
-    # 1. train (resumes from the last epoch checkpoint; a finished run returns at once)
-    sp = dict(P["sft"])
-    cfg = {k: sp[k] for k in ("epochs", "lr", "batch_size", "grad_accum", "weight_decay", "warmup_ratio",
-                              "lr_scheduler", "save_each_epoch", "logging_steps")}
-    cfg["max_steps"] = sp.get("max_steps")
-    cfg["peft_config"] = lora_config(P)
-    # one folder per training configuration: a rerun with the same settings resumes, changed
-    # settings train afresh instead of silently reusing a stale model
-    from kit.params import params_hash
+    # 1. train once per key (settings + base model + training data): a rerun with the same key resumes
+    #    or reuses, anything else trains afresh in its own folder (kit.stages.key)
+    cfg = sft_config(P)
+    base = resolve_vlm_path(P, run_dir)
+    key = stage_key({"sft": cfg, "prompt": ANSWER_PROMPT, **vlm_settings(P)},
+                    {"model": artifact_id(base), "data": samples_id(train.samples)})
 
-    key = params_hash({"sft": {k: v for k, v in cfg.items() if k != "peft_config"},
-                       "lora": (P.get("models") or {}).get("lora") if cfg["peft_config"] is not None else None,
-                       "quantization": (P.get("models") or {}).get("quantization"),
-                       "vlm": (P.get("models") or {}).get("vlm"), "seed": P.get("seed"),
-                       "n_train": len(train.samples), "base": _model_stamp(resolve_vlm_path(P, run_dir))})
-    ckpt_dir = out / "checkpoints" / key
-    done = runs.read_json(ckpt_dir / "train_result.json")
-    if done and Path(done.get("checkpoint", "")).is_dir():
-        tr = done
-    else:
+    def train_it(ckpt_dir):
         model, processor = load_vlm(P, run_dir, for_training=True)
-        tr = train_sft(model, processor, sft_rows(train.samples), ckpt_dir, cfg, P)
-        del model
+        return train_sft(model, processor, sft_rows(train.samples), ckpt_dir, {**cfg, "peft_config": lora_config(P)}, P)
+
+    tr = keyed_training(out / "checkpoints", key, train_it, stage=STAGE, base=base)
 
     # 2. evaluate the saved checkpoint (what later stages load), not the in-memory model
     model, processor = load_vlm(P, run_dir, tr["checkpoint"])
-    m, _ = _evaluate(model, processor, test.samples, P, out, f"sft:{_model_stamp(tr['checkpoint'])}",
-                     "SFT baseline")
+    m, _ = _evaluate(model, processor, test.samples, P, out, f"key:{key}", "SFT baseline")
     del model
 
     # 3. majority-class predictor (per label, the training split's majority), same test split
@@ -153,8 +143,10 @@ def run_sft_baseline(P: Mapping, run_dir) -> dict:
         "checkpoint": tr["checkpoint"],
         "train_seconds": tr.get("seconds"),
         "steps": tr.get("steps"),
-        "config": {k: v for k, v in cfg.items() if k != "peft_config"},
-        "lora": cfg["peft_config"] is not None,
+        "config": cfg,
+        "key": key,
+        "reused": tr["reused"],
+        "lora": lora_config(P) is not None,
         "prompt": ANSWER_PROMPT,
         "predictions": str(out / "predictions.jsonl"),
         "beats_baselines": _beats(m, mm, direct),

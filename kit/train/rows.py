@@ -11,7 +11,8 @@ prompt (RLOO without a completion, DPO with chosen/rejected built the same way).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from pathlib import Path
+from typing import Mapping, Sequence
 
 
 def user_message(n_images: int, prompt: str) -> dict:
@@ -31,8 +32,8 @@ def assistant_message(answer: str) -> dict:
 def vlm_row(images: Sequence, prompt: str, answer: str | None = None) -> dict:
     """A TRL conversational prompt-completion row (completion omitted when `answer` is None).
 
-    `images` are PIL images, or image file paths (train_sft then decodes them lazily, which is
-    what a full-size dataset needs; TRL's RLOO/DPO trainers want PIL images).
+    `images` are PIL images, or image file paths: `rows_dataset` then decodes them per batch, which
+    is what a full-size dataset needs (every stage's rows keep their frames on disk).
 
     The chat template renders the assistant turn as "Assistant: <answer><end_of_utterance>" (SmolVLM's
     form); TRL splits it after the generation prompt "Assistant:", so the loss covers " <answer>" and
@@ -49,3 +50,24 @@ def vlm_row(images: Sequence, prompt: str, answer: str | None = None) -> dict:
 def chat_prompt(processor, n_images: int, prompt: str) -> str:
     """The rendered generation prompt (ends with `Assistant:`) for `generate`, matching vlm_row."""
     return processor.apply_chat_template([user_message(n_images, prompt)], add_generation_prompt=True)
+
+
+def rows_dataset(rows: Sequence[Mapping], what: str):
+    """A `datasets.Dataset` of vlm_row rows for TRL's trainers. Rows holding image paths get an
+    Image column, decoded when a batch is drawn: real BDD-OIA has 16k frames, which as PIL images
+    up front would not fit in memory (benchmarks/bench_rows_memory.py measures it)."""
+    from datasets import Dataset
+
+    rows = list(rows)
+    if not rows:
+        raise ValueError(f"{what} is empty; expected rows from kit.train.rows.vlm_row")
+    bad = [k for k in ("prompt", "images") if k not in rows[0]]
+    if bad:
+        raise ValueError(f"{what}[0] lacks {bad}; expected rows from kit.train.rows.vlm_row")
+    first = rows[0]["images"][0] if rows[0]["images"] else None
+    if isinstance(first, (str, Path)):
+        from datasets import Image, List
+
+        rows = [{**r, "images": [str(x) for x in r["images"]]} for r in rows]
+        return Dataset.from_list(rows).cast_column("images", List(Image()))
+    return Dataset.from_list(rows)

@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 
 from kit.models.device import trainer_precision_kwargs
 from kit.runs import read_json, write_json
+from kit.train.rows import rows_dataset
 
 REQUIRED = ("epochs", "lr", "batch_size", "grad_accum", "weight_decay")
 RESULT_FILE = "train_result.json"
@@ -25,26 +26,6 @@ def _check_cfg(cfg: Mapping) -> None:
     if missing:
         raise ValueError(f"train_sft cfg: missing keys {missing}; expected {list(REQUIRED)} "
                          "(+ optional warmup_ratio, lr_scheduler, save_each_epoch, logging_steps, max_steps, seed)")
-
-
-def _dataset(rows: Sequence[Mapping], what: str):
-    from datasets import Dataset
-
-    rows = list(rows)
-    if not rows:
-        raise ValueError(f"train_sft: {what} is empty; expected rows from kit.train.rows.vlm_row")
-    bad = [k for k in ("prompt", "completion", "images") if k not in rows[0]]
-    if bad:
-        raise ValueError(f"train_sft: {what}[0] lacks {bad}; expected rows from kit.train.rows.vlm_row")
-    first = rows[0]["images"][0] if rows[0]["images"] else None
-    if isinstance(first, (str, Path)):
-        # image paths: keep them on disk and let `datasets` decode each image when a batch needs it
-        # (real BDD-OIA has 16k frames; holding them all as PIL images does not fit in memory)
-        from datasets import Image, List
-
-        rows = [{**r, "images": [str(x) for x in r["images"]]} for r in rows]
-        return Dataset.from_list(rows).cast_column("images", List(Image()))
-    return Dataset.from_list(rows)
 
 
 def loss_curve(log_history: Sequence[Mapping]) -> list[dict]:
@@ -82,8 +63,11 @@ def train_sft(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cf
     if done and final.is_dir() and Path(done.get("checkpoint", "")).is_dir():
         return done
 
-    train_ds = _dataset(rows, "rows")
-    eval_ds = _dataset(eval_rows, "eval_rows") if eval_rows else None
+    rows = list(rows)
+    if rows and "completion" not in rows[0]:
+        raise ValueError("train_sft: rows[0] has no 'completion'; expected vlm_row(images, prompt, answer) rows")
+    train_ds = rows_dataset(rows, "train_sft rows")
+    eval_ds = rows_dataset(eval_rows, "train_sft eval_rows") if eval_rows else None
     save_each = bool(cfg.get("save_each_epoch", True))
     bs, ga = int(cfg["batch_size"]), int(cfg["grad_accum"])
     steps_per_epoch = max(1, math.ceil(len(train_ds) / bs / ga))

@@ -1,0 +1,181 @@
+"""One rule for reuse (kit.stages.key), stage by stage, on a miniature toy run: a stage reuses a
+saved result only under the same key; a changed setting or a changed upstream model trains afresh
+in its own folder; and the same seed and the same inputs give the same metrics.
+
+Slow-ish (about two minutes): every Track B training stage runs several times with a few steps.
+"""
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kit import runs
+from kit.params import load_profile
+
+pytestmark = pytest.mark.slow
+
+MINI = {
+    "data.toy.splits": {"train": 24, "val": 12, "test": 12},
+    "data.toy.coda_splits": {"Train": 3, "Val": 2, "Test": 2, "Mini": 2},
+    "pretrain.clip_epochs": 1, "pretrain.vlm_epochs": 1, "pretrain.vlm_show": 2, "pretrain.vlm_caption_tokens": 8,
+    "clip_finetune.epochs": 1, "clip_finetune.splits": {"train": 40, "val": 16, "test": 16},
+    "clip_finetune.compare_targets": False, "clip_finetune.table_samples": 4,
+    "sft.epochs": 1, "sft.max_steps": 2, "sft.logging_steps": 1, "eval.max_new_tokens": 8,
+    "rloo.train_samples": 4, "rloo.epochs": 1, "rloo.k": 2, "rloo.max_new_tokens": 4, "rloo.eval_samples": 4,
+    "rloo.describe_train_samples": 8, "rloo.variance_prompts": 1, "rloo.variance_repeats": 2,
+    "action_sft.epochs": 1, "action_sft.max_new_tokens": 4,
+}
+
+
+def P(**changes):
+    return load_profile("tiny", {**MINI, **{k.replace("__", "."): v for k, v in changes.items()}})
+
+
+@pytest.fixture(scope="module")
+def rd(tmp_path_factory):
+    from kit.notebook import seed_everything
+    from kit.stages.prepare_clip import run_prepare_clip
+    from kit.stages.prepare_data import run_prepare_data
+    from kit.stages.prepare_vlm import run_prepare_vlm
+
+    seed_everything(0)
+    rd = tmp_path_factory.mktemp("keys") / "run"
+    run_prepare_data(P(), rd)
+    run_prepare_clip(P(), rd)
+    run_prepare_vlm(P(), rd)
+    return rd
+
+
+def _history(model):
+    """A fine-tune's per-epoch train/val losses (beside its best model)."""
+    h = runs.read_json(Path(model["checkpoint"]).parent / "history.json")["history"]
+    return [(e["train_loss"], e["val_loss"]) for e in h]
+
+
+def _metrics(rd, stage):
+    return runs.read_metrics(rd)[stage]
+
+
+def test_key_follows_settings_and_upstream_identity(tmp_path):
+    from kit.stages.key import artifact_id, keyed_training, mark, stage_key
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "w.bin").write_bytes(b"weights-1")
+    k1 = stage_key({"lr": 1e-3}, {"model": artifact_id(model)})
+    assert k1 == stage_key({"lr": 1e-3}, {"model": artifact_id(model)})
+    assert k1 != stage_key({"lr": 2e-3}, {"model": artifact_id(model)})
+    (model / "w.bin").write_bytes(b"weights-2")          # same path, other bytes: another model
+    assert k1 != stage_key({"lr": 1e-3}, {"model": artifact_id(model)})
+    mark(model, "abc")                                   # a stage's output is known by the key that made it
+    assert artifact_id(model) == "key:abc"
+
+    calls = []
+
+    def train(out):
+        calls.append(out)
+        (out / "final").mkdir(exist_ok=True)
+        return {"checkpoint": str(out / "final"), "loss": len(calls)}
+
+    a = keyed_training(tmp_path / "ck", "k1", train)
+    b = keyed_training(tmp_path / "ck", "k1", train)
+    c = keyed_training(tmp_path / "ck", "k2", train)
+    assert (a["reused"], b["reused"], c["reused"]) == (False, True, False) and len(calls) == 2
+    assert b["loss"] == a["loss"] and Path(c["checkpoint"]).parent.name == "k2"
+
+
+def test_clip_finetune_retrains_for_a_new_setting_or_a_new_starting_clip(rd):
+    from kit.stages.clip_finetune import run_clip_finetune
+    from kit.stages.prepare_clip import run_prepare_clip
+
+    a = run_clip_finetune(P(), rd)["models"]["reason"]
+    again = run_clip_finetune(P(), rd)["models"]["reason"]
+    assert again["reused"] and again["checkpoint"] == a["checkpoint"] and again["test"] == a["test"]
+    b = run_clip_finetune(P(clip_finetune__lr=1e-2), rd)["models"]["reason"]
+    assert not b["reused"] and b["checkpoint"] != a["checkpoint"] and _history(b) != _history(a)
+    # another pretrained CLIP upstream (same path, re-pretrained): the old fine-tune is not reused
+    run_prepare_clip(P(pretrain__clip_epochs=2), rd)
+    c = run_clip_finetune(P(), rd)["models"]["reason"]
+    assert not c["reused"] and c["key"] not in (a["key"], b["key"])
+    # back to the first settings and the first CLIP: the first fine-tune is found again
+    run_prepare_clip(P(), rd)
+    back = run_clip_finetune(P(), rd)["models"]["reason"]
+    assert back["reused"] and back["key"] == a["key"]
+
+
+def test_sft_baseline_retrains_for_a_new_setting_or_a_new_base_model(rd):
+    from kit.stages.prepare_vlm import run_prepare_vlm
+    from kit.stages.sft_baseline import run_sft_baseline
+
+    a = run_sft_baseline(P(), rd)
+    assert not a["reused"] and run_sft_baseline(P(), rd)["reused"]
+    b = run_sft_baseline(P(sft__lr=1e-2), rd)
+    assert not b["reused"] and b["checkpoint"] != a["checkpoint"] and b["train_loss"] != a["train_loss"]
+    run_prepare_vlm(P(pretrain__vlm_lr=1e-3), rd)  # the base model re-pretrained in place
+    c = run_sft_baseline(P(), rd)
+    assert not c["reused"] and c["key"] not in (a["key"], b["key"]) and c["train_loss"] != a["train_loss"]
+    run_prepare_vlm(P(), rd)
+    assert run_sft_baseline(P(), rd)["key"] == a["key"]
+
+
+def test_rloo_retrains_for_a_new_setting_or_reward_and_is_deterministic(rd):
+    from kit.stages.clip_finetune import run_clip_finetune
+    from kit.stages.rloo import run_rloo
+
+    run_clip_finetune(P(), rd)
+    a = run_rloo(P(), rd)
+    assert not a["reused"] and a["steps"] > 0
+    a_texts = _rloo_texts(rd, a)
+    assert run_rloo(P(), rd)["reused"]
+    b = run_rloo(P(rloo__lr=1e-2), rd)  # TRL would have resumed the old checkpoint and run 0 steps
+    assert not b["reused"] and b["steps"] == a["steps"] and b["checkpoint"] != a["checkpoint"]
+    # another reward model upstream
+    run_clip_finetune(P(clip_finetune__lr=1e-2), rd)
+    c = run_rloo(P(), rd)
+    assert not c["reused"] and c["key"] not in (a["key"], b["key"])
+    run_clip_finetune(P(), rd)
+    # same seed, same inputs: a fresh training samples the same texts and gets the same rewards, and
+    # so does one that skipped the gradient-variance diagnostic (it samples too, but must not move
+    # the RNGs training draws from). Rewards agree to float rounding (CPU BLAS may split sums
+    # differently from run to run); any shift of the RNG would change the sampled texts themselves.
+    shutil.rmtree(Path(a["checkpoint"]).parent)
+    fresh = run_rloo(P(), rd)
+    assert not fresh["reused"] and fresh["variance"] is not None
+    no_diag = run_rloo(P(rloo__variance_prompts=0), rd)
+    assert no_diag["variance"] is None and no_diag["key"] != a["key"]
+    for again in (fresh, no_diag):
+        assert _rloo_texts(rd, again) == a_texts
+        assert [e["mean_reward"] for e in again["per_epoch"]] == pytest.approx([e["mean_reward"] for e in a["per_epoch"]],
+                                                                               rel=1e-5, abs=1e-7)
+
+
+def _rloo_texts(rd, res):
+    """What a stage-1 run wrote: every step's sampled completions and the greedy eval descriptions."""
+    samples = runs.read_jsonl(Path(res["work_dir"]) / "samples.jsonl")
+    desc = runs.read_jsonl(rd / "rloo" / f"descriptions_{res['eval']['split']}.jsonl")
+    return [s["completions"] for s in samples], [d["description"] for d in desc]
+
+
+def test_action_sft_follows_stage1_and_is_deterministic(rd):
+    from kit.stages.action_sft import run_action_sft
+    from kit.stages.clip_finetune import run_clip_finetune
+    from kit.stages.rloo import run_rloo
+
+    run_clip_finetune(P(), rd)
+    run_rloo(P(), rd)
+    a = run_action_sft(P(), rd)
+    assert not a["reused"] and a["stage1_checkpoint"] == _metrics(rd, "rloo")["checkpoint"]
+    assert run_action_sft(P(), rd)["reused"]
+    # a retrained stage 1 (other lr): stage 2 trains again, on its descriptions
+    run_rloo(P(rloo__lr=1e-2), rd)
+    b = run_action_sft(P(), rd)
+    assert not b["reused"] and b["key"] != a["key"] and b["stage1_checkpoint"] != a["stage1_checkpoint"]
+    # same seed, same stage 1: a fresh stage 2 gives the same answers and losses
+    run_rloo(P(), rd)
+    shutil.rmtree(Path(a["checkpoint"]).parent)
+    for f in (rd / "action_sft").glob("predictions*"):
+        f.unlink()
+    fresh = run_action_sft(P(), rd)
+    assert not fresh["reused"] and fresh["key"] == a["key"]
+    assert fresh["eval"]["action"] == a["eval"]["action"] and fresh["eval"]["n"] == a["eval"]["n"]
+    assert [x["loss"] for x in fresh["train_loss"]] == pytest.approx([x["loss"] for x in a["train_loss"]], rel=1e-5)
