@@ -12,7 +12,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
     try:
         out = run(profile=a.profile, run_dir=a.run_dir, only=a.only.split(",") if a.only else None,
-                  overrides=a.set, force=a.force, log_output=a.log_output)
+                  overrides=a.set, force=a.force, log_output=a.log_output, track=a.track)
     except StageFailed as e:
         print(f"kit run: {e}", file=sys.stderr)
         return 1
@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="execute the notebooks in order with papermill")
     r.add_argument("--profile", default="tiny", help="profile name in params/ or a YAML path (default: tiny)")
     r.add_argument("--only", help="comma-separated notebook numbers, e.g. 00,03")
+    r.add_argument("--track", choices=["A", "B"],
+                   help="one paper's track: A (CODA-LM) or B (BDD-OIA): its notebooks and cells, its dataset only")
     r.add_argument("--run-dir", help="run directory (default: runs/<profile>)")
     r.add_argument("--force", action="store_true", help="rerun stages even if done with the same parameters")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. sft.epochs=3")

@@ -27,8 +27,18 @@ class StageFailed(RuntimeError):
     pass
 
 
-def list_notebooks(only: Iterable[str] | None = None) -> list[Path]:
-    nbs = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+# The notebooks of each paper's track; 00, 03 and 07 serve both, and their cells tagged `track-A` or
+# `track-B` run only when that track is selected (params `tracks`, `kit run --track`).
+TRACKS = {"A": {"00", "01", "03", "04", "07"}, "B": {"00", "02", "03", "05", "06", "07"}}
+
+
+def list_notebooks(only: Iterable[str] | None = None, tracks: Iterable[str] = ("A", "B")) -> list[Path]:
+    wanted_tracks = set(tracks)
+    unknown = wanted_tracks - set(TRACKS)
+    if unknown:
+        raise SystemExit(f"tracks {sorted(unknown)}: no such track; expected some of {sorted(TRACKS)}")
+    in_tracks = set().union(*(TRACKS[t] for t in wanted_tracks))
+    nbs = [nb for nb in sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb")) if nb.name[:2] in in_tracks]
     if only:
         wanted = {s.strip().zfill(2) for s in only if s.strip()}
         unknown = wanted - {nb.name[:2] for nb in nbs}
@@ -37,6 +47,22 @@ def list_notebooks(only: Iterable[str] | None = None) -> list[Path]:
                              f"(have {', '.join(nb.name[:2] for nb in nbs)})")
         nbs = [nb for nb in nbs if nb.name[:2] in wanted]
     return nbs
+
+
+def for_tracks(nb: Path, tracks: Iterable[str], out: Path) -> Path:
+    """The notebook without the cells tagged for tracks that are not selected (written to `out`);
+    the notebook itself when nothing is left out."""
+    import nbformat
+
+    skip = {f"track-{t}" for t in TRACKS if t not in set(tracks)}
+    doc = nbformat.read(nb, as_version=4)
+    kept = [c for c in doc.cells if not skip & set(c.get("metadata", {}).get("tags", []))]
+    if len(kept) == len(doc.cells):
+        return nb
+    doc.cells = kept
+    out.parent.mkdir(parents=True, exist_ok=True)
+    runs.atomic_write_text(out, nbformat.writes(doc))
+    return out
 
 
 def stage_of(nb: Path) -> str:
@@ -83,16 +109,19 @@ def _failure_message(nb: Path, executed: Path, err: Exception) -> str:
 
 
 def run(profile: str = "tiny", run_dir: str | None = None, only: Iterable[str] | None = None,
-        overrides: list[str] | Mapping | None = None, force: bool = False, log_output: bool = False) -> dict:
+        overrides: list[str] | Mapping | None = None, force: bool = False, log_output: bool = False,
+        track: str | None = None) -> dict:
     import papermill as pm
 
+    if track is not None:  # one paper's track: its notebooks, its cells, its dataset only
+        overrides = {**kparams.parse_overrides(overrides), "tracks": [track]}
     P = kparams.load_profile(profile, overrides)  # fail fast on a bad profile, before any notebook starts
     # notebooks run in notebooks/: hand them a profile path that does not depend on our cwd
     ppath = kparams.find_profile(profile)
     nb_profile = P["profile"] if ppath.parent == kparams.PARAMS_DIR else str(ppath)
     rd = runs.resolve_run_dir(run_dir or f"runs/{P['profile']}")
     (rd / "notebooks").mkdir(parents=True, exist_ok=True)
-    nbs = list_notebooks(only)
+    nbs = list_notebooks(only, P["tracks"])
     phash = _stage_hash(P)
     over = kparams.parse_overrides(overrides)
     manifest_path = rd / "manifest.json"
@@ -114,8 +143,9 @@ def run(profile: str = "tiny", run_dir: str | None = None, only: Iterable[str] |
         runs.update_json(manifest_path, {"stages": {stage: {"status": "running", "notebook": str(executed)}}})
         t0 = time.time()
         try:
+            source = for_tracks(nb, P["tracks"], rd / "notebooks" / ".source" / nb.name)
             pm.execute_notebook(
-                str(nb), str(executed), parameters={"profile": nb_profile, "run_dir": str(rd), "overrides": over},
+                str(source), str(executed), parameters={"profile": nb_profile, "run_dir": str(rd), "overrides": over},
                 cwd=str(NOTEBOOKS_DIR), kernel_name="python3", progress_bar=True, log_output=log_output,
                 execution_timeout=int(P["runner"]["execution_timeout"]),
             )

@@ -86,3 +86,39 @@ def test_profile_given_as_a_relative_path(nbdir, tmp_path, monkeypatch):
     rd = tmp_path / "run"
     runner.run("my.yaml", str(rd), only=["00"])
     assert runs.read_metrics(rd)["prepare"]["seed"] == 11
+
+
+@pytest.mark.slow
+def test_one_track_runs_its_notebooks_and_cells_only(nbdir, tmp_path):
+    import nbformat
+
+    nb = nbformat.read(nbdir / "03_sft_baseline.ipynb", as_version=4)
+    a_cell = nbformat.v4.new_code_cell("raise RuntimeError('a Track A cell ran')")
+    a_cell.metadata["tags"] = ["track-A"]
+    nb.cells.append(a_cell)
+    nbformat.write(nb, nbdir / "03_sft_baseline.ipynb")
+    _nb(nbdir / "05_rloo.ipynb", COUNT.format(stage="rloo"))
+    _nb(nbdir / "04_iterative_dpo_spin.ipynb", "raise RuntimeError('a Track A notebook ran')")
+    assert [p.name[:2] for p in runner.list_notebooks(tracks=["B"])] == ["00", "03", "05"]
+    assert [p.name[:2] for p in runner.list_notebooks(tracks=["A"])] == ["00", "03", "04"]
+    rd = tmp_path / "run"
+    out = runner.run("tiny", str(rd), track="B")
+    assert out["stages"] == {"prepare": "ok", "sft_baseline": "ok", "rloo": "ok"}
+    executed = nbformat.read(rd / "notebooks" / "03_sft_baseline.ipynb", as_version=4)
+    assert not any("track-A" in c.metadata.get("tags", []) for c in executed.cells)
+    assert json.loads((rd / "manifest.json").read_text())["params"]["tracks"] == ["B"]
+    with pytest.raises(runner.StageFailed, match="a Track A cell ran"):
+        runner.run("tiny", str(tmp_path / "both"))
+
+
+def test_one_track_needs_only_its_dataset(tmp_path):
+    from kit.data import DataError
+    from kit.params import load_profile
+    from kit.stages.prepare_data import run_prepare_data
+
+    over = {"data.toy.splits": {"train": 4, "val": 2, "test": 2}, "data.coda_lm_root": str(tmp_path / "no-CODA-LM")}
+    out = run_prepare_data(load_profile("tiny", {**over, "tracks": ["B"]}), tmp_path / "b")
+    assert out["coda_lm_root"] is None and "track A not selected" in out["skipped"]["coda_lm"]
+    assert out["sizes"]["bdd_oia"]["train"] == 4
+    with pytest.raises(DataError, match=r"params data.coda_lm_root: .*no-CODA-LM is not a folder"):
+        run_prepare_data(load_profile("tiny", {**over, "tracks": ["A"]}), tmp_path / "a")

@@ -24,23 +24,30 @@ def run_prepare_data(P: dict, run_dir) -> dict:
     data = P["data"]
     out = runs.stage_dir(rd, "prepare") / "data"
     toy_cfg = data["toy"]
-    generated = {}
-    if data.get("bdd_oia_root"):
-        broot = Path(data["bdd_oia_root"]).expanduser().resolve()
-    else:
-        broot = out / "bdd_oia"
-        generated["bdd_oia"] = toyworld.generate_bdd_oia(broot, toy_cfg)
-    if data.get("coda_lm_root"):
-        croot = Path(data["coda_lm_root"]).expanduser().resolve()
-    else:
-        croot = out / "coda_lm"
-        generated["coda_lm"] = toyworld.generate_coda_lm(croot, toy_cfg)
-    for name, root in (("data.bdd_oia_root", broot), ("data.coda_lm_root", croot)):
-        if not root.is_dir():
-            raise DataError(f"params {name}: {root} is not a folder; expected the dataset root "
-                            "(layouts in shared/reference/datasets.md)")
-    bsplits, csplits = _bdd_splits(broot), _coda_splits(croot)
-    if not bsplits:
+    generated, roots, skipped = {}, {}, {}
+    tracks = set(P.get("tracks") or ("A", "B"))
+    # Each dataset belongs to a track. Toy data (no root given) is always generated whole: the tiny
+    # models pretrain on the toy world's captions. A real root is checked only when its track runs,
+    # so a Track B user needs no CODA-LM download, and vice versa.
+    for name, track, generate in (("bdd_oia", "B", toyworld.generate_bdd_oia),
+                                  ("coda_lm", "A", toyworld.generate_coda_lm)):
+        given = data.get(f"{name}_root")
+        if not given:
+            roots[name] = out / name
+            generated[name] = generate(roots[name], toy_cfg)
+        elif track not in tracks:
+            skipped[name] = f"track {track} not selected (params tracks: {sorted(tracks)})"
+            continue
+        else:
+            roots[name] = Path(given).expanduser().resolve()
+            if not roots[name].is_dir():
+                raise DataError(f"params data.{name}_root: {roots[name]} is not a folder; expected the dataset root "
+                                "(layouts in shared/reference/datasets.md), or run the other track alone "
+                                "(kit run --track A|B)")
+    broot, croot = roots.get("bdd_oia"), roots.get("coda_lm")
+    bsplits = _bdd_splits(broot) if broot else []
+    csplits = _coda_splits(croot) if croot else []
+    if broot and not bsplits:
         raise DataError(f"{broot}: no <split>_25k_images_actions.json; expected the BDD-OIA layout")
     caps = data.get("max_samples") or {}
     sizes = {"bdd_oia": {}, "coda_lm": {}}
@@ -59,7 +66,8 @@ def run_prepare_data(P: dict, run_dir) -> dict:
         sizes["coda_lm"][sp] = checks[f"coda_lm/{sp}"]["samples"]
     runs.write_json(runs.stage_dir(rd, "prepare") / "data_check.json", checks)
     keep = ("samples", "skipped_missing_image", "dropped_confusing", "multi_frame", "regions")
-    metrics = {"bdd_oia_root": str(broot), "coda_lm_root": str(croot), "sizes": sizes,
+    metrics = {"bdd_oia_root": str(broot) if broot else None, "coda_lm_root": str(croot) if croot else None,
+               "sizes": sizes, "skipped": skipped,
                "toy": {"bdd_oia": "bdd_oia" in generated, "coda_lm": "coda_lm" in generated},
                "check": {k: {f: v[f] for f in keep if f in v} for k, v in checks.items()},
                "generated": generated}
