@@ -220,7 +220,7 @@ def finetune_key(train: Sequence[Pair], val: Sequence[Pair], cfg: Mapping, *, se
     settings = {"cfg": {k: cfg.get(k) for k in FINETUNE_KEYS}, "seed": seed,
                 "train": [(p.id, p.text, p.label) for p in train], "val": [(p.id, p.text, p.label) for p in val]}
     if cfg.get("in_batch_negatives"):  # the in-batch labels come from the train images' true texts
-        settings["truths"] = sorted({(p.id, tuple(sorted(truths[str(p.image_path)]))) for p in train})
+        settings["truths"] = sorted({(p.id, tuple(sorted(set(truths[str(p.image_path)])))) for p in train})
     return stage_key(settings, upstream)
 
 

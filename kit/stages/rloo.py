@@ -161,6 +161,9 @@ def run_rloo(P: Mapping, run_dir) -> dict:
                           desc="describe (train)")
     desc_eval = describe(model, processor, test, P, reward, sd / f"descriptions_{eval_split}.jsonl", tag=tag,
                          desc=f"describe ({eval_split})")
+    # the val split's descriptions: what settings such as rloo.beta are chosen on (test is reported once)
+    val = load_samples(P, run_dir, "val", R.get("eval_samples"))
+    desc_val = describe(model, processor, val, P, reward, sd / "descriptions_val.jsonl", tag=tag, desc="describe (val)")
 
     from kit.rl.figures import figures_from_run as _figs
 
@@ -181,6 +184,7 @@ def run_rloo(P: Mapping, run_dir) -> dict:
         "compare_baselines": curves,
         "eval": {"split": eval_split, **clip_summary(desc_eval), "base_model": clip_summary(before),
                  "train_split": clip_summary(desc_train)},
+        "val": clip_summary(desc_val),
         "variance": ({b: {k: v for k, v in e.items() if k != "per_prompt_within"}
                       for b, e in variance["estimators"].items()} if variance else None),
         "descriptions": {"train": str(sd / "descriptions_train.jsonl"),

@@ -1,0 +1,91 @@
+"""Peak memory of the training rows: frames kept on disk (the kit) vs loaded as PIL images up front.
+
+The SFT baseline, RLOO (stage 1) and action SFT (stage 2) build TRL rows for every training scene.
+Real BDD-OIA has 16k training frames: held as decoded images they take tens of GB. The kit's rows
+hold frame paths, and `kit.train.rows.rows_dataset` decodes a frame when a batch is drawn.
+
+For 1k and 8k toy scenes (one toy world with 8k training scenes, generated once in a temp folder),
+each case runs in a fresh process: load the split, build the three stages' rows and their TRL
+datasets, draw one batch from each. Measured: the process's peak resident memory above what it
+held after the imports (`peak_mb`). Reported: `growth_8k_over_1k` = peak(8k) / peak(1k) per mode
+(the kit's should stay near 1: flat; up-front PIL grows with the data), and `pil_over_paths_8k`.
+Writes benchmarks/results/bench_rows_memory.json. About two minutes (most of it drawing scenes).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SIZES = (1000, 8000)
+MODES = ("paths", "pil")
+BATCH = 8
+
+
+def _child(mode: str, n: int, root: str) -> dict:
+    import resource
+
+    from kit.data.bdd_oia import load_split
+    from kit.rl.rloo import rloo_rows
+    from kit.stages.action_sft import action_rows
+    from kit.stages.sft_baseline import sft_rows
+    from kit.train.rows import rows_dataset
+
+    def rss_mb() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+    base = rss_mb()
+    t0 = time.perf_counter()
+    samples = load_split(Path(root), "train", max_samples=n).samples
+    if mode == "pil":  # the old way: every frame decoded into the rows before training starts
+        for s in samples:
+            s.frame_paths = s.load_images()
+    P = {"rloo": {"frames": 1}}
+    sets = [sft_rows(samples), rloo_rows(samples, P),
+            action_rows(samples, {s.id: "a red light ahead" for s in samples}, P)]
+    drawn = 0
+    for rows in sets:
+        ds = rows_dataset(rows, "bench rows")
+        drawn += sum(len(ds[i]["images"]) for i in range(BATCH))
+    return {"mode": mode, "n": len(samples), "peak_mb": round(rss_mb() - base, 1), "frames_drawn": drawn,
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def main() -> dict:
+    from kit.data.toyworld import generate_bdd_oia
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "bdd_oia"
+        t0 = time.perf_counter()
+        generate_bdd_oia(root, {"splits": {"train": max(SIZES)}}, progress=False)
+        gen_s = time.perf_counter() - t0
+        cases = []
+        for n in SIZES:
+            for mode in MODES:
+                out = subprocess.run([sys.executable, "-m", "benchmarks.bench_rows_memory", "--child", mode, str(n),
+                                      str(root)], cwd=HERE.parent, capture_output=True, text=True, check=True)
+                cases.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    peak = {(c["mode"], c["n"]): c["peak_mb"] for c in cases}
+    lo, hi = SIZES
+    result = {
+        "cases": cases,
+        "growth_8k_over_1k": {m: round(peak[(m, hi)] / max(peak[(m, lo)], 1e-9), 2) for m in MODES},
+        "pil_over_paths_8k": round(peak[("pil", hi)] / max(peak[("paths", hi)], 1e-9), 2),
+        "toy_world_seconds": round(gen_s, 1),
+        "note": "peak_mb: peak RSS above the process's RSS after imports; rows of the SFT baseline, RLOO and "
+                "stage 2 plus their TRL datasets, one batch drawn from each",
+    }
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "bench_rows_memory.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--child":
+        print(json.dumps(_child(sys.argv[2], int(sys.argv[3]), sys.argv[4])))
+    else:
+        print(json.dumps(main(), indent=2))
