@@ -5,10 +5,11 @@ Real BDD-OIA has 16k training frames: held as decoded images they take tens of G
 hold frame paths, and `kit.train.rows.rows_dataset` decodes a frame when a batch is drawn.
 
 For 1k and 8k toy scenes (one toy world with 8k training scenes, generated once in a temp folder),
-each case runs in a fresh process: load the split, build the three stages' rows and their TRL
-datasets, draw one batch from each. Measured: the process's peak resident memory above what it
-held after the imports (`peak_mb`). Reported: `growth_8k_over_1k` = peak(8k) / peak(1k) per mode
-(the kit's should stay near 1: flat; up-front PIL grows with the data), and `pil_over_paths_8k`.
+each case runs in a fresh process: load the split, build each stage's rows and TRL dataset in turn
+and draw one batch from it. Measured: the process's peak resident memory above what it held after
+the imports (`peak_mb`). Reported: `growth_8k_over_1k` = peak(8k) / peak(1k) per mode,
+`pil_over_paths_8k`, and `kb_per_scene`, the memory one more scene costs: with paths only its row
+(prompt structure and text, a few KB), with PIL also its decoded frame (~70 KB at 192x128).
 Writes benchmarks/results/bench_rows_memory.json. About two minutes (most of it drawing scenes).
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ BATCH = 8
 
 
 def _child(mode: str, n: int, root: str) -> dict:
+    import gc
     import resource
 
     from kit.data.bdd_oia import load_split
@@ -45,12 +47,15 @@ def _child(mode: str, n: int, root: str) -> dict:
         for s in samples:
             s.frame_paths = s.load_images()
     P = {"rloo": {"frames": 1}}
-    sets = [sft_rows(samples), rloo_rows(samples, P),
-            action_rows(samples, {s.id: "a red light ahead" for s in samples}, P)]
+    builders = [lambda: sft_rows(samples), lambda: rloo_rows(samples, P),
+                lambda: action_rows(samples, {s.id: "a red light ahead" for s in samples}, P)]
     drawn = 0
-    for rows in sets:
+    for build in builders:  # one stage at a time, as a run builds them
+        rows = build()
         ds = rows_dataset(rows, "bench rows")
         drawn += sum(len(ds[i]["images"]) for i in range(BATCH))
+        del rows, ds
+        gc.collect()
     return {"mode": mode, "n": len(samples), "peak_mb": round(rss_mb() - base, 1), "frames_drawn": drawn,
             "seconds": round(time.perf_counter() - t0, 2)}
 
@@ -75,6 +80,8 @@ def main() -> dict:
         "cases": cases,
         "growth_8k_over_1k": {m: round(peak[(m, hi)] / max(peak[(m, lo)], 1e-9), 2) for m in MODES},
         "pil_over_paths_8k": round(peak[("pil", hi)] / max(peak[("paths", hi)], 1e-9), 2),
+        # what one more scene costs: the rows' text and structure (paths), or that plus its decoded frame (pil)
+        "kb_per_scene": {m: round((peak[(m, hi)] - peak[(m, lo)]) * 1024 / (hi - lo), 1) for m in MODES},
         "toy_world_seconds": round(gen_s, 1),
         "note": "peak_mb: peak RSS above the process's RSS after imports; rows of the SFT baseline, RLOO and "
                 "stage 2 plus their TRL datasets, one batch drawn from each",
