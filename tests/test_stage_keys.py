@@ -56,19 +56,9 @@ def _metrics(rd, stage):
     return runs.read_metrics(rd)[stage]
 
 
-def test_key_follows_settings_and_upstream_identity(tmp_path):
-    from kit.stages.key import artifact_id, keyed_training, mark, stage_key
-
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "w.bin").write_bytes(b"weights-1")
-    k1 = stage_key({"lr": 1e-3}, {"model": artifact_id(model)})
-    assert k1 == stage_key({"lr": 1e-3}, {"model": artifact_id(model)})
-    assert k1 != stage_key({"lr": 2e-3}, {"model": artifact_id(model)})
-    (model / "w.bin").write_bytes(b"weights-2")          # same path, other bytes: another model
-    assert k1 != stage_key({"lr": 1e-3}, {"model": artifact_id(model)})
-    mark(model, "abc")                                   # a stage's output is known by the key that made it
-    assert artifact_id(model) == "key:abc"
+def test_keyed_training_trains_once_per_key(tmp_path):
+    # (the key itself: tests/test_coda_track_a.py::test_stage_key_follows_settings_and_upstream_content)
+    from kit.stages.key import keyed_training, marked_key
 
     calls = []
 
@@ -82,6 +72,7 @@ def test_key_follows_settings_and_upstream_identity(tmp_path):
     c = keyed_training(tmp_path / "ck", "k2", train)
     assert (a["reused"], b["reused"], c["reused"]) == (False, True, False) and len(calls) == 2
     assert b["loss"] == a["loss"] and Path(c["checkpoint"]).parent.name == "k2"
+    assert marked_key(a["checkpoint"]) == "k1" and marked_key(c["checkpoint"]) == "k2"
 
 
 def test_clip_finetune_retrains_for_a_new_setting_or_a_new_starting_clip(rd):

@@ -53,24 +53,19 @@ def caption_rows(samples: Sequence, captions: Mapping[str, str], prompt: str = D
 def caption_loss(model, processor, rows: Sequence[Mapping], batch_size: int = 16) -> float:
     """Mean completion-token cross-entropy on `rows`, collated exactly as TRL's SFTTrainer does."""
     import torch
-    from PIL import Image
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-    def _open(x):
-        if not isinstance(x, (str, Path)):
-            return x
-        with Image.open(x) as im:
-            return im.convert("RGB")
+    from kit.train.rows import rows_dataset
 
+    ds = rows_dataset(rows, "caption_loss rows")  # frames decoded per batch, as the trainer's dataset does
     collate = DataCollatorForVisionLanguageModeling(processor, completion_only_loss=True)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     tot, n = 0.0, 0
     with torch.no_grad():
-        for i in range(0, len(rows), batch_size):
-            # frames given as paths are opened per batch, as the trainer's dataset does
-            batch = collate([{**r, "images": [_open(x) for x in r["images"]]} for r in rows[i:i + batch_size]])
+        for i in range(0, len(ds), batch_size):
+            batch = collate([ds[j] for j in range(i, min(i + batch_size, len(ds)))])
             batch = {k: v.to(device) for k, v in batch.items()}
             ntok = int((batch["labels"][:, 1:] != -100).sum())
             out = model(**batch)
