@@ -82,8 +82,6 @@ def test_per_epoch_aggregates_steps():
 
 # ---- stage 2 prompt ----------------------------------------------------------------------------------------
 def test_stage2_prompt_contains_stage1_description_and_paper_question():
-    from PIL import Image
-
     from kit.labels import ACTION_PROMPT
     from kit.stages.action_sft import action_rows, stage2_prompt
 
