@@ -15,6 +15,7 @@ from kit import runs
 FIGURE_MODULES = [
     ("prepare", "kit.data.figures"),
     ("prepare", "kit.stages.prepare_vlm"),
+    ("synthesis", "kit.synth.figures"),
     ("clip_finetune", "kit.reward.figures"),
     ("sft_baseline", "kit.eval.figures"),
     ("rloo", "kit.rl.figures"),

@@ -15,22 +15,25 @@ import pytest
 from kit import runner, runs
 
 pytestmark = pytest.mark.slow
-TRACK_B = ["00", "02", "03", "05", "06", "07"]
+NOTEBOOKS = ["00", "01", "02", "03", "05", "06", "07"]
+# Track A made cheaper than `make run` to fit the test budget: a 150-image pool and one SFT epoch
+# (make run's own numbers are in the README)
+OVERRIDES = {"synth.max_images": 150, "coda_sft.epochs": 1}
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     rd = tmp_path_factory.mktemp("e2e") / "tiny"
     t0 = time.time()
-    out = runner.run("tiny", str(rd), only=TRACK_B)
-    print(f"Track B end to end: {time.time() - t0:.0f} s", file=sys.stderr)
+    out = runner.run("tiny", str(rd), only=NOTEBOOKS, overrides=OVERRIDES)
+    print(f"both tracks end to end: {time.time() - t0:.0f} s", file=sys.stderr)
     assert set(out["stages"].values()) == {"ok"}
     return rd
 
 
 def test_manifest_and_executed_notebooks(run_dir):
     man = json.loads((run_dir / "manifest.json").read_text())
-    for nb in runner.list_notebooks(TRACK_B):
+    for nb in runner.list_notebooks(NOTEBOOKS):
         stage = runner.stage_of(nb)
         assert man["stages"][stage]["status"] == "ok"
         executed = json.loads((run_dir / "notebooks" / nb.name).read_text())
@@ -90,9 +93,32 @@ def test_track_a_sft_beats_direct_in_scores_and_battles(run_dir):
     assert elo["bootstrap"]["sft"]["lo"] > elo["bootstrap"]["direct"]["hi"]
     battles = runs.read_jsonl(run_dir / "evaluate" / "battles.jsonl")
     assert battles and {b["winner"] for b in battles} <= {"model_a", "model_b", "tie"}
-    assert len(battles) + elo["n_failed"] == sum(direct[t]["n"] if t != "region_perception"
-                                                 else direct[t]["n"] + direct[t]["unscored"] for t in TASKS)
+    n_models = len(elo["bootstrap"])
+    assert len(battles) + elo["n_failed"] == n_models * (n_models - 1) // 2 * sum(
+        direct[t]["n"] if t != "region_perception" else direct[t]["n"] + direct[t]["unscored"] for t in TASKS)
     assert m["evaluate"]["coda_lm"]["judge_validity"]["spearman"] > 0.5
+
+
+def test_track_a_synthetic_set_is_a_coda_lm_split_and_is_evaluated(run_dir):
+    from kit.data import coda_lm
+
+    m = runs.read_metrics(run_dir)
+    syn = m["synthesis"]
+    card = syn["card"]
+    assert card["images_in"] == 150 and card["images_written"] == 150
+    assert card["regions_proposed"] == card["regions_named"] + sum(card["regions_dropped"].values())
+    split = coda_lm.load_split(syn["data_root"], "Train")
+    assert len(split.samples) == card["images_written"]
+    assert sum(len(s.regions) for s in split.samples) == card["qa_pairs"]["region_perception"]
+    q = syn["quality"]
+    assert 0 < q["named_objects"]["overall"]["precision"] <= 1 and 0 < q["named_objects"]["overall"]["recall"] <= 1
+    assert all(q["answers"][t]["judged"] == q["answers"][t]["n"] > 0 for t in q["answers"])
+    for f in ("steps.png", "funnel.png", "quality.png"):
+        assert (run_dir / "synthesis" / "figures" / f).is_file()
+    # SFT on Train + synthetic: the same optimizer steps as on Train alone, scored and in the battles
+    a, b = m["coda_sft"]["coda_lm"], m["coda_sft_synth"]["coda_lm"]
+    assert b["steps"] == a["steps"] and b["rows"]["synthetic"] > 0
+    assert b["scores"]["coverage"] == 1 and "sft+synth" in m["evaluate"]["elo"]["bootstrap"]
 
 
 def test_kit_figures_redraws_without_training(run_dir):

@@ -571,7 +571,50 @@ def generate_coda_lm(root: str | os.PathLike, cfg: Mapping, *, progress: bool = 
         write_jsonl(root / "toy" / f"scenes_{split}.jsonl", side)
         _mark_split(root, "coda_lm", split, h, {"samples": n, "settings": settings})
         out[split] = {"samples": n, "skipped": False, "seconds": round(time.perf_counter() - t0, 3)}
+    if int(_toy(cfg, "coda_unlabeled", 0)):
+        out["Unlabeled"] = generate_coda_pool(root, cfg, progress=progress)
     return out
+
+
+POOL_DIR = "unlabeled/images"          # the unlabeled pool, images only (paper A's "unlabeled driving images")
+HIDDEN_POOL = "toy/hidden/unlabeled.jsonl"   # its scene graphs: read by measurements only (kit.synth.quality)
+
+
+def generate_coda_pool(root: str | os.PathLike, cfg: Mapping, *, progress: bool = True) -> dict:
+    """The toy world's unlabeled pool for Track A's synthesis (params `data.toy.coda_unlabeled`
+    images): `<root>/unlabeled/images/<00001>.jpg`, drawn like CODA-LM's scenes (same corner-case
+    rate) but from their own seed stream. Each scene's graph, drawn objects and the CODA-LM JSON it
+    would have had are kept aside in `<root>/toy/hidden/unlabeled.jsonl`, for measuring the
+    synthetic data against the truth; the synthesis itself never opens that file."""
+    from tqdm.auto import tqdm
+    from kit.data.render import render_scene
+    from kit.runs import write_jsonl
+
+    root = Path(root)
+    n = int(_toy(cfg, "coda_unlabeled", 0))
+    if n < 0:
+        raise DataError(f"params data.toy.coda_unlabeled: expected an integer >= 0, got {n}")
+    seed, W, H = int(_toy(cfg, "seed", 0)), int(_toy(cfg, "width", 192)), int(_toy(cfg, "height", 128))
+    q = int(_toy(cfg, "jpeg_quality", 90))
+    balance, ccr = str(_toy(cfg, "balance", "uniform")), float(_toy(cfg, "coda_corner_case_rate", 0.6))
+    settings = {"version": TOY_VERSION, "seed": seed, "W": W, "H": H, "q": q, "balance": balance, "ccr": ccr, "n": n}
+    h = _settings_hash(settings)
+    names = [f"{i + 1:05d}.jpg" for i in range(n)]
+    hidden = root / HIDDEN_POOL
+    if _split_current(root, "coda_lm", "Unlabeled", h, [hidden] + [root / POOL_DIR / f for f in names]):
+        return {"samples": n, "skipped": True, "seconds": 0.0}
+    t0 = time.perf_counter()
+    side = []
+    for i in tqdm(range(n), desc="toy unlabeled pool", disable=not progress):
+        g = sample_scene(seed, "coda:Unlabeled", i, balance, ccr)
+        img, objs = render_scene(g, W, H)
+        _save_jpeg(img, root / POOL_DIR / names[i], q)
+        side.append({"file_name": names[i], "graph": g, "objects": [{**o, "category_name": _REGION_NAME[o["kind"]]}
+                                                                    for o in objs],
+                     "annotation": coda_annotation(g, objs)})
+    write_jsonl(hidden, side)
+    _mark_split(root, "coda_lm", "Unlabeled", h, {"samples": n, "settings": settings})
+    return {"samples": n, "skipped": False, "seconds": round(time.perf_counter() - t0, 3)}
 
 
 # --- readers for the tiny models' pretraining ---------------------------------------------------

@@ -18,8 +18,10 @@ STAGE_FUNCTIONS = {
     "rloo": "kit.stages.rloo:run_rloo",
     "action_sft": "kit.stages.action_sft:run_action_sft",
     "evaluate": "kit.report:run_evaluate",
+    "synthesis": "kit.stages.synthesis:run_synthesis",
     "coda_direct": "kit.stages.coda:run_coda_direct",
     "coda_sft": "kit.stages.coda:run_coda_sft",
+    "coda_sft_synth": "kit.stages.coda:run_coda_sft_synth",
     "coda_evaluate": "kit.stages.coda_evaluate:run_coda_evaluate",
 }
 

@@ -3,6 +3,7 @@ score them with the judge.
 
     run_coda_direct(P, run_dir) -> coda_direct/coda_lm/*_answer.jsonl, judge/, metrics["coda_direct"]
     run_coda_sft(P, run_dir)    -> coda_sft/checkpoints/<key>/final, coda_lm/, judge/, metrics["coda_sft"]
+    run_coda_sft_synth(P, run_dir) -> the same on Train + notebook 01's synthetic set (metrics["coda_sft_synth"])
 
 Direct is the profile's base VLM as is (tiny: notebook 00's pretrained VLM); SFT is TRL's
 SFTTrainer (kit.train.sft) on the three tasks of CODA-LM Train. Each evaluated model records
@@ -22,8 +23,8 @@ from kit import runs
 from kit.coda.vqa import TASKS, VqaItem, vqa_for, write_answers
 from kit.stages.key import artifact_id, keyed_training, stage_key
 
-DIRECT, SFT = "coda_direct", "coda_sft"
-MODEL_NAMES = {DIRECT: "direct", SFT: "sft"}
+DIRECT, SFT, SFT_SYNTH = "coda_direct", "coda_sft", "coda_sft_synth"
+MODEL_NAMES = {DIRECT: "direct", SFT: "sft", SFT_SYNTH: "sft+synth"}
 
 
 def split_dir(P: Mapping, run_dir, split: str) -> Path:
@@ -133,7 +134,7 @@ def sft_config(P: Mapping) -> dict:
 
 
 def train_coda_sft(P: Mapping, run_dir, train_items: Mapping[str, list[VqaItem]], base: str | None = None,
-                   *, out_parent: Path | None = None, tasks=None) -> dict:
+                   *, out_parent: Path | None = None, tasks=None, max_steps: int | None = None) -> dict:
     """SFT on CODA-LM VQA rows into `<out_parent>/<key>/`, resumed only under the same key.
     Returns train_sft's result plus "key" (the final model folder is marked with it)."""
     from kit.models.vlm import load_vlm, lora_config, resolve_vlm_path, vlm_settings
@@ -142,6 +143,8 @@ def train_coda_sft(P: Mapping, run_dir, train_items: Mapping[str, list[VqaItem]]
     tasks = list(tasks or P["coda_sft"]["tasks"])
     base = base or resolve_vlm_path(P, run_dir)
     cfg = sft_config(P)
+    if max_steps is not None:
+        cfg["max_steps"] = int(max_steps)
     key = stage_key({"sft": cfg, "tasks": tasks, **vlm_settings(P)},
                     {"model": artifact_id(base), "data": data_id({t: train_items[t] for t in tasks})})
 
@@ -168,3 +171,74 @@ def run_coda_sft(P: Mapping, run_dir) -> dict:
         "n_rows": tr.get("n_rows"), "steps": tr.get("steps"), "train_seconds": tr.get("seconds"),
         "reused": tr["reused"], "config": sft_config(P), "seconds": round(time.time() - t0, 2)}})
     return entry
+
+
+def synthetic_items(P: Mapping, run_dir) -> dict[str, list[VqaItem]]:
+    """The VQA items of notebook 01's synthetic set (a CODA-LM Train split under synthesis/data)."""
+    from kit.runs import require_metrics
+
+    m = require_metrics(run_dir, "synthesis", "SFT on Train + synthetic data (run notebook 01 first)")
+    return vqa_for(P, Path(m["data_root"]) / "CODA-LM" / "Train", images=True)
+
+
+def sft_steps(n_rows: int, cfg: Mapping) -> int:
+    """Optimizer steps of `epochs` over `n_rows` (the Trainer's count: the last batch kept)."""
+    import math
+
+    per_epoch = math.ceil(n_rows / (int(cfg["batch_size"]) * int(cfg["grad_accum"])))
+    return int(cfg["max_steps"]) if cfg.get("max_steps") else per_epoch * int(cfg["epochs"])
+
+
+def run_coda_sft_synth(P: Mapping, run_dir) -> dict:
+    """SFT on CODA-LM Train plus the synthetic set (paper A's model 1), answers and scores.
+
+    `coda_sft.synthetic_budget`: same_steps trains as many optimizer steps as SFT on Train alone
+    (so the comparison holds compute fixed and asks what the extra data is worth); same_epochs runs
+    `coda_sft.epochs` over the larger set."""
+    from kit.models.vlm import load_vlm
+
+    t0 = time.time()
+    train = split_items(P, run_dir, "train")
+    synth = synthetic_items(P, run_dir)
+    refs = split_items(P, run_dir, "eval")
+    tasks = list(P["coda_sft"]["tasks"])
+    both = {t: train[t] + synth[t] for t in TASKS}
+    budget = P["coda_sft"].get("synthetic_budget", "same_steps")
+    if budget not in ("same_steps", "same_epochs"):
+        raise ValueError(f"params coda_sft.synthetic_budget: expected same_steps or same_epochs, got {budget!r}")
+    n_train, n_synth = len(sft_rows(train, tasks)), len(sft_rows(synth, tasks))
+    steps = sft_steps(n_train, sft_config(P)) if budget == "same_steps" else None
+    tr = train_coda_sft(P, run_dir, both, out_parent=runs.stage_dir(run_dir, SFT_SYNTH) / "checkpoints",
+                        max_steps=steps)
+    model, processor = load_vlm(P, run_dir, tr["checkpoint"])
+    entry = _evaluate(P, run_dir, SFT_SYNTH, model, processor, f"key:{tr['key']}", refs)
+    cfg = sft_config(P)
+    seen = int(tr.get("steps") or 0) * int(cfg["batch_size"]) * int(cfg["grad_accum"])
+    runs.record_metrics(run_dir, SFT_SYNTH, {"coda_lm": {
+        "train_loss": tr["train_loss"], "checkpoint": tr["checkpoint"], "train_key": tr["key"],
+        "n_rows": tr.get("n_rows"), "rows": {"train": n_train, "synthetic": n_synth}, "budget": budget,
+        "steps": tr.get("steps"), "samples_seen": seen, "samples_per_row": round(seen / max(1, n_train + n_synth), 3),
+        "train_seconds": tr.get("seconds"), "reused": tr["reused"], "config": {**cfg, "max_steps": steps},
+        "seconds": round(time.time() - t0, 2)}})
+    return entry
+
+
+def training_budget_table(run_dir):
+    """SFT on Train and SFT on Train + synthetic side by side: rows, optimizer steps, samples seen
+    and how often each row was seen on average (pandas)."""
+    import pandas as pd
+
+    m = runs.read_metrics(run_dir)
+    out = []
+    for stage in (SFT, SFT_SYNTH):
+        e = (m.get(stage) or {}).get("coda_lm") or {}
+        if not e.get("steps"):
+            continue
+        cfg = e["config"]
+        seen = int(e["steps"]) * int(cfg["batch_size"]) * int(cfg["grad_accum"])
+        rows = e.get("rows") or {"train": e.get("n_rows"), "synthetic": 0}
+        out.append({"model": MODEL_NAMES[stage], "train rows": rows["train"], "synthetic rows": rows["synthetic"],
+                    "steps": e["steps"], "samples seen": seen,
+                    "passes over its rows": round(seen / max(1, rows["train"] + rows["synthetic"]), 2)})
+    return pd.DataFrame(out).set_index("model") if out else pd.DataFrame()
+
