@@ -335,3 +335,20 @@ def test_named_object_scores_by_hand():
     assert s["per_class"]["miscellaneous"]["recall"] == 0.0
     assert s["overall"] == {"precision": 1 / 3, "recall": 1 / 3, "tp": 1, "fp": 2, "fn": 2}
     assert s["exact_name_share"] == 0.0  # "truck" for a car: the class is right, the name is not
+
+
+def test_paper_profile_fails_fast_naming_what_is_missing(tmp_path, monkeypatch):
+    from kit.params import load_profile
+    from kit.stages.synthesis import run_synthesis
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(DataError, match="params synth.pool_dir"):
+        run_synthesis(load_profile("paper-iterative"), tmp_path / "run")
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    scenes(1)[0][0].save(pool / "a.jpg")
+    cpu = {"device": "cpu", "precision": "fp32", "synth.pool_dir": str(pool)}  # no GPU here
+    with pytest.raises(FileNotFoundError, match="synth.regions.sam_checkpoint: .*sam_vit_h_4b8939.pth does not exist"):
+        run_synthesis(load_profile("paper-iterative", cpu), tmp_path / "run")
+    with pytest.raises(RuntimeError, match="OPENAI_API_KEY"):
+        run_synthesis(load_profile("paper-iterative", {**cpu, "synth.regions.backend": "classical"}), tmp_path / "run")
