@@ -32,14 +32,6 @@ def iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def crop(img, box, pad: float = 0.1):
-    """The box's crop with `pad` (share of the box size) of context around it, clipped to the image."""
-    x, y, w, h = box
-    px, py = w * pad, h * pad
-    return img.crop((int(max(0, x - px)), int(max(0, y - py)),
-                     int(min(img.width, x + w + px + 0.999)), int(min(img.height, y + h + py + 0.999))))
-
-
 def _keep(area: float, fill: float, box, W: int, H: int, cfg: Mapping) -> bool:
     w, h = box[2], box[3]
     return (w > 0 and h > 0 and area >= float(cfg["min_area"]) and w * h <= float(cfg["max_area_frac"]) * W * H

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from kit.data.coda_lm import region_class
+from kit.judge.openai_judge import KEY_ENV
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
-KEY_ENV = "OPENAI_API_KEY"
 BACKENDS = ("template", "openai")
 OUTPUT_KEYS = ("caption", "general_perception", "region_perception", "driving_suggestion")
 
