@@ -18,6 +18,7 @@ FIGURE_MODULES = [
     ("synthesis", "kit.synth.figures"),
     ("clip_finetune", "kit.reward.figures"),
     ("sft_baseline", "kit.eval.figures"),
+    ("spin", "kit.coda.spin"),
     ("rloo", "kit.rl.figures"),
     ("evaluate", "kit.report"),
     ("evaluate", "kit.coda.figures"),

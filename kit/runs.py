@@ -157,6 +157,17 @@ def record_metrics(run_dir: str | os.PathLike, key: str, values: Mapping) -> dic
     return update_json(resolve_run_dir(run_dir) / "metrics.json", {key: values})
 
 
+def forget_metrics(run_dir: str | os.PathLike, keys: Iterable[str]) -> None:
+    """Drop entries from metrics.json (under the lock), e.g. the rounds a shorter rerun no longer has,
+    so no later notebook reads a result the current settings did not make."""
+    path = resolve_run_dir(run_dir) / "metrics.json"
+    keys = set(keys)
+    with _locked(path):
+        data = read_json(path, {}) or {}
+        if keys & set(data):
+            write_json(path, {k: v for k, v in data.items() if k not in keys})
+
+
 def read_metrics(run_dir: str | os.PathLike) -> dict:
     return read_json(resolve_run_dir(run_dir) / "metrics.json", {}) or {}
 

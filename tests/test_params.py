@@ -61,3 +61,18 @@ def test_overrides_read_exponent_floats_as_numbers():
     # PyYAML alone reads `1e-4` as a string; the schema would then reject a learning rate typed that way
     P = kp.load_profile("tiny", ["rloo.lr=1e-4", "clip_finetune.lr=3E-5"])
     assert P["rloo"]["lr"] == 1e-4 and P["clip_finetune"]["lr"] == 3e-5
+
+
+def test_accelerate_configs_load_with_accelerates_own_loader():
+    """params/accelerate/*.yaml are plain accelerate config files: accelerate's loader reads them."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from kit.params import PROJECT_ROOT
+
+    files = sorted((PROJECT_ROOT / "params" / "accelerate").glob("*.yaml"))
+    assert files
+    for f in files:
+        cfg = load_config_from_file(str(f))
+        assert cfg.num_processes >= 1
+    zero2 = load_config_from_file(str(PROJECT_ROOT / "params" / "accelerate" / "zero2.yaml"))
+    assert zero2.distributed_type == "DEEPSPEED" and zero2.deepspeed_config["zero_stage"] == 2

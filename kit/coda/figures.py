@@ -1,8 +1,8 @@
 """Track A figures, redrawn from the run directory alone (metrics.json, the submission files,
 the judgments and battles.jsonl): no model is loaded.
 
-    scores.png            per-task and overall CODA-LM scores of every model, beside paper A's Table 1
-    region_per_class.png  region perception per class (the official evaluator's 7 classes)
+    scores.png            per-task and overall CODA-LM scores (headline_models: SPIN's last rounds only), beside paper A
+    region_per_class.png  region perception per class (the official evaluator's 7 classes), same models
     win_rates.png         adjusted win rate of each model (row) against each other (column)
     elo.png               online Elo, Bradley-Terry, and the bootstrap median with its 95% interval
     examples.png          one item per task: the image (region boxed in red), reference, each answer, its rating
@@ -181,14 +181,24 @@ def plot_validity(rows: list[dict], validity: dict, path: Path) -> Path:
     return runs.save_figure(fig, path)
 
 
+def headline_models(run_dir, models: dict) -> dict:
+    """The models of the bar charts and the example panel: all but SPIN's intermediate rounds (the
+    rounds figure of notebook 04 shows every round; the battles and Elo keep every model)."""
+    from kit.coda.spin import rounds_of
+
+    inner = {r["name"] for rows in rounds_of(run_dir).values() for r in rows[1:-1]}
+    return {n: e for n, e in models.items() if n not in inner}
+
+
 def figures_from_run(run_dir) -> list[Path]:
     rd = runs.resolve_run_dir(run_dir)
     models = _models(rd)
     if not models:
         return []
     out = runs.stage_dir(rd, "evaluate") / SUB
-    paths = [plot_scores(models, out / "scores.png"), plot_region_classes(models, out / "region_per_class.png"),
-             plot_examples(rd, models, out / "examples.png")]
+    main = headline_models(rd, models)
+    paths = [plot_scores(main, out / "scores.png"), plot_region_classes(main, out / "region_per_class.png"),
+             plot_examples(rd, main, out / "examples.png")]
     ev = runs.read_metrics(rd).get("evaluate") or {}
     battles_path = rd / "evaluate" / "battles.jsonl"
     if battles_path.is_file() and ev.get("elo"):

@@ -22,6 +22,7 @@ STAGE_FUNCTIONS = {
     "coda_direct": "kit.stages.coda:run_coda_direct",
     "coda_sft": "kit.stages.coda:run_coda_sft",
     "coda_sft_synth": "kit.stages.coda:run_coda_sft_synth",
+    "spin": "kit.stages.spin:run_spin_all",
     "coda_evaluate": "kit.stages.coda_evaluate:run_coda_evaluate",
 }
 

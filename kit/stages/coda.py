@@ -96,11 +96,12 @@ def score_model(P: Mapping, run_dir, stage: str, name: str, refs: Mapping[str, l
     return entry
 
 
-def _evaluate(P, run_dir, stage: str, model, processor, model_id: str, refs) -> dict:
+def evaluate_model(P, run_dir, stage: str, model, processor, model_id: str, refs, name: str | None = None) -> dict:
+    """The eval split answered by `model` (identified by `model_id`) into `<stage>/coda_lm/`, and judged."""
+    name = name or MODEL_NAMES.get(stage, stage)
     key = stage_key({"generate": _gen_settings(P)}, {"model": model_id, "data": data_id(refs)})
-    generate_submission(model, processor, refs, P, runs.stage_dir(run_dir, stage) / "coda_lm", key,
-                        MODEL_NAMES.get(stage, stage))
-    return score_model(P, run_dir, stage, MODEL_NAMES.get(stage, stage), refs, key)
+    generate_submission(model, processor, refs, P, runs.stage_dir(run_dir, stage) / "coda_lm", key, name)
+    return score_model(P, run_dir, stage, name, refs, key)
 
 
 def run_coda_direct(P: Mapping, run_dir) -> dict:
@@ -111,7 +112,7 @@ def run_coda_direct(P: Mapping, run_dir) -> dict:
     refs = split_items(P, run_dir, "eval")
     model, processor = load_vlm(P, run_dir)
     base = resolve_vlm_path(P, run_dir)
-    entry = _evaluate(P, run_dir, DIRECT, model, processor, artifact_id(base), refs)
+    entry = evaluate_model(P, run_dir, DIRECT, model, processor, artifact_id(base), refs)
     runs.record_metrics(run_dir, DIRECT, {"coda_lm": {"seconds": round(time.time() - t0, 2), "model": base}})
     return entry
 
@@ -127,7 +128,7 @@ def sft_rows(items: Mapping[str, list[VqaItem]], tasks=TASKS) -> list[dict]:
 def sft_config(P: Mapping) -> dict:
     s = P["coda_sft"]
     cfg = {k: s[k] for k in ("epochs", "lr", "batch_size", "grad_accum", "weight_decay", "warmup_ratio",
-                             "lr_scheduler", "logging_steps", "max_steps")}
+                             "lr_scheduler", "adam_beta2", "max_length", "logging_steps", "max_steps")}
     cfg["save_each_epoch"] = bool(s.get("save_each_epoch", True))
     cfg["seed"] = int(P["seed"])
     return cfg
@@ -165,7 +166,7 @@ def run_coda_sft(P: Mapping, run_dir) -> dict:
     refs = split_items(P, run_dir, "eval")
     tr = train_coda_sft(P, run_dir, train)
     model, processor = load_vlm(P, run_dir, tr["checkpoint"])
-    entry = _evaluate(P, run_dir, SFT, model, processor, f"key:{tr['key']}", refs)
+    entry = evaluate_model(P, run_dir, SFT, model, processor, f"key:{tr['key']}", refs)
     runs.record_metrics(run_dir, SFT, {"coda_lm": {
         "train_loss": tr["train_loss"], "checkpoint": tr["checkpoint"], "train_key": tr["key"],
         "n_rows": tr.get("n_rows"), "steps": tr.get("steps"), "train_seconds": tr.get("seconds"),
@@ -211,7 +212,7 @@ def run_coda_sft_synth(P: Mapping, run_dir) -> dict:
     tr = train_coda_sft(P, run_dir, both, out_parent=runs.stage_dir(run_dir, SFT_SYNTH) / "checkpoints",
                         max_steps=steps)
     model, processor = load_vlm(P, run_dir, tr["checkpoint"])
-    entry = _evaluate(P, run_dir, SFT_SYNTH, model, processor, f"key:{tr['key']}", refs)
+    entry = evaluate_model(P, run_dir, SFT_SYNTH, model, processor, f"key:{tr['key']}", refs)
     cfg = sft_config(P)
     seen = int(tr.get("steps") or 0) * int(cfg["batch_size"]) * int(cfg["grad_accum"])
     runs.record_metrics(run_dir, SFT_SYNTH, {"coda_lm": {

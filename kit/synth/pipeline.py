@@ -80,7 +80,6 @@ def _open(path: Path):
 
 def process_chunk(steps: Steps, paths: Sequence[Path], progress: bool = False) -> list[dict]:
     """Every step on a few images; one record per image (see the module docstring)."""
-    from kit.eval.generate import generate
     from kit.synth.naming import embed_regions, name_regions
 
     cfg = steps.cfg
@@ -114,6 +113,18 @@ def process_chunk(steps: Steps, paths: Sequence[Path], progress: bool = False) -
             found = score > min_score
             o.update(description=doc["text"] if found else None, doc_id=doc["id"] if found else None, doc_score=score)
     dt = (time.perf_counter() - t) / len(paths)
+    for r in recs:
+        r["seconds"]["knowledge"] = dt
+    caption_and_write(steps, imgs, recs, progress)
+    return recs
+
+
+def caption_and_write(steps: Steps, imgs: Sequence, recs: Sequence[dict], progress: bool = False) -> None:
+    """The last two steps on records whose regions are named and described: the captioner's raw
+    caption, then the writer's refined caption and QA pairs (in place; `seconds` updated)."""
+    from kit.eval.generate import generate
+
+    cfg = steps.cfg
     t = time.perf_counter()
     if steps.captioner is not None:
         model, processor = steps.captioner
@@ -122,18 +133,39 @@ def process_chunk(steps: Steps, paths: Sequence[Path], progress: bool = False) -
                         max_new_tokens=int(c["max_new_tokens"]), progress=progress, desc="caption")
     else:
         caps = [""] * len(imgs)
-    dt2 = (time.perf_counter() - t) / len(paths)
+    dt = (time.perf_counter() - t) / max(1, len(imgs))
     for r, cap in zip(recs, caps):
-        r["seconds"]["knowledge"] = dt
-        r["seconds"]["caption"] = dt2
+        r["seconds"]["caption"] = dt
         r["caption"] = cap
     t = time.perf_counter()
     outs = steps.writer.write_many(recs, progress=False)
-    dt = (time.perf_counter() - t) / len(paths)
+    dt = (time.perf_counter() - t) / max(1, len(imgs))
     for r, o in zip(recs, outs):
         r["output"] = o
         r["seconds"]["writer"] = dt
-    return recs
+
+
+def rewrite(steps: Steps, records: Sequence[Mapping], pool: Sequence[Path], work_dir: Path, *,
+            desc: str = "rewrite") -> list[dict]:
+    """SPIN's regeneration (paper A, Section 2.2): the caption and writer steps again on finished
+    records, with `steps.captioner` now the current round's model; regions, names and descriptions
+    are kept. Resumable chunk by chunk in `work_dir`, like `synthesize`."""
+    by_name = {p.name: p for p in pool}
+    n = max(1, int(steps.cfg["chunk_size"]))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    out: list[dict] = []
+    with tqdm(total=len(records), desc=desc) as bar:
+        for ci in range(0, len(records), n):
+            part = [dict(r, seconds=dict(r["seconds"])) for r in records[ci:ci + n]]
+            f = work_dir / f"chunk_{ci // n:05d}.jsonl"
+            recs = runs.read_jsonl(f) if f.exists() else None
+            if recs is None or [r["file_name"] for r in recs] != [r["file_name"] for r in part]:
+                caption_and_write(steps, [_open(by_name[r["file_name"]]) for r in part], part)
+                recs = part
+                runs.write_jsonl(f, recs)
+            out += recs
+            bar.update(len(part))
+    return out
 
 
 def synthesize(steps: Steps, pool: Sequence[Path], work_dir: Path, *, desc: str = "synthesis") -> list[dict]:

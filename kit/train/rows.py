@@ -7,7 +7,7 @@ A row is TRL's conversational prompt-completion format with an `images` column:
      "images": [PIL.Image, ...]}
 
 SFTTrainer masks the prompt by itself for such rows (completion-only loss); RLOO/DPO take the same
-prompt (RLOO without a completion, DPO with chosen/rejected built the same way).
+prompt (RLOO without a completion, DPO with chosen/rejected built the same way: preference_row).
 """
 from __future__ import annotations
 
@@ -44,6 +44,13 @@ def vlm_row(images: Sequence, prompt: str, answer: str | None = None) -> dict:
     row = {"prompt": [user_message(len(images), prompt)], "images": images}
     if answer is not None:
         row["completion"] = [assistant_message(answer)]
+    return row
+
+
+def preference_row(images: Sequence, prompt: str, chosen: str, rejected: str) -> dict:
+    """A TRL conversational preference row (DPOTrainer): the vlm_row prompt, two assistant turns."""
+    row = vlm_row(images, prompt)
+    row["chosen"], row["rejected"] = [assistant_message(chosen)], [assistant_message(rejected)]
     return row
 
 

@@ -25,7 +25,8 @@ def _check_cfg(cfg: Mapping) -> None:
     missing = [k for k in REQUIRED if k not in cfg]
     if missing:
         raise ValueError(f"train_sft cfg: missing keys {missing}; expected {list(REQUIRED)} "
-                         "(+ optional warmup_ratio, lr_scheduler, save_each_epoch, logging_steps, max_steps, seed)")
+                         "(+ optional warmup_ratio, lr_scheduler, adam_beta2, max_length, save_each_epoch, logging_steps, "
+                         "max_steps, seed)")
 
 
 def loss_curve(log_history: Sequence[Mapping]) -> list[dict]:
@@ -46,7 +47,7 @@ def train_sft(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cf
     `model` is a full model (full fine-tune) or gets the adapter in `cfg["peft_config"]`
     (e.g. kit.models.vlm.lora_config(P)); an already-wrapped PeftModel trains its adapter.
     cfg: epochs, lr, batch_size, grad_accum, weight_decay; optional warmup_ratio, lr_scheduler,
-    save_each_epoch (default True), logging_steps, max_steps, seed, peft_config.
+    adam_beta2, max_length (null: no truncation), save_each_epoch (default True), logging_steps, max_steps, seed, peft_config.
     Resumes from the last checkpoint-* in out_dir; if out_dir already holds a finished run
     (train_result.json and final/), returns that result without training.
     Returns {"log_history", "train_loss": [{step, epoch, loss}], "eval_loss", "checkpoint"
@@ -71,6 +72,7 @@ def train_sft(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cf
     save_each = bool(cfg.get("save_each_epoch", True))
     bs, ga = int(cfg["batch_size"]), int(cfg["grad_accum"])
     steps_per_epoch = max(1, math.ceil(len(train_ds) / bs / ga))
+    extra = {"adam_beta2": float(cfg["adam_beta2"])} if cfg.get("adam_beta2") is not None else {}
     args = SFTConfig(
         output_dir=str(out_dir),
         num_train_epochs=float(cfg["epochs"]),
@@ -85,7 +87,9 @@ def train_sft(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cf
         logging_steps=int(cfg.get("logging_steps") or max(1, steps_per_epoch // 5)),
         save_strategy="epoch" if save_each else "no",
         eval_strategy="epoch" if eval_ds is not None else "no",
-        max_length=None,               # truncation would cut image tokens (stack-notes.md)
+        # truncation keeps the start (the image tokens) but may cut an image's tokens if the limit is
+        # below them (stack-notes.md): None unless a profile sets it (paper A: 2048)
+        max_length=int(cfg["max_length"]) if cfg.get("max_length") else None,
         completion_only_loss=True,     # prompt-completion rows: loss on the answer only
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -93,6 +97,7 @@ def train_sft(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cf
         seed=int(cfg.get("seed", P.get("seed", 0))),
         data_seed=int(cfg.get("seed", P.get("seed", 0))),
         disable_tqdm=False,
+        **extra,
         **trainer_precision_kwargs(P),
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,

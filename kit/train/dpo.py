@@ -1,0 +1,132 @@
+"""Preference fine-tuning of a VLM on (prompt, chosen, rejected) rows: a thin wrapper around TRL's
+DPOTrainer, used by the SPIN rounds of notebook 04 (kit.stages.spin).
+
+What it adds to DPOTrainer, as kit.train.sft does for SFTTrainer: the kit's device/precision
+settings, `max_length` from the profile (None: no truncation, which could cut image tokens),
+per-epoch checkpoints, resuming from the last checkpoint in out_dir, a finished-run marker, and
+DPO's own curves (loss, reward margin, reward accuracy) as plain data.
+
+The reference model is the caller's choice (SPIN: the previous round's model):
+- full fine-tune: pass `ref_model` (a frozen copy loaded from the previous checkpoint);
+- LoRA: pass a PeftModel whose `default` adapter is the previous round's and `ref_model=None`;
+  DPOTrainer then copies that adapter to a frozen `ref` adapter (track-a-stack.md).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from kit.models.device import trainer_precision_kwargs
+from kit.runs import read_json, write_json
+from kit.train.rows import rows_dataset
+
+REQUIRED = ("epochs", "lr", "batch_size", "grad_accum", "weight_decay", "beta")
+RESULT_FILE = "train_result.json"
+CURVE_KEYS = {"loss": "loss", "margin": "rewards/margins", "accuracy": "rewards/accuracies",
+              "chosen": "rewards/chosen", "rejected": "rewards/rejected"}
+
+
+def dpo_curve(log_history: Sequence[Mapping]) -> list[dict]:
+    """[{step, epoch, loss, margin, accuracy, chosen, rejected}] from a DPOTrainer's log_history."""
+    out = []
+    for e in log_history:
+        if "loss" in e and "step" in e and "rewards/margins" in e:
+            out.append({"step": int(e["step"]), "epoch": float(e.get("epoch", 0.0)),
+                        **{k: float(e[v]) for k, v in CURVE_KEYS.items() if v in e}})
+    return out
+
+
+def weights_digest(model, adapter: str | None = None) -> str:
+    """A hash of a model's trainable weights (for a PeftModel: one adapter's LoRA weights), to check
+    which weights a trainer started from and referred to."""
+    sd = model.state_dict()
+    if adapter is not None:
+        sd = {k: v for k, v in sd.items() if "lora_" in k and f".{adapter}." in k}
+    else:
+        sd = {k: v for k, v in sd.items() if ".ref." not in k}
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        h.update(k.encode())
+        h.update(sd[k].detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def train_dpo(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cfg: Mapping, P: Mapping,
+              ref_model=None) -> dict:
+    """DPO on preference rows (kit.train.rows.preference_row) with TRL's DPOTrainer.
+
+    cfg: epochs, lr, batch_size, grad_accum, weight_decay, beta; optional loss_type (default
+    sigmoid), warmup_ratio, lr_scheduler, adam_beta2, max_length, logging_steps, max_steps, seed,
+    save_each_epoch. Resumes from the last checkpoint-* in out_dir; a finished out_dir returns its
+    result. Returns {"log_history", "curve" (dpo_curve), "checkpoint", "seconds", "steps", "n_rows",
+    "start_digest", "ref_digest", "resumed_from"}.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import DPOConfig, DPOTrainer
+
+    missing = [k for k in REQUIRED if k not in cfg]
+    if missing:
+        raise ValueError(f"train_dpo cfg: missing keys {missing}; expected {list(REQUIRED)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / "final"
+    done = read_json(out_dir / RESULT_FILE)
+    if done and final.is_dir() and Path(done.get("checkpoint", "")).is_dir():
+        return done
+    rows = list(rows)
+    if rows and not all(k in rows[0] for k in ("prompt", "chosen", "rejected", "images")):
+        raise ValueError("train_dpo: rows[0] lacks prompt/chosen/rejected/images; expected "
+                         "kit.train.rows.preference_row rows")
+    ds = rows_dataset(rows, "train_dpo rows")
+    bs, ga = int(cfg["batch_size"]), int(cfg["grad_accum"])
+    steps_per_epoch = max(1, math.ceil(len(ds) / bs / ga))
+    seed = int(cfg.get("seed", P.get("seed", 0)))
+    extra = {"adam_beta2": float(cfg["adam_beta2"])} if cfg.get("adam_beta2") is not None else {}
+    args = DPOConfig(
+        output_dir=str(out_dir),
+        num_train_epochs=float(cfg["epochs"]),
+        max_steps=int(cfg.get("max_steps") or -1),
+        learning_rate=float(cfg["lr"]),
+        per_device_train_batch_size=bs,
+        gradient_accumulation_steps=ga,
+        weight_decay=float(cfg["weight_decay"]),
+        warmup_steps=float(cfg.get("warmup_ratio") or 0.0),  # transformers 5: a float in [0, 1) is a ratio
+        lr_scheduler_type=str(cfg.get("lr_scheduler") or "linear"),
+        beta=float(cfg["beta"]),
+        loss_type=[str(cfg.get("loss_type") or "sigmoid")],
+        max_length=int(cfg["max_length"]) if cfg.get("max_length") else None,
+        logging_steps=int(cfg.get("logging_steps") or max(1, steps_per_epoch // 5)),
+        save_strategy="epoch" if cfg.get("save_each_epoch", True) else "no",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        disable_tqdm=False,
+        **extra,
+        **trainer_precision_kwargs(P),
+    )
+    start = weights_digest(model, "default" if hasattr(model, "peft_config") else None)
+    trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=ds, processing_class=processor)
+    if ref_model is not None:
+        ref = weights_digest(ref_model)
+    else:  # a PeftModel: DPOTrainer copied the starting adapter to "ref"
+        ref = weights_digest(trainer.model, "ref") if "ref" in getattr(trainer.model, "peft_config", {}) else start
+    resume = get_last_checkpoint(str(out_dir)) if any(out_dir.glob("checkpoint-*")) else None
+    t0 = time.time()
+    trainer.train(resume_from_checkpoint=resume)
+    seconds = time.time() - t0
+    if hasattr(trainer.model, "peft_config"):
+        trainer.model.save_pretrained(str(final), selected_adapters=["default"])
+    else:
+        trainer.save_model(str(final))
+    processor.save_pretrained(str(final))
+    hist = trainer.state.log_history
+    result = {"log_history": hist, "curve": dpo_curve(hist), "checkpoint": str(final), "seconds": round(seconds, 2),
+              "steps": int(trainer.state.global_step), "n_rows": len(ds), "start_digest": start, "ref_digest": ref,
+              "resumed_from": resume}
+    write_json(out_dir / RESULT_FILE, result)
+    return result
