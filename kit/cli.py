@@ -1,4 +1,5 @@
-"""The `kit` command: run the notebooks, show a profile, check a dataset, redraw figures."""
+"""The `kit` command: run the notebooks (once, or swept over seeds and settings), show a profile, check a
+dataset, redraw figures."""
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,26 @@ def _cmd_run(a: argparse.Namespace) -> int:
     except StageFailed as e:
         print(f"kit run: {e}", file=sys.stderr)
         return 1
+    if a.report:  # what ran and what was skipped, for `kit sweep`
+        from kit.runs import write_json
+
+        write_json(a.report, out)
     print(f"run directory: {out['run_dir']}")
     return 0
+
+
+def _cmd_sweep(a: argparse.Namespace) -> int:
+    from kit.sweep import parse_grid, run_sweep, summarize
+
+    if a.summarize:
+        s = summarize(a.summarize)
+    else:
+        seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
+        rec = run_sweep(a.profile, seeds, parse_grid(a.grid), only=a.only.split(",") if a.only else None,
+                        track=a.track, sweep_dir=a.sweep_dir, jobs=a.jobs, base=a.set)
+        s = rec["summary"]
+    print((Path(s["sweep_dir"]) / "summary.md").read_text())
+    return 1 if s["failed"] else 0
 
 
 def _cmd_params_show(a: argparse.Namespace) -> int:
@@ -94,7 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="rerun stages even if done with the same parameters")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. sft.epochs=3")
     r.add_argument("--log-output", action="store_true", help="stream the notebooks' output (progress bars)")
+    r.add_argument("--report", help=argparse.SUPPRESS)  # JSON of what ran and what was skipped (kit sweep)
     r.set_defaults(func=_cmd_run)
+
+    sw = sub.add_parser("sweep", help="kit run over seeds and a grid of settings; the spread of every headline number")
+    sw.add_argument("--profile", default="tiny")
+    sw.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                    help="a setting and its values, e.g. rloo.beta=0,0.02,0.05 (repeatable: the grid is their product)")
+    sw.add_argument("--only", help="comma-separated notebook numbers, as kit run --only")
+    sw.add_argument("--track", choices=["A", "B"], help="one paper's track, as kit run --track")
+    sw.add_argument("--sweep-dir", help="where the run directories go (default: runs/sweeps/<profile>)")
+    sw.add_argument("--jobs", type=int, default=1, help="combinations run side by side (threads per job: cores / jobs)")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override every combination shares")
+    sw.add_argument("--summarize", metavar="SWEEP_DIR", help="rebuild summary.json/.md and the figures from files only")
+    sw.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("params", help="profiles")
     psub = p.add_subparsers(dest="pcmd", required=True)

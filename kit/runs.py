@@ -157,15 +157,24 @@ def record_metrics(run_dir: str | os.PathLike, key: str, values: Mapping) -> dic
     return update_json(resolve_run_dir(run_dir) / "metrics.json", {key: values})
 
 
-def forget_metrics(run_dir: str | os.PathLike, keys: Iterable[str]) -> None:
-    """Drop entries from metrics.json (under the lock), e.g. the rounds a shorter rerun no longer has,
-    so no later notebook reads a result the current settings did not make."""
+def forget_metrics(run_dir: str | os.PathLike, keys: Iterable[str | tuple[str, ...]]) -> None:
+    """Drop entries from metrics.json (under the lock): a top-level key, or a tuple path to a nested
+    one. Metrics are merged, so a result a rerun no longer makes (a round a shorter run does not have,
+    a model no longer battled) would otherwise stay for later notebooks to read."""
     path = resolve_run_dir(run_dir) / "metrics.json"
-    keys = set(keys)
     with _locked(path):
         data = read_json(path, {}) or {}
-        if keys & set(data):
-            write_json(path, {k: v for k, v in data.items() if k not in keys})
+        changed = False
+        for key in keys:
+            *parents, last = (key,) if isinstance(key, str) else key
+            node = data
+            for p in parents:
+                node = node.get(p) if isinstance(node, dict) else None
+            if isinstance(node, dict) and last in node:
+                del node[last]
+                changed = True
+        if changed:
+            write_json(path, data)
 
 
 def read_metrics(run_dir: str | os.PathLike) -> dict:

@@ -67,21 +67,19 @@ def _params(**extra):
     return load_profile("tiny", {**SETTINGS, **extra})
 
 
-@pytest.fixture(scope="module")
-def sft_run(tmp_path_factory):
+def _sft_run(rd, **extra):
     """A run directory with a toy CODA-LM (Train 6 images, Test 3), a random tiny VLM and notebook
     03's SFT on it (3 steps): what notebook 04 starts from."""
     import torch
 
-    from kit.data import toyworld
     from kit.coda.vqa import vqa_for
+    from kit.data import toyworld
     from kit.models.tiny_vlm import build_tiny_vlm
     from kit.models.vlm import tiny_vlm_dir
     from kit.stages.coda import run_coda_sft
 
     torch.set_num_threads(1)
-    rd = tmp_path_factory.mktemp("spin_run")
-    P = _params()
+    P = _params(**extra)
     root = rd / "prepare" / "data" / "coda_lm"
     toyworld.generate_coda_lm(root, {**P["data"]["toy"], "coda_splits": {"Train": 6, "Test": 3}, "coda_unlabeled": 0},
                               progress=False)
@@ -91,6 +89,11 @@ def sft_run(tmp_path_factory):
                    cfg={"vocab_size": 600, "num_layers": 2, "vision_layers": 2})
     run_coda_sft(P, rd)
     return rd
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory):
+    return _sft_run(tmp_path_factory.mktemp("spin_run"))
 
 
 def _digest(P, rd, ckpt):
@@ -195,3 +198,29 @@ def test_table1_and_figures_from_files_alone(sft_run, tmp_path):
     names = {p.name for p in figures_from_run(rd)}
     assert {"rounds.png", "dpo.png", "elo.png", "win_rates.png", "scores.png"} <= names
     assert "spin-orig r1" in m["evaluate"]["elo"]["bootstrap"]
+
+
+def test_lora_round_refers_to_the_previous_adapter(tmp_path):
+    """With LoRA the policy is the SFT adapter, DPOTrainer's frozen `ref` adapter is its copy, and
+    the round saves its own adapter only."""
+    from kit.models.vlm import load_vlm
+    from kit.stages.spin import run_spin
+    from kit.train.dpo import weights_digest
+
+    lora = {"models.lora.enabled": True, "spin.rounds": 1, "spin.epochs": 1}
+    rd = _sft_run(tmp_path / "run", **lora)
+    P = _params(**lora)
+    run_spin(P, rd, "original")
+    m = runs.read_metrics(rd)
+    t = m["spin/original/round_1"]["train"]
+    sft_ckpt = m["coda_sft"]["coda_lm"]["checkpoint"]
+    sft_adapter = weights_digest(load_vlm(P, rd, sft_ckpt)[0], "default")
+    assert t["start_digest"] == t["ref_digest"] == sft_adapter
+    final = load_vlm(P, rd, t["checkpoint"])[0]
+    assert hasattr(final, "peft_config") and list(final.peft_config) == ["default"]
+    assert weights_digest(final, "default") != sft_adapter
+    assert not (rd / "spin" / "original" / "round_1" / "checkpoints" / t["key"] / "final" / "ref").exists()
+
+    # the SFT model must be the one the current settings make: a changed SFT setting stops SPIN, naming it
+    with pytest.raises(FileNotFoundError, match="rerun notebook 03"):
+        run_spin(_params(**lora, **{"coda_sft.lr": 1.0e-3}), rd, "original")

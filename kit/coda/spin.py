@@ -152,6 +152,7 @@ def plot_rounds(run_dir, path: Path) -> Path:
                            lw=1, label=name)
         ax.set_title(key.replace("_", " "), fontsize=10)
         ax.set_xlabel("SPIN round")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("judge score (0-100, eval split)")
     axes[0].legend(fontsize=7)

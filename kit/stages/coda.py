@@ -134,11 +134,25 @@ def sft_config(P: Mapping) -> dict:
     return cfg
 
 
+def sft_key(P: Mapping, run_dir, train_items: Mapping[str, list[VqaItem]], base: str | None = None, *,
+            tasks=None, max_steps: int | None = None) -> str:
+    """The key of an SFT run on `train_items` from `base` (default: the profile's VLM)."""
+    from kit.models.vlm import resolve_vlm_path, vlm_settings
+
+    tasks = list(tasks or P["coda_sft"]["tasks"])
+    cfg = sft_config(P)
+    if max_steps is not None:
+        cfg["max_steps"] = int(max_steps)
+    return stage_key({"sft": cfg, "tasks": tasks, **vlm_settings(P)},
+                     {"model": artifact_id(base or resolve_vlm_path(P, run_dir)),
+                      "data": data_id({t: train_items[t] for t in tasks})})
+
+
 def train_coda_sft(P: Mapping, run_dir, train_items: Mapping[str, list[VqaItem]], base: str | None = None,
                    *, out_parent: Path | None = None, tasks=None, max_steps: int | None = None) -> dict:
     """SFT on CODA-LM VQA rows into `<out_parent>/<key>/`, resumed only under the same key.
     Returns train_sft's result plus "key" (the final model folder is marked with it)."""
-    from kit.models.vlm import load_vlm, lora_config, resolve_vlm_path, vlm_settings
+    from kit.models.vlm import load_vlm, lora_config, resolve_vlm_path
     from kit.train.sft import train_sft
 
     tasks = list(tasks or P["coda_sft"]["tasks"])
@@ -146,8 +160,7 @@ def train_coda_sft(P: Mapping, run_dir, train_items: Mapping[str, list[VqaItem]]
     cfg = sft_config(P)
     if max_steps is not None:
         cfg["max_steps"] = int(max_steps)
-    key = stage_key({"sft": cfg, "tasks": tasks, **vlm_settings(P)},
-                    {"model": artifact_id(base), "data": data_id({t: train_items[t] for t in tasks})})
+    key = sft_key(P, run_dir, train_items, base, tasks=tasks, max_steps=max_steps)
 
     def train_it(out):
         model, processor = load_vlm(P, run_dir, base if Path(base).is_dir() else None, for_training=True)
@@ -190,6 +203,29 @@ def sft_steps(n_rows: int, cfg: Mapping) -> int:
     return int(cfg["max_steps"]) if cfg.get("max_steps") else per_epoch * int(cfg["epochs"])
 
 
+def synth_sft_plan(P: Mapping, run_dir) -> tuple[dict[str, list[VqaItem]], int | None, dict]:
+    """What SFT on Train + synthetic trains on: (the items, max_steps under `coda_sft.synthetic_budget`,
+    {"n_train", "n_synth", "budget"})."""
+    train = split_items(P, run_dir, "train")
+    synth = synthetic_items(P, run_dir)
+    tasks = list(P["coda_sft"]["tasks"])
+    budget = P["coda_sft"].get("synthetic_budget", "same_steps")
+    if budget not in ("same_steps", "same_epochs"):
+        raise ValueError(f"params coda_sft.synthetic_budget: expected same_steps or same_epochs, got {budget!r}")
+    n_train, n_synth = len(sft_rows(train, tasks)), len(sft_rows(synth, tasks))
+    steps = sft_steps(n_train, sft_config(P)) if budget == "same_steps" else None
+    return {t: train[t] + synth[t] for t in TASKS}, steps, {"n_train": n_train, "n_synth": n_synth, "budget": budget}
+
+
+def current_sft_key(P: Mapping, run_dir, stage: str) -> str:
+    """The key notebook 03's SFT stage (`coda_sft` or `coda_sft_synth`) would train under with the
+    current settings and data: a later stage compares it with the key of the model it found."""
+    if stage == SFT:
+        return sft_key(P, run_dir, split_items(P, run_dir, "train"))
+    items, steps, _ = synth_sft_plan(P, run_dir)
+    return sft_key(P, run_dir, items, max_steps=steps)
+
+
 def run_coda_sft_synth(P: Mapping, run_dir) -> dict:
     """SFT on CODA-LM Train plus the synthetic set (paper A's model 1), answers and scores.
 
@@ -199,16 +235,8 @@ def run_coda_sft_synth(P: Mapping, run_dir) -> dict:
     from kit.models.vlm import load_vlm
 
     t0 = time.time()
-    train = split_items(P, run_dir, "train")
-    synth = synthetic_items(P, run_dir)
     refs = split_items(P, run_dir, "eval")
-    tasks = list(P["coda_sft"]["tasks"])
-    both = {t: train[t] + synth[t] for t in TASKS}
-    budget = P["coda_sft"].get("synthetic_budget", "same_steps")
-    if budget not in ("same_steps", "same_epochs"):
-        raise ValueError(f"params coda_sft.synthetic_budget: expected same_steps or same_epochs, got {budget!r}")
-    n_train, n_synth = len(sft_rows(train, tasks)), len(sft_rows(synth, tasks))
-    steps = sft_steps(n_train, sft_config(P)) if budget == "same_steps" else None
+    both, steps, plan = synth_sft_plan(P, run_dir)
     tr = train_coda_sft(P, run_dir, both, out_parent=runs.stage_dir(run_dir, SFT_SYNTH) / "checkpoints",
                         max_steps=steps)
     model, processor = load_vlm(P, run_dir, tr["checkpoint"])
@@ -217,8 +245,10 @@ def run_coda_sft_synth(P: Mapping, run_dir) -> dict:
     seen = int(tr.get("steps") or 0) * int(cfg["batch_size"]) * int(cfg["grad_accum"])
     runs.record_metrics(run_dir, SFT_SYNTH, {"coda_lm": {
         "train_loss": tr["train_loss"], "checkpoint": tr["checkpoint"], "train_key": tr["key"],
-        "n_rows": tr.get("n_rows"), "rows": {"train": n_train, "synthetic": n_synth}, "budget": budget,
-        "steps": tr.get("steps"), "samples_seen": seen, "samples_per_row": round(seen / max(1, n_train + n_synth), 3),
+        "n_rows": tr.get("n_rows"), "rows": {"train": plan["n_train"], "synthetic": plan["n_synth"]},
+        "budget": plan["budget"],
+        "steps": tr.get("steps"), "samples_seen": seen,
+        "samples_per_row": round(seen / max(1, plan["n_train"] + plan["n_synth"]), 3),
         "train_seconds": tr.get("seconds"), "reused": tr["reused"], "config": {**cfg, "max_steps": steps},
         "seconds": round(time.time() - t0, 2)}})
     return entry

@@ -54,6 +54,12 @@ def run_coda_evaluate(P: Mapping, run_dir) -> dict:
     t0 = time.time()
     out = runs.stage_dir(run_dir, STAGE)
     models = evaluated_models(run_dir)
+    wanted = P["battles"].get("models")
+    if wanted:
+        missing = [n for n in wanted if n not in models]
+        if missing:
+            raise ValueError(f"params battles.models: {missing} not among this run's evaluated models {list(models)}")
+        models = {n: e for n, e in models.items() if n in wanted}
     if len(models) < 2:
         raise FileNotFoundError(f"{runs.resolve_run_dir(run_dir) / 'metrics.json'}: {len(models)} Track A model(s) with "
                                 "CODA-LM scores; battles need two. Run notebook 03 (Direct and SFT on CODA-LM) first")
@@ -77,6 +83,8 @@ def run_coda_evaluate(P: Mapping, run_dir) -> dict:
     res = {"elo": {**elo, "n_failed": len(failed), "judge": {**judge.describe(), **judge.stats}},
            "coda_lm": {"models": {n: {"stage": e["stage"], "scores": e["scores"]} for n, e in models.items()},
                        "judge_validity": validity, "battles": str(out / "battles.jsonl")}}
+    # replaced, not merged: a model an earlier run battled and this one does not must not stay
+    runs.forget_metrics(run_dir, [(STAGE, "elo"), (STAGE, "coda_lm")])
     runs.record_metrics(run_dir, STAGE, res)
     from kit.coda.figures import figures_from_run
 

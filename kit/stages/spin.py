@@ -35,13 +35,15 @@ from kit import runs
 from kit.coda import spin as S
 from kit.coda.vqa import TASKS, VqaItem, read_answers, vqa_for
 from kit.params import params_hash
+from kit.stages.coda import data_id
 from kit.stages.key import artifact_id, keyed_dir, keyed_training, mark, marked_key, stage_key
 
 
 def dpo_config(P: Mapping) -> dict:
+    """The DPO settings that decide what a round trains (its key); logging_steps is added for the trainer."""
     s = P["spin"]
     cfg = {k: s[k] for k in ("epochs", "lr", "batch_size", "grad_accum", "weight_decay", "adam_beta2", "warmup_ratio",
-                             "lr_scheduler", "max_length", "logging_steps", "beta", "loss_type")}
+                             "lr_scheduler", "max_length", "beta", "loss_type")}
     cfg["seed"] = int(P["seed"])
     return cfg
 
@@ -55,8 +57,10 @@ def _own_answers(model, processor, items: list[VqaItem], P: Mapping, out_dir: Pa
         its = [it for it in items if it.task == task]
         if not its:
             continue
+        # reused only for the same model, the same questions on the same images, and the same batching
+        meta = {"key": model_id, "data": data_id({task: its}), "batch_size": int(P["coda"]["batch_size"])}
         recs = generate_records(
-            model, processor, its, out_dir / f"{source}_{task}.jsonl", {"key": model_id},
+            model, processor, its, out_dir / f"{source}_{task}.jsonl", meta,
             items=lambda part: [([it.load_image()], it.question) for it in part],
             records=lambda part, _, outs: [{"id": it.id, "answer": o} for it, o in zip(part, outs)],
             batch_size=int(P["coda"]["batch_size"]), max_new_tokens=int(P["coda"]["max_new_tokens"][task]),
@@ -123,6 +127,7 @@ def _round_battles(P, run_dir, rd: Path, judge, refs, names: dict[str, str]) -> 
     from kit.judge.elo import win_rates
 
     answers = {}
+    me = next(iter(names))
     for n, pred in names.items():
         rows = read_answers(pred)
         answers[n] = {t: [r["answer"] for r in rows[t]] for t in TASKS}
@@ -130,28 +135,42 @@ def _round_battles(P, run_dir, rd: Path, judge, refs, names: dict[str, str]) -> 
             if len(answers[n][t]) != len(refs[t]):
                 raise ValueError(f"{pred}: {t} has {len(answers[n][t])} answers, the eval split {len(refs[t])} "
                                  f"questions; rerun the stage that wrote it ({n}) for params coda.eval_split")
-    battles, failed = run_battles(judge, answers, refs, list(P["battles"]["tasks"]), desc="round battles")
+    battles, failed = [], []
+    for other in list(names)[1:]:  # this round against each opponent (not the opponents among themselves)
+        b, f = run_battles(judge, {me: answers[me], other: answers[other]}, refs, list(P["battles"]["tasks"]),
+                           desc=f"{me} vs {other}")
+        battles, failed = battles + b, failed + f
     runs.write_jsonl(rd / "battles.jsonl", battles)
     wr = win_rates(battles)["pairs"]
-    me = next(iter(names))
     return {f"vs {o}": {k: wr[me][o][k] for k in ("wins", "losses", "ties", "adjusted_win_rate")}
             for o in list(names)[1:] if o in wr.get(me, {})} | {"failed": len(failed)}
 
 
 def run_spin(P: Mapping, run_dir, variant: str) -> dict:
     """Every round of one variant (see the module docstring); returns the variant's summary."""
+    from accelerate import PartialState
+
     from kit.judge.base import make_judge
     from kit.models.vlm import load_vlm, lora_config, vlm_settings
-    from kit.stages.coda import evaluate_model, split_items
+    from kit.stages.coda import current_sft_key, evaluate_model, split_items
     from kit.train.dpo import train_dpo
     from kit.train.rows import preference_row
 
     if variant not in S.VARIANTS:
         raise ValueError(f"params spin.variants: unknown variant {variant!r}; expected some of {list(S.VARIANTS)}")
+    if PartialState().num_processes > 1:
+        # every process would generate, judge and write the same files: not safe yet (issue #15)
+        raise RuntimeError("kit stage spin runs in one process for now; launch it without accelerate's "
+                           "--num_processes (several GPUs: issue #15)")
     t0 = time.time()
     sp = P["spin"]
     start_stage = S.VARIANTS[variant][0]
     start = runs.require_metrics(run_dir, start_stage, f"SPIN's {variant} variant (run notebook 03 first)")["coda_lm"]
+    if start.get("train_key") != current_sft_key(P, run_dir, start_stage):
+        raise FileNotFoundError(
+            f"{runs.resolve_run_dir(run_dir) / 'metrics.json'}: the {start_stage} model there was trained with other "
+            f"settings or data than the current ones (its key {start.get('train_key')}); rerun notebook 03 "
+            f"({start_stage}) for this profile first, so SPIN starts from the model these settings make")
     train = split_items(P, run_dir, "train")
     refs = split_items(P, run_dir, "eval")
     judge = make_judge(P["judge"], run_dir)
@@ -164,9 +183,12 @@ def run_spin(P: Mapping, run_dir, variant: str) -> dict:
     lora = lora_config(P) is not None
     seed = int(P["seed"])
     rounds = int(sp["rounds"])
-    # rounds a previous, longer run of this variant left behind are not this run's results
-    runs.forget_metrics(run_dir, [k for k in runs.read_metrics(run_dir)
-                                  if k.startswith(f"{S.STAGE}/{variant}/round_") and int(k.rsplit("_", 1)[1]) > rounds])
+    if rounds < 1:
+        raise ValueError(f"params spin.rounds: {rounds}; expected at least 1")
+    # this variant's results so far are forgotten and re-recorded round by round as they are made
+    # (finished rounds with the same key are reused in seconds): nothing from other settings stays
+    runs.forget_metrics(run_dir, [k for k in runs.read_metrics(run_dir) if k.startswith(f"{S.STAGE}/{variant}/")]
+                        + [(S.STAGE, "variants", variant)])
     prev_ckpt, prev_name, prev_pairs = start["checkpoint"], start["name"], []
     prev_pred = start["predictions"]
     model, processor = load_vlm(P, run_dir, prev_ckpt)
@@ -201,9 +223,14 @@ def run_spin(P: Mapping, run_dir, variant: str) -> dict:
 
         def train_it(out, ckpt=prev_ckpt, rows=mixed):
             policy, proc = load_vlm(P, run_dir, ckpt, for_training=True)
+            if hasattr(policy, "peft_config") != lora:
+                raise ValueError(f"{ckpt}: a {'LoRA adapter' if hasattr(policy, 'peft_config') else 'full model'}, but "
+                                 f"params models.lora.enabled is {lora}; SPIN continues the SFT model as it was trained")
+            # full fine-tune: a frozen copy of model r-1; LoRA: DPOTrainer copies its adapter to `ref`
             ref = None if lora else load_vlm(P, run_dir, ckpt)[0]
             return train_dpo(policy, proc, [preference_row([p["image"]], p["question"], p["chosen"], p["rejected"])
-                                            for p in rows], out, cfg, P, ref_model=ref)
+                                            for p in rows], out, {**cfg, "logging_steps": sp["logging_steps"]}, P,
+                             ref_model=ref)
 
         del model
         tr = keyed_training(rd / "checkpoints", key, train_it, stage=stage, base=prev_ckpt)
@@ -223,9 +250,11 @@ def run_spin(P: Mapping, run_dir, variant: str) -> dict:
                                              "start_digest", "ref_digest")}})
         stages.append(stage)
         prev_ckpt, prev_name, prev_pairs, prev_pred = tr["checkpoint"], name, pairs, entry["predictions"]
-    summary = {"start": start_stage, "rounds": stages, "models": [S.model_name(variant, r) for r in range(1, rounds + 1)],
-               "config": cfg, "seconds": round(time.time() - t0, 2)}
-    runs.record_metrics(run_dir, S.STAGE, {"variants": {variant: summary}})
+        # the summary lists finished rounds only, so a kill leaves no half-made round in Table 1
+        summary = {"start": start_stage, "rounds": stages, "models": [S.model_name(variant, i) for i in range(1, r + 1)],
+                   "config": cfg, "complete": r == rounds, "seconds": round(time.time() - t0, 2)}
+        runs.forget_metrics(run_dir, [(S.STAGE, "variants", variant)])
+        runs.record_metrics(run_dir, S.STAGE, {"variants": {variant: summary}})
     return summary
 
 
@@ -234,12 +263,8 @@ def run_spin_all(P: Mapping, run_dir) -> dict:
     variants = list(P["spin"]["variants"])
     m = runs.read_metrics(run_dir)
     gone = [v for v in (m.get(S.STAGE) or {}).get("variants", {}) if v not in variants]
-    if gone:
-        runs.forget_metrics(run_dir, [k for k in m if any(k.startswith(f"{S.STAGE}/{v}/") for v in gone)])
-        keep = {k: v for k, v in m[S.STAGE]["variants"].items() if k not in gone}
-        runs.forget_metrics(run_dir, [S.STAGE])
-        if keep:
-            runs.record_metrics(run_dir, S.STAGE, {"variants": keep})
+    runs.forget_metrics(run_dir, [k for k in m if any(k.startswith(f"{S.STAGE}/{v}/") for v in gone)]
+                        + [(S.STAGE, "variants", v) for v in gone])
     out = {v: run_spin(P, run_dir, v) for v in variants}
     figs = S.figures_from_run(run_dir)
     runs.record_metrics(run_dir, S.STAGE, {"figures": [str(f) for f in figs]})

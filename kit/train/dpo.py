@@ -43,8 +43,8 @@ def weights_digest(model, adapter: str | None = None) -> str:
     """A hash of a model's trainable weights (for a PeftModel: one adapter's LoRA weights), to check
     which weights a trainer started from and referred to."""
     sd = model.state_dict()
-    if adapter is not None:
-        sd = {k: v for k, v in sd.items() if "lora_" in k and f".{adapter}." in k}
+    if adapter is not None:  # named without the adapter's name, so a copy under another name hashes the same
+        sd = {k.replace(f".{adapter}.", "."): v for k, v in sd.items() if "lora_" in k and f".{adapter}." in k}
     else:
         sd = {k: v for k, v in sd.items() if ".ref." not in k}
     h = hashlib.sha256()
@@ -100,6 +100,7 @@ def train_dpo(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cf
         max_length=int(cfg["max_length"]) if cfg.get("max_length") else None,
         logging_steps=int(cfg.get("logging_steps") or max(1, steps_per_epoch // 5)),
         save_strategy="epoch" if cfg.get("save_each_epoch", True) else "no",
+        save_total_limit=1,            # resuming needs the last checkpoint only (a round's are full models)
         remove_unused_columns=False,
         dataloader_num_workers=0,
         report_to="none",
@@ -113,8 +114,11 @@ def train_dpo(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cf
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=ds, processing_class=processor)
     if ref_model is not None:
         ref = weights_digest(ref_model)
-    else:  # a PeftModel: DPOTrainer copied the starting adapter to "ref"
-        ref = weights_digest(trainer.model, "ref") if "ref" in getattr(trainer.model, "peft_config", {}) else start
+    elif "ref" in getattr(trainer.model, "peft_config", {}):  # DPOTrainer copied the starting adapter to "ref"
+        ref = weights_digest(trainer.model, "ref")
+    else:  # TRL would use the base model with adapters disabled: not the previous round's model SPIN needs
+        raise ValueError("train_dpo: DPOTrainer made no frozen 'ref' copy of the adapter (a LoRA on target_parameters, "
+                         "peft#3340), so its reference would be the base model; use target_modules, or a full fine-tune")
     resume = get_last_checkpoint(str(out_dir)) if any(out_dir.glob("checkpoint-*")) else None
     t0 = time.time()
     trainer.train(resume_from_checkpoint=resume)

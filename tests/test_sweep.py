@@ -1,0 +1,75 @@
+"""`kit sweep`: one run directory per combination, a summary whose numbers are the runs' own, a
+rerun that does no work, and a failed combination that does not stop the others."""
+import json
+import statistics
+
+import pytest
+
+from kit import runs
+from kit.sweep import combinations, combo_name, headline_metrics, parse_grid, run_sweep, summarize
+
+
+def test_grid_and_names():
+    grid = parse_grid(["rloo.beta=0,0.02", "rloo.baseline=rloo,greedy"])
+    assert grid == {"rloo.beta": [0, 0.02], "rloo.baseline": ["rloo", "greedy"]}
+    combos = combinations([0, 1], grid)
+    assert len(combos) == 8 and combos[0] == {"rloo.baseline": "rloo", "rloo.beta": 0, "seed": 0}
+    assert combo_name(combos[1]) == "rloo.baseline=rloo__rloo.beta=0__seed=1"
+    assert len({combo_name(c) for c in combos}) == 8
+    with pytest.raises(SystemExit, match="KEY=V1,V2"):
+        parse_grid(["rloo.beta"])
+
+
+def test_headline_metrics_find_track_a_models():
+    m = {"coda_sft": {"coda_lm": {"name": "sft", "scores": {"overall_100": 50.0, "general_perception": {"score_100": 60.0}}}},
+         "spin/original/round_1": {"coda_lm": {"name": "spin-orig r1", "scores": {"overall_100": 45.0}}},
+         "evaluate": {"elo": {"bootstrap": {"sft": {"median": 1010.0, "lo": 990.0, "hi": 1030.0}}}},
+         "sft_baseline": {"eval": {"action": {"macro_f1": 0.4}}}}
+    h = headline_metrics(m)
+    assert h == {"SFT action mF1": 0.4, "A sft: overall": 50.0, "A sft: general": 60.0, "A sft: Elo": 1010.0,
+                 "A sft: Elo 2.5%": 990.0, "A sft: Elo 97.5%": 1030.0, "A spin-orig r1: overall": 45.0}
+
+
+# notebook 00 alone, Track B, tiny sizes: each combination is a real `kit run` of a few seconds of work
+BASE = ["data.toy.splits={train: 48, val: 16, test: 16}", "pretrain.clip_epochs=2", "pretrain.vlm_epochs=1",
+        "pretrain.vlm_show=2", "pretrain.vlm_caption_tokens=8"]
+
+
+@pytest.mark.slow
+def test_two_seed_sweep_summary_rerun_and_a_failure(tmp_path, capsys):
+    sd = tmp_path / "sweep"
+    # pretrain.vlm_batch_size=0 passes the profile's type check and fails inside its notebook
+    rec = run_sweep("tiny", [0, 1], {"pretrain.vlm_batch_size": [8, 0]}, only=["00"], track="B", sweep_dir=sd,
+                    base=BASE)
+    by = {r["name"]: r for r in rec["runs"]}
+    ok = ["pretrain.vlm_batch_size=8__seed=0", "pretrain.vlm_batch_size=8__seed=1"]
+    assert [by[n]["status"] for n in ok] == ["ok", "ok"]
+    assert {by[n]["status"] for n in by if n not in ok} == {"failed"}
+    assert "00_prepare" in by["pretrain.vlm_batch_size=0__seed=0"]["error"]
+    s = rec["summary"]
+    assert len(s["failed"]) == 2 and all(f["name"].startswith("pretrain.vlm_batch_size=0") for f in s["failed"])
+    g = s["groups"]["pretrain.vlm_batch_size=8"]
+    for metric in ("pretrained CLIP retrieval top-1", "pretrained VLM caption loss"):
+        values = [headline_metrics(runs.read_metrics(sd / n))[metric] for n in ok]
+        assert g[metric]["n"] == 2 and g[metric]["values"] == values
+        assert g[metric]["mean"] == pytest.approx(statistics.mean(values))
+        assert g[metric]["sd"] == pytest.approx(statistics.stdev(values))
+    assert values[0] != values[1]  # the seed reaches the runs
+    assert (sd / "summary.md").read_text().count("pretrained VLM caption loss") == 1
+    assert (sd / "figures" / "pretrained_VLM_caption_loss.png").is_file()
+
+    # a rerun of what finished does no work: every notebook is skipped
+    again = run_sweep("tiny", [0, 1], {"pretrain.vlm_batch_size": [8]}, only=["00"], track="B", sweep_dir=sd, base=BASE)
+    assert [r["notebooks"] for r in again["runs"]] == [{"prepare": "skipped"}] * 2
+    # --summarize rebuilds the same numbers from files alone
+    (sd / "summary.json").unlink()
+    assert summarize(sd)["groups"]["pretrain.vlm_batch_size=8"] == again["summary"]["groups"]["pretrain.vlm_batch_size=8"]
+    assert json.loads((sd / "summary.json").read_text())["command"].startswith("kit sweep --profile tiny --seeds 0,1")
+
+
+def test_a_bad_key_fails_before_anything_runs(tmp_path):
+    from kit.params import ParamsError
+
+    with pytest.raises(ParamsError, match="rloo.betta"):
+        run_sweep("tiny", [0], {"rloo.betta": [0.1]}, sweep_dir=tmp_path / "s")
+    assert not (tmp_path / "s").exists()
