@@ -82,7 +82,7 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")  # per process: two writers never share it
     try:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     finally:

@@ -121,7 +121,8 @@ def _group(settings: Mapping) -> str:
     return combo_name(rest) if rest else "all seeds"
 
 
-def _run_one(profile: str, run_dir: Path, settings: Mapping, base: Sequence[str], only, track, threads: int) -> dict:
+def _run_one(profile: str, run_dir: Path, settings: Mapping, base: Sequence[str], only, track,
+             threads: int | None) -> dict:
     """One combination as its own `kit run` process; its log in `<run_dir>/sweep.log`."""
     run_dir.mkdir(parents=True, exist_ok=True)
     report = run_dir / "sweep_report.json"
@@ -133,7 +134,9 @@ def _run_one(profile: str, run_dir: Path, settings: Mapping, base: Sequence[str]
         cmd += ["--only", ",".join(only)]
     if track:
         cmd += ["--track", track]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    # one job: the threads `kit run` would use (so seed S here equals `kit run --set seed=S`); N jobs: a share each
+    env = dict(os.environ) if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads),
+                                                    "MKL_NUM_THREADS": str(threads)}
     t0 = time.time()
     with open(run_dir / "sweep.log", "w") as log:
         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -160,7 +163,7 @@ def run_sweep(profile: str = "tiny", seeds: Sequence[int] = (0,), grid: Mapping[
     sd = runs.resolve_run_dir(sweep_dir or f"runs/sweeps/{Path(str(profile)).stem}")
     sd.mkdir(parents=True, exist_ok=True)
     jobs = max(1, int(jobs))
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = None if jobs == 1 else max(1, (os.cpu_count() or 1) // jobs)
     record = {"profile": str(profile), "seeds": [int(s) for s in seeds], "grid": grid, "only": list(only or []) or None,
               "track": track, "base": list(base), "jobs": jobs, "runs": []}
     runs.write_json(sd / SWEEP_FILE, record)

@@ -266,7 +266,9 @@ def test_refused_requests_stop_at_once(fake, tmp_path):
     judge = judge_for(fake, tmp_path / "cache", concurrency=4)
     with pytest.raises(JudgeRequestError, match=r"HTTP 401.*OPENAI_API_KEY"):
         judge.judge([rate_request(i) for i in range(20)], progress=False)
-    assert 1 <= fake.count() <= 4                 # no retries, no re-asks, nothing after the first refusal
+    # no retries, no re-asks, and the 20 requests stop soon after the first refusal: up to 4 in flight, and
+    # under load a worker can start one more request in the moment before a refusal is recorded
+    assert 1 <= fake.count() <= 2 * 4
     assert judge.stats["requests_sent"] == fake.count()
     assert judge.stats["transport_failures"] == 0
 

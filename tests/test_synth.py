@@ -4,14 +4,11 @@ of the pool, the CODA-LM layout it writes, and the quality measurements."""
 from __future__ import annotations
 
 import json
-import random
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from kit.data import DataError, coda_lm, toyworld
 from kit.data.render import render_scene

@@ -93,10 +93,18 @@ def generate_records(model, processor, samples: Sequence, out_path: str | os.Pat
     `<stem>.meta.json`) matches is returned as is; finished records are kept in `<out_path>.partial`
     after each chunk, and a rerun with the same meta generates only the rest. Put the checkpoint
     that answers in `meta` (e.g. as "tag") so a retrained model never reuses old answers.
+
+    Under `accelerate launch` with N processes each answers its block of what is left (kit.dist),
+    keeping its own `<out_path>.partial.<rank>`; the records are gathered in order on every process
+    and the main process writes `out_path`.
     """
+    from kit import dist
+
     out_path = Path(out_path)
     meta_path = out_path.with_name(out_path.stem + ".meta.json")
-    partial = out_path.with_name(out_path.name + ".partial")
+    partials = lambda: sorted(out_path.parent.glob(out_path.name + ".partial*"))  # noqa: E731
+    n_proc, rank = dist.num_processes(), dist.state().process_index
+    mine_path = out_path.with_name(out_path.name + (".partial" if n_proc == 1 else f".partial.{rank}"))
     ids = [s.id for s in samples]
     meta = dict(meta, ids=ids, max_new_tokens=int(max_new_tokens))
     same = runs.read_json(meta_path) == meta
@@ -105,24 +113,35 @@ def generate_records(model, processor, samples: Sequence, out_path: str | os.Pat
         if [r["id"] for r in recs] == ids:
             return recs
     done: dict[str, dict] = {}
-    if same and partial.exists():
-        done = {r["id"]: r for r in runs.read_jsonl(partial)}
-    runs.write_json(meta_path, meta)
+    if same:  # whatever any process finished before (one file per process that ran)
+        for f in partials():
+            done.update({r["id"]: r for r in runs.read_jsonl(f)})
+    mine_before = {r["id"]: r for r in runs.read_jsonl(mine_path)} if same and mine_path.exists() else {}
+    dist.wait()  # every process has read the old meta before the main one replaces it
+    if dist.is_main():
+        runs.write_json(meta_path, meta)
     todo = [s for s in samples if s.id not in done]
+    mine = [todo[i] for i in dist.my_share(len(todo))]
     chunk = int(batch_size) * 4
-    with tqdm(total=len(samples), initial=len(samples) - len(todo), desc=desc) as bar:
-        for i in range(0, len(todo), chunk):
-            part = todo[i:i + chunk]
+    new: list[dict] = []
+    with tqdm(total=len(samples), initial=len(samples) - len(todo), desc=desc, disable=not dist.is_main()) as bar:
+        for i in range(0, len(mine), chunk):
+            part = mine[i:i + chunk]
             its = items(part)
             outs = generate(model, processor, its, batch_size=int(batch_size), max_new_tokens=int(max_new_tokens),
                             progress=False)
-            for r in records(part, its, outs):
-                done[r["id"]] = r
-            runs.write_jsonl(partial, [done[k] for k in ids if k in done])
-            bar.update(len(part))
+            new += records(part, its, outs)
+            runs.write_jsonl(mine_path, [*mine_before.values(), *new])
+            bar.update(len(part) * n_proc)
+    for r in dist.gather_in_order(new):
+        done[r["id"]] = r
     recs = [done[k] for k in ids]
-    runs.write_jsonl(out_path, recs)
-    partial.unlink(missing_ok=True)
+    dist.wait()
+    if dist.is_main():
+        runs.write_jsonl(out_path, recs)
+        for f in partials():
+            f.unlink(missing_ok=True)
+    dist.wait()
     return recs
 
 

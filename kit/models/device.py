@@ -7,12 +7,18 @@ import torch
 
 
 def resolve_device(P: Mapping) -> torch.device:
+    """The profile's device; on GPUs, this process's own (`cuda:<local rank>` under accelerate launch,
+    so N processes do not all load onto GPU 0)."""
     want = P.get("device", "auto")
     if want == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        want = "cuda" if torch.cuda.is_available() else "cpu"
     if want == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"profile {P.get('profile')!r} sets device: cuda, but no CUDA GPU is visible; "
                            "use --set device=cpu (slow) or the tiny profile")
+    if want == "cuda":
+        from kit.dist import state
+
+        return torch.device("cuda", state().local_process_index)
     return torch.device(want)
 
 

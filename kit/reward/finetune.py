@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -357,7 +358,7 @@ def _adamw(params, *, lr: float, weight_decay: float, device) -> torch.optim.Ada
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(obj, tmp)
     tmp.replace(path)
 

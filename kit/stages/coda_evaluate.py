@@ -13,7 +13,6 @@ no model.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Mapping
 
 from kit import runs

@@ -107,6 +107,10 @@ def keyed_training(parent: str | os.PathLike, key: str, train: Callable[[Path], 
     if done and done.get("checkpoint") and marked_key(done["checkpoint"]) == key:
         return {**done, "key": key, "reused": True}
     res = dict(train(out))
-    mark(res["checkpoint"], key, **info)
-    write_json(out / RESULT_FILE, {**res, "key": key})
+    from kit.dist import is_main, wait
+
+    if is_main():  # under several processes, one writes
+        mark(res["checkpoint"], key, **info)
+        write_json(out / RESULT_FILE, {**res, "key": key})
+    wait()
     return {**res, "key": key, "reused": False}

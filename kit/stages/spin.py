@@ -148,8 +148,7 @@ def _round_battles(P, run_dir, rd: Path, judge, refs, names: dict[str, str]) -> 
 
 def run_spin(P: Mapping, run_dir, variant: str) -> dict:
     """Every round of one variant (see the module docstring); returns the variant's summary."""
-    from accelerate import PartialState
-
+    from kit import dist
     from kit.judge.base import make_judge
     from kit.models.vlm import load_vlm, lora_config, vlm_settings
     from kit.stages.coda import current_sft_key, evaluate_model, split_items
@@ -158,7 +157,7 @@ def run_spin(P: Mapping, run_dir, variant: str) -> dict:
 
     if variant not in S.VARIANTS:
         raise ValueError(f"params spin.variants: unknown variant {variant!r}; expected some of {list(S.VARIANTS)}")
-    if PartialState().num_processes > 1:
+    if dist.num_processes() > 1:
         # every process would generate, judge and write the same files: not safe yet (issue #15)
         raise RuntimeError("kit stage spin runs in one process for now; launch it without accelerate's "
                            "--num_processes (several GPUs: issue #15)")

@@ -283,7 +283,7 @@ def dataset_card(records: Sequence[Mapping], *, train_qa: int, describe: Mapping
 
 def card_markdown(card: Mapping) -> str:
     qa = card["qa_pairs"]
-    lines = [f"# Synthetic CODA-LM split (paper A, Section 2.1)", "",
+    lines = ["# Synthetic CODA-LM split (paper A, Section 2.1)", "",
              f"- backends: {card.get('backends')}",
              f"- images in: {card['images_in']}; written: {card['images_written']}; no valid writer answer: "
              f"{card['images_without_answer']}",

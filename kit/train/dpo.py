@@ -123,14 +123,18 @@ def train_dpo(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cf
     t0 = time.time()
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.time() - t0
+    main = trainer.accelerator.is_main_process  # under several processes, one writes
     if hasattr(trainer.model, "peft_config"):
-        trainer.model.save_pretrained(str(final), selected_adapters=["default"])
+        if main:
+            trainer.model.save_pretrained(str(final), selected_adapters=["default"])
     else:
-        trainer.save_model(str(final))
-    processor.save_pretrained(str(final))
+        trainer.save_model(str(final))  # every process: DeepSpeed/FSDP gather the weights here
     hist = trainer.state.log_history
     result = {"log_history": hist, "curve": dpo_curve(hist), "checkpoint": str(final), "seconds": round(seconds, 2),
               "steps": int(trainer.state.global_step), "n_rows": len(ds), "start_digest": start, "ref_digest": ref,
               "resumed_from": resume}
-    write_json(out_dir / RESULT_FILE, result)
+    if main:
+        processor.save_pretrained(str(final))
+        write_json(out_dir / RESULT_FILE, result)
+    trainer.accelerator.wait_for_everyone()
     return result

@@ -106,8 +106,7 @@ def train_sft(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cf
     t0 = time.time()
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.time() - t0
-    trainer.save_model(str(final))
-    processor.save_pretrained(str(final))
+    trainer.save_model(str(final))  # every process: DeepSpeed/FSDP gather the weights here; one writes
     hist = trainer.state.log_history
     result = {
         "log_history": hist,
@@ -119,7 +118,10 @@ def train_sft(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cf
         "steps": int(trainer.state.global_step),
         "n_rows": len(train_ds),
     }
-    write_json(out_dir / RESULT_FILE, result)
+    if trainer.accelerator.is_main_process:  # under several processes, one writes
+        processor.save_pretrained(str(final))
+        write_json(out_dir / RESULT_FILE, result)
+    trainer.accelerator.wait_for_everyone()
     return result
 
 
