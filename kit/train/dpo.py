@@ -14,17 +14,15 @@ The reference model is the caller's choice (SPIN: the previous round's model):
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from kit.models.device import trainer_precision_kwargs
-from kit.runs import read_json, write_json
+from kit.runs import write_json
 from kit.train.rows import rows_dataset
+from kit.train.sft import RESULT_FILE, finished, trainer_args
 
 REQUIRED = ("epochs", "lr", "batch_size", "grad_accum", "weight_decay", "beta")
-RESULT_FILE = "train_result.json"
 CURVE_KEYS = {"loss": "loss", "margin": "rewards/margins", "accuracy": "rewards/accuracies",
               "chosen": "rewards/chosen", "rejected": "rewards/rejected"}
 
@@ -73,42 +71,18 @@ def train_dpo(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cf
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / "final"
-    done = read_json(out_dir / RESULT_FILE)
-    if done and final.is_dir() and Path(done.get("checkpoint", "")).is_dir():
+    if done := finished(out_dir):
         return done
     rows = list(rows)
     if rows and not all(k in rows[0] for k in ("prompt", "chosen", "rejected", "images")):
         raise ValueError("train_dpo: rows[0] lacks prompt/chosen/rejected/images; expected "
                          "kit.train.rows.preference_row rows")
     ds = rows_dataset(rows, "train_dpo rows")
-    bs, ga = int(cfg["batch_size"]), int(cfg["grad_accum"])
-    steps_per_epoch = max(1, math.ceil(len(ds) / bs / ga))
-    seed = int(cfg.get("seed", P.get("seed", 0)))
-    extra = {"adam_beta2": float(cfg["adam_beta2"])} if cfg.get("adam_beta2") is not None else {}
     args = DPOConfig(
-        output_dir=str(out_dir),
-        num_train_epochs=float(cfg["epochs"]),
-        max_steps=int(cfg.get("max_steps") or -1),
-        learning_rate=float(cfg["lr"]),
-        per_device_train_batch_size=bs,
-        gradient_accumulation_steps=ga,
-        weight_decay=float(cfg["weight_decay"]),
-        warmup_steps=float(cfg.get("warmup_ratio") or 0.0),  # transformers 5: a float in [0, 1) is a ratio
-        lr_scheduler_type=str(cfg.get("lr_scheduler") or "linear"),
         beta=float(cfg["beta"]),
         loss_type=[str(cfg.get("loss_type") or "sigmoid")],
-        max_length=int(cfg["max_length"]) if cfg.get("max_length") else None,
-        logging_steps=int(cfg.get("logging_steps") or max(1, steps_per_epoch // 5)),
-        save_strategy="epoch" if cfg.get("save_each_epoch", True) else "no",
         save_total_limit=1,            # resuming needs the last checkpoint only (a round's are full models)
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        report_to="none",
-        seed=seed,
-        data_seed=seed,
-        disable_tqdm=False,
-        **extra,
-        **trainer_precision_kwargs(P),
+        **trainer_args(cfg, P, out_dir, len(ds)),
     )
     start = weights_digest(model, "default" if hasattr(model, "peft_config") else None)
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=ds, processing_class=processor)

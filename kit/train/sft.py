@@ -40,6 +40,45 @@ def eval_curve(log_history: Sequence[Mapping]) -> list[dict]:
             for e in log_history if "eval_loss" in e]
 
 
+def finished(out_dir: Path) -> dict | None:
+    """The saved result of a training that finished in `out_dir` (train_result.json and its final/), else None."""
+    done = read_json(out_dir / RESULT_FILE)
+    return done if done and (out_dir / "final").is_dir() and Path(done.get("checkpoint", "")).is_dir() else None
+
+
+def trainer_args(cfg: Mapping, P: Mapping, out_dir: Path, n_rows: int) -> dict:
+    """The TrainingArguments every kit wrapper of a TRL trainer shares (SFT here, DPO in kit.train.dpo),
+    from the same cfg keys: schedule, batching, checkpoints per epoch, seed, precision."""
+    bs, ga = int(cfg["batch_size"]), int(cfg["grad_accum"])
+    steps_per_epoch = max(1, math.ceil(n_rows / bs / ga))
+    seed = int(cfg.get("seed", P.get("seed", 0)))
+    extra = {"adam_beta2": float(cfg["adam_beta2"])} if cfg.get("adam_beta2") is not None else {}
+    return dict(
+        output_dir=str(out_dir),
+        num_train_epochs=float(cfg["epochs"]),
+        max_steps=int(cfg.get("max_steps") or -1),
+        learning_rate=float(cfg["lr"]),
+        per_device_train_batch_size=bs,
+        gradient_accumulation_steps=ga,
+        weight_decay=float(cfg["weight_decay"]),
+        warmup_steps=float(cfg.get("warmup_ratio") or 0.0),  # transformers 5: a float in [0, 1) is a ratio
+        lr_scheduler_type=str(cfg.get("lr_scheduler") or "linear"),
+        logging_steps=int(cfg.get("logging_steps") or max(1, steps_per_epoch // 5)),
+        save_strategy="epoch" if cfg.get("save_each_epoch", True) else "no",
+        # truncation keeps the start (the image tokens) but may cut an image's tokens if the limit is
+        # below them (stack-notes.md): None unless a profile sets it (paper A: 2048)
+        max_length=int(cfg["max_length"]) if cfg.get("max_length") else None,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        disable_tqdm=False,
+        **extra,
+        **trainer_precision_kwargs(P),
+    )
+
+
 def train_sft(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cfg: Mapping, P: Mapping,
               eval_rows: Sequence[Mapping] | None = None) -> dict:
     """Fine-tune `model` on vlm_row rows (completion-only loss) with TRL's SFTTrainer.
@@ -60,8 +99,7 @@ def train_sft(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cf
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / "final"
-    done = read_json(out_dir / RESULT_FILE)
-    if done and final.is_dir() and Path(done.get("checkpoint", "")).is_dir():
+    if done := finished(out_dir):
         return done
 
     rows = list(rows)
@@ -69,36 +107,12 @@ def train_sft(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cf
         raise ValueError("train_sft: rows[0] has no 'completion'; expected vlm_row(images, prompt, answer) rows")
     train_ds = rows_dataset(rows, "train_sft rows")
     eval_ds = rows_dataset(eval_rows, "train_sft eval_rows") if eval_rows else None
-    save_each = bool(cfg.get("save_each_epoch", True))
-    bs, ga = int(cfg["batch_size"]), int(cfg["grad_accum"])
-    steps_per_epoch = max(1, math.ceil(len(train_ds) / bs / ga))
-    extra = {"adam_beta2": float(cfg["adam_beta2"])} if cfg.get("adam_beta2") is not None else {}
+    bs = int(cfg["batch_size"])
     args = SFTConfig(
-        output_dir=str(out_dir),
-        num_train_epochs=float(cfg["epochs"]),
-        max_steps=int(cfg.get("max_steps") or -1),
-        learning_rate=float(cfg["lr"]),
-        per_device_train_batch_size=bs,
         per_device_eval_batch_size=int(cfg.get("eval_batch_size") or bs),
-        gradient_accumulation_steps=ga,
-        weight_decay=float(cfg["weight_decay"]),
-        warmup_steps=float(cfg.get("warmup_ratio") or 0.0),  # transformers 5: a float in [0, 1) is a ratio
-        lr_scheduler_type=str(cfg.get("lr_scheduler") or "linear"),
-        logging_steps=int(cfg.get("logging_steps") or max(1, steps_per_epoch // 5)),
-        save_strategy="epoch" if save_each else "no",
         eval_strategy="epoch" if eval_ds is not None else "no",
-        # truncation keeps the start (the image tokens) but may cut an image's tokens if the limit is
-        # below them (stack-notes.md): None unless a profile sets it (paper A: 2048)
-        max_length=int(cfg["max_length"]) if cfg.get("max_length") else None,
         completion_only_loss=True,     # prompt-completion rows: loss on the answer only
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        report_to="none",
-        seed=int(cfg.get("seed", P.get("seed", 0))),
-        data_seed=int(cfg.get("seed", P.get("seed", 0))),
-        disable_tqdm=False,
-        **extra,
-        **trainer_precision_kwargs(P),
+        **trainer_args(cfg, P, out_dir, len(train_ds)),
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=processor, peft_config=cfg.get("peft_config"))
