@@ -13,7 +13,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
     try:
         out = run(profile=a.profile, run_dir=a.run_dir, only=a.only.split(",") if a.only else None,
-                  overrides=a.set, force=a.force, log_output=a.log_output, track=a.track)
+                  overrides=a.set, force=a.force, log_output=a.log_output, track=a.track,
+                  launcher=a.launcher, config_file=a.config_file)
     except StageFailed as e:
         print(f"kit run: {e}", file=sys.stderr)
         return 1
@@ -70,13 +71,15 @@ def _cmd_figures(a: argparse.Namespace) -> int:
 
 
 def _cmd_stage(a: argparse.Namespace) -> int:
+    from kit import dist
     from kit.notebook import setup
-    from kit.stages import stage_function
+    from kit.stages import run_stage, stage_function
 
-    fn = stage_function(a.name)
+    stage_function(a.name)  # an unknown name fails before anything loads
     P, rd = setup(a.profile, a.run_dir or f"runs/{a.profile}", a.set)
-    fn(P, rd)
-    print(f"stage {a.name} done; run directory: {rd}")
+    run_stage(a.name, P, rd)
+    if dist.is_main():
+        print(f"stage {a.name} done ({dist.num_processes()} process(es)); run directory: {rd}")
     return 0
 
 
@@ -113,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="rerun stages even if done with the same parameters")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. sft.epochs=3")
     r.add_argument("--log-output", action="store_true", help="stream the notebooks' output (progress bars)")
+    r.add_argument("--launcher", choices=["accelerate"],
+                   help="run each notebook's stages under `accelerate launch` first (several GPUs, DeepSpeed)")
+    r.add_argument("--config-file", help="the accelerate config for --launcher, e.g. params/accelerate/zero2.yaml")
     r.add_argument("--report", help=argparse.SUPPRESS)  # JSON of what ran and what was skipped (kit sweep)
     r.set_defaults(func=_cmd_run)
 

@@ -1,16 +1,33 @@
 """Several processes under `accelerate launch`: which process writes, and how work is split and gathered.
 
-One process (a notebook, plain `kit run`) is the common case and costs nothing here: the state is
-then a single process, `my_share` is everything and `gather_in_order` returns its input.
+One process (a notebook, plain `kit run`) is the common case and costs nothing here: without
+accelerate's WORLD_SIZE nothing is imported, `my_share` is everything and `gather_in_order` returns
+its input.
 
     share = my_share(len(items))                # this process's contiguous block of indices
     out = gather_in_order([f(items[i]) for i in share])   # every item's result once, in order, on every process
-    if is_main(): write(...)                     # files, metrics and figures: the main process only
-    wait()                                       # the others wait until it has written
+    runs.write_json(path, out)                   # kit.runs writes on the main process only
+    result = on_main(report, run_dir)            # work not worth splitting: the main process does it, all get the result
+
+Every process runs the same stage code on the same gathered data, so they hold the same values; only
+the main process writes them (kit.runs' writers, figures, checkpoints). Writes a process must make
+itself (its own partial results, its share of the judge's cache) say so with `every_rank=True`.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+_solo = False  # inside on_main: the main process works alone, as if it were the only one
+# set by `kit run --launcher accelerate` for the notebooks that follow each launch: how many processes
+# made the results they reuse (kit.stages.key puts that number in the keys)
+KEY_PROCESSES = "KIT_KEY_PROCESSES"
+
+
+def _launched() -> bool:
+    """Whether accelerate launch / torchrun started more than one process (their WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 
 def state():
@@ -26,15 +43,25 @@ def state():
 
 
 def num_processes() -> int:
-    return state().num_processes
+    return state().num_processes if _launched() and not _solo else 1
+
+
+def key_processes() -> int:
+    """The number of processes that train and generate in this run, for stage keys: this launch's, or
+    the one `kit run --launcher accelerate` launched before a notebook."""
+    return int(os.environ.get(KEY_PROCESSES) or num_processes())
+
+
+def rank() -> int:
+    return state().process_index if _launched() else 0
 
 
 def is_main() -> bool:
-    return state().is_main_process
+    return rank() == 0
 
 
 def wait() -> None:
-    """A barrier: every process waits for the others (a no-op in one process)."""
+    """A barrier: every process waits for the others (a no-op in one process, and inside on_main)."""
     if num_processes() > 1:
         state().wait_for_everyone()
 
@@ -42,9 +69,10 @@ def wait() -> None:
 def my_share(n: int) -> range:
     """The indices of n items this process handles: contiguous blocks in rank order, sizes differing
     by at most one (split_between_processes' rule), so concatenating the blocks by rank restores the order."""
-    k, r = state().num_processes, state().process_index
+    k = num_processes()
     if k == 1:
         return range(n)
+    r = rank()
     base, extra = divmod(n, k)
     start = r * base + min(r, extra)
     return range(start, start + base + (1 if r < extra else 0))
@@ -58,3 +86,54 @@ def gather_in_order(local: Sequence[Any]) -> list:
     from accelerate.utils import gather_object
 
     return list(gather_object(list(local)))
+
+
+def sum_counts(local: Mapping[str, float]) -> dict[str, float]:
+    """Counts summed over the processes (each process's `local`), on every process."""
+    total: dict[str, float] = {}
+    for part in gather_in_order([dict(local)]):
+        for k, v in part.items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+
+def broadcast(obj: Any) -> Any:
+    """The main process's `obj` on every process."""
+    if num_processes() == 1:
+        return obj
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([obj], from_process=0)[0]
+
+
+@contextlib.contextmanager
+def _alone():
+    global _solo
+    _solo, before = True, _solo
+    try:
+        yield
+    finally:
+        _solo = before
+
+
+def on_main(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`fn(*args, **kwargs)` on the main process alone (the others wait), its result on every process.
+
+    For work not worth splitting (the report, drawing figures, rendering the toy world). Inside, the
+    kit behaves as in one process (no barriers, no sharding). An exception on the main process is
+    raised on every process, so none is left waiting."""
+    if num_processes() == 1:
+        return fn(*args, **kwargs)
+    out, err = None, None
+    if is_main():
+        try:
+            with _alone():
+                out = fn(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - re-raised below, on every process
+            err = e
+    got = broadcast((out, None if err is None else f"{type(err).__name__}: {err}"))
+    if err is not None:
+        raise err
+    if got[1] is not None:
+        raise RuntimeError(f"the main process failed: {got[1]}")
+    return got[0]

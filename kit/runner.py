@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata as md
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from kit import dist
 from kit import params as kparams
 from kit import runs
 from kit.params import PROJECT_ROOT
@@ -108,10 +110,61 @@ def _failure_message(nb: Path, executed: Path, err: Exception) -> str:
             f"  the executed notebook, with the traceback, is {executed}")
 
 
+# The stage functions each notebook calls (kit.stages), with the track they belong to (None: both):
+# what `kit run --launcher accelerate` runs under accelerate launch before the notebook itself
+NOTEBOOK_STAGES = {
+    "00": [("prepare_data", None), ("prepare_clip", None), ("prepare_vlm", None)],
+    "01": [("synthesis", "A")],
+    "02": [("clip_finetune", "B")],
+    "03": [("direct", "B"), ("sft_baseline", "B"), ("coda_direct", "A"), ("coda_sft", "A"), ("coda_sft_synth", "A")],
+    "04": [("spin", "A")],
+    "05": [("rloo", "B")],
+    "06": [("action_sft", "B")],
+    "07": [("evaluate", "B"), ("coda_evaluate", "A")],
+}
+
+
+def launched_processes(config_file: str | os.PathLike) -> int:
+    """The number of processes an accelerate config file launches (its num_processes)."""
+    import yaml
+
+    path = Path(config_file)
+    if not path.is_file():
+        raise SystemExit(f"kit run --config-file {path}: no such file; expected an accelerate config "
+                         f"(e.g. params/accelerate/multi_gpu.yaml)")
+    cfg = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(cfg.get("num_processes", 1), int) or int(cfg.get("num_processes", 1)) < 1:
+        raise SystemExit(f"{path}: num_processes: expected a positive integer, got {cfg.get('num_processes')!r}")
+    return int(cfg.get("num_processes", 1))
+
+
+def launch_stages(nb: Path, P: Mapping, profile: str, rd: Path, over: Mapping, config_file: str) -> list[str]:
+    """The notebook's stages, each as `accelerate launch --config_file F -m kit.cli stage NAME`; the
+    notebook then runs as usual in one process and finds their results under the same keys."""
+    import json
+
+    names = [n for n, t in NOTEBOOK_STAGES.get(nb.name[:2], []) if t is None or t in P["tracks"]]
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in over.items()]
+    for name in names:
+        print(f"  accelerate launch --config_file {config_file} -m kit.cli stage {name}", flush=True)
+        subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
+                        "-m", "kit.cli", "stage", name, "--profile", profile, "--run-dir", str(rd), *sets],
+                       check=True, cwd=str(kparams.PROJECT_ROOT))
+    return names
+
+
 def run(profile: str = "tiny", run_dir: str | None = None, only: Iterable[str] | None = None,
         overrides: list[str] | Mapping | None = None, force: bool = False, log_output: bool = False,
-        track: str | None = None) -> dict:
-    import papermill as pm
+        track: str | None = None, launcher: str | None = None, config_file: str | None = None) -> dict:
+    """The notebooks in order (papermill) into the run directory. With `launcher="accelerate"`, each
+    notebook's stages first run under `accelerate launch --config_file config_file` (several GPUs,
+    DeepSpeed); the notebook then reuses their results (the kernel is told how many processes made
+    them: kit.dist.KEY_PROCESSES) and draws its tables and figures."""
+    if launcher not in (None, "accelerate"):
+        raise SystemExit(f"kit run --launcher {launcher}: expected accelerate")
+    if launcher and not config_file:
+        raise SystemExit("kit run --launcher accelerate needs --config-file (e.g. params/accelerate/multi_gpu.yaml)")
+    n_proc = launched_processes(config_file) if launcher else None
 
     if track is not None:  # one paper's track: its notebooks, its cells, its dataset only
         overrides = {**kparams.parse_overrides(overrides), "tracks": [track]}
@@ -122,7 +175,8 @@ def run(profile: str = "tiny", run_dir: str | None = None, only: Iterable[str] |
     rd = runs.resolve_run_dir(run_dir or f"runs/{P['profile']}")
     (rd / "notebooks").mkdir(parents=True, exist_ok=True)
     nbs = list_notebooks(only, P["tracks"])
-    phash = _stage_hash(P)
+    # a notebook done by another number of processes is not done: its results differ
+    phash = _stage_hash({**P, "processes": n_proc} if n_proc and n_proc > 1 else P)
     over = kparams.parse_overrides(overrides)
     manifest_path = rd / "manifest.json"
     runs.update_json(manifest_path, {
@@ -131,6 +185,24 @@ def run(profile: str = "tiny", run_dir: str | None = None, only: Iterable[str] |
         "started": _dt.datetime.now().isoformat(timespec="seconds"),
     })
     summary = {}
+    before = os.environ.get(dist.KEY_PROCESSES)
+    if n_proc:  # the notebooks' kernels (papermill starts them with our environment) key as the launch did
+        os.environ[dist.KEY_PROCESSES] = str(n_proc)
+    try:
+        _run_notebooks(nbs, P, rd, phash, over, nb_profile, force, log_output, launcher, config_file, summary)
+    finally:
+        if n_proc:
+            os.environ.pop(dist.KEY_PROCESSES, None)
+            if before is not None:
+                os.environ[dist.KEY_PROCESSES] = before
+    runs.update_json(manifest_path, {"finished": _dt.datetime.now().isoformat(timespec="seconds")})
+    return {"run_dir": str(rd), "stages": summary}
+
+
+def _run_notebooks(nbs, P, rd, phash, over, nb_profile, force, log_output, launcher, config_file, summary) -> None:
+    import papermill as pm
+
+    manifest_path = rd / "manifest.json"
     for i, nb in enumerate(nbs, 1):
         stage = stage_of(nb)
         executed = rd / "notebooks" / nb.name
@@ -143,6 +215,8 @@ def run(profile: str = "tiny", run_dir: str | None = None, only: Iterable[str] |
         runs.update_json(manifest_path, {"stages": {stage: {"status": "running", "notebook": str(executed)}}})
         t0 = time.time()
         try:
+            if launcher:
+                launch_stages(nb, P, nb_profile, rd, over, config_file)
             source = for_tracks(nb, P["tracks"], rd / "notebooks" / ".source" / nb.name)
             pm.execute_notebook(
                 str(source), str(executed), parameters={"profile": nb_profile, "run_dir": str(rd), "overrides": over},
@@ -160,5 +234,3 @@ def run(profile: str = "tiny", run_dir: str | None = None, only: Iterable[str] |
                                                      "notebook": str(executed)})
         print(f"{head}: ok in {secs:.0f} s", flush=True)
         summary[stage] = "ok"
-    runs.update_json(manifest_path, {"finished": _dt.datetime.now().isoformat(timespec="seconds")})
-    return {"run_dir": str(rd), "stages": summary}

@@ -3,6 +3,11 @@
 Every write here is atomic (write a temp file in the same folder, then os.replace), and
 metrics.json is merged under a file lock, so a crash or two stages finishing together never
 leaves a half-written or clobbered file.
+
+Under `accelerate launch` with several processes (kit.dist) every process computes the same values
+and only the main one writes them: the writers here return without writing on the others, unless
+told `every_rank=True` (a process's own partial results). metrics.json's writers are a barrier too,
+so every process reads what the main one recorded.
 """
 from __future__ import annotations
 
@@ -59,8 +64,17 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+def _skip_write(every_rank: bool) -> bool:
+    """True on a process other than the main one (several processes, kit.dist), unless every_rank."""
+    from kit import dist
+
+    return not every_rank and not dist.is_main()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, every_rank: bool = False) -> Path:
     path = Path(path)
+    if _skip_write(every_rank):
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -80,6 +94,10 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     """Save a matplotlib figure as PNG atomically (a reader never sees half a PNG) and close it."""
     import matplotlib.pyplot as plt
 
+    if _skip_write(False):
+        plt.close(fig)
+        return Path(path)
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")  # per process: two writers never share it
@@ -91,8 +109,8 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     return path
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+def write_json(path: str | os.PathLike, obj: Any, *, every_rank: bool = False) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n", every_rank=every_rank)
 
 
 def read_json(path: str | os.PathLike, default: Any = None) -> Any:
@@ -105,9 +123,9 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
         raise ValueError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
 
 
-def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping]) -> Path:
+def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping], *, every_rank: bool = False) -> Path:
     lines = [json.dumps(r, default=_json_default) for r in records]
-    return atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return atomic_write_text(path, "".join(line + "\n" for line in lines), every_rank=every_rank)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -143,8 +161,11 @@ def _deep_update(base: dict, new: Mapping) -> dict:
 
 
 def update_json(path: str | os.PathLike, update: Mapping) -> dict:
-    """Deep-merge `update` into a JSON file under a lock, atomically."""
+    """Deep-merge `update` into a JSON file under a lock, atomically (the main process writes; every
+    process gets the merged data)."""
     path = Path(path)
+    if _skip_write(False):
+        return _deep_update(read_json(path, {}) or {}, json.loads(json.dumps(update, default=_json_default)))
     with _locked(path):
         data = read_json(path, {}) or {}
         _deep_update(data, json.loads(json.dumps(update, default=_json_default)))
@@ -153,15 +174,25 @@ def update_json(path: str | os.PathLike, update: Mapping) -> dict:
 
 
 def record_metrics(run_dir: str | os.PathLike, key: str, values: Mapping) -> dict:
-    """Merge one stage's figures into runs/<run>/metrics.json under `key`."""
-    return update_json(resolve_run_dir(run_dir) / "metrics.json", {key: values})
+    """Merge one stage's figures into runs/<run>/metrics.json under `key`. Every process calls it at
+    the same point of a stage; it returns once the main process has written (a barrier)."""
+    from kit import dist
+
+    data = update_json(resolve_run_dir(run_dir) / "metrics.json", {key: values})
+    dist.wait()
+    return data
 
 
 def forget_metrics(run_dir: str | os.PathLike, keys: Iterable[str | tuple[str, ...]]) -> None:
     """Drop entries from metrics.json (under the lock): a top-level key, or a tuple path to a nested
     one. Metrics are merged, so a result a rerun no longer makes (a round a shorter run does not have,
     a model no longer battled) would otherwise stay for later notebooks to read."""
+    from kit import dist
+
     path = resolve_run_dir(run_dir) / "metrics.json"
+    if _skip_write(False):
+        dist.wait()
+        return
     with _locked(path):
         data = read_json(path, {}) or {}
         changed = False
@@ -175,6 +206,7 @@ def forget_metrics(run_dir: str | os.PathLike, keys: Iterable[str | tuple[str, .
                 changed = True
         if changed:
             write_json(path, data)
+    dist.wait()
 
 
 def read_metrics(run_dir: str | os.PathLike) -> dict:

@@ -107,6 +107,8 @@ def generate_records(model, processor, samples: Sequence, out_path: str | os.Pat
     mine_path = out_path.with_name(out_path.name + (".partial" if n_proc == 1 else f".partial.{rank}"))
     ids = [s.id for s in samples]
     meta = dict(meta, ids=ids, max_new_tokens=int(max_new_tokens))
+    if dist.key_processes() > 1:  # each process batches its own block: other batches than one process makes
+        meta["processes"] = dist.key_processes()
     same = runs.read_json(meta_path) == meta
     if same and out_path.exists():
         recs = runs.read_jsonl(out_path)
@@ -131,7 +133,7 @@ def generate_records(model, processor, samples: Sequence, out_path: str | os.Pat
             outs = generate(model, processor, its, batch_size=int(batch_size), max_new_tokens=int(max_new_tokens),
                             progress=False)
             new += records(part, its, outs)
-            runs.write_jsonl(mine_path, [*mine_before.values(), *new])
+            runs.write_jsonl(mine_path, [*mine_before.values(), *new], every_rank=True)  # this process's own
             bar.update(len(part) * n_proc)
     for r in dist.gather_in_order(new):
         done[r["id"]] = r

@@ -143,8 +143,22 @@ class Judge:
         return JudgeResult(None, text, attempts, False, error, usage)
 
     def judge(self, requests: Sequence[JudgeRequest], desc: str = "judge", progress: bool = True) -> list[JudgeResult]:
-        """Results for `requests`, in order (concurrently, `concurrency` at a time)."""
-        requests = list(requests)
+        """Results for `requests`, in order (concurrently, `concurrency` at a time). Under several
+        processes each judges its block (kit.dist) and every process gets every result, and the
+        counts of all processes in `stats`."""
+        from kit import dist
+
+        everything = list(requests)
+        if dist.num_processes() == 1:
+            return self._judge(everything, desc, progress)
+        before = dict(self.stats)
+        mine = self._judge([everything[i] for i in dist.my_share(len(everything))], desc, progress and dist.is_main())
+        mine_counts = {k: v - before.get(k, 0) for k, v in self.stats.items() if isinstance(v, (int, float))}
+        for k, v in dist.sum_counts(mine_counts).items():
+            self.stats[k] = before.get(k, 0) + v
+        return dist.gather_in_order(mine)
+
+    def _judge(self, requests: list[JudgeRequest], desc: str, progress: bool) -> list[JudgeResult]:
         out: list[JudgeResult | None] = [None] * len(requests)
         with tqdm(total=len(requests), desc=desc, disable=not progress, leave=False) as bar:
             if self.concurrency == 1:

@@ -36,7 +36,9 @@ class DiskCache:
             return None
 
     def put(self, key: Mapping, value: Mapping) -> None:
-        write_json(self._path(key), {"backend": key.get("backend"), "model": key.get("model"), **value})
+        # every process caches the answers it asked for (kit.dist shards the judge's items)
+        write_json(self._path(key), {"backend": key.get("backend"), "model": key.get("model"), **value},
+                   every_rank=True)
 
     def __len__(self) -> int:
         return sum(1 for _ in self.folder.glob("*/*.json"))

@@ -146,30 +146,38 @@ def _logits(model, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def batch_logits(model, bundle: ClipBundle, pixels: torch.Tensor,
-                 texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """(pair logits [n], every image against every distinct text of the batch [n, m], those m texts).
-
-    Each distinct text is encoded once (a batch of reasons repeats a few texts many times)."""
-    uniq = sorted(set(texts))
-    col = {t: j for j, t in enumerate(uniq)}
+def _encode(model, bundle: ClipBundle, pixels: torch.Tensor, uniq: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     img = model.encode_image(pixels.to(bundle.device), normalize=True)
     txt = encode_text(model, bundle.tokenizer(uniq).to(bundle.device), normalize=True)
+    return img, txt
+
+
+def batch_logits(model, bundle: ClipBundle, pixels: torch.Tensor, texts: list[str],
+                 encode=None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """(pair logits [n], every image against every distinct text of the batch [n, m], those m texts).
+
+    Each distinct text is encoded once (a batch of reasons repeats a few texts many times).
+    `encode(pixels, uniq) -> (image embeddings, text embeddings)` stands in for the model's own
+    encoders (several processes: `_DataParallel.encode`)."""
+    uniq = sorted(set(texts))
+    col = {t: j for j, t in enumerate(uniq)}
+    img, txt = encode(pixels, uniq) if encode is not None else _encode(model, bundle, pixels, uniq)
     grid = _logits(model, img, txt)
     idx = torch.tensor([col[t] for t in texts], device=grid.device)
     return grid[torch.arange(len(texts), device=grid.device), idx], grid, uniq
 
 
 def pair_loss(model, bundle: ClipBundle, pixels: torch.Tensor, texts: list[str], labels: torch.Tensor,
-              truths: Sequence[frozenset[str]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              truths: Sequence[frozenset[str]] | None = None, encode=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Paper B's loss, BCE-with-logits on the batch's pairs; with `truths` (each image's true texts)
     the BCE over every image against every distinct text of the batch is added, its positives and
     negatives weighted equally: the in-batch negatives of SigLIP's sigmoid loss, labelled by the
     image's true texts instead of the diagonal (a driving scene has several true reasons, and the
     same reason is true of many scenes).
 
-    Returns (the loss to minimise, the pairs' BCE alone: what the history reports as train loss)."""
-    pair, grid, uniq = batch_logits(model, bundle, pixels, texts)
+    Returns (the loss to minimise, the pairs' BCE alone: what the history reports as train loss).
+    `encode`: as in `batch_logits`."""
+    pair, grid, uniq = batch_logits(model, bundle, pixels, texts, encode)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     paper = bce(pair, labels.to(pair.device))
     if truths is None:
@@ -236,9 +244,13 @@ def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair]
     `upstream` (default: the starting model's source); the stage puts each key in its own out_dir.
 
     Returns {"history": [per-epoch dicts], "best_epoch", "best_val_auroc", "checkpoint", "key", "seconds", ...}.
+
+    Under `accelerate launch` with N processes it trains data-parallel (`_DataParallel`): every process
+    gets the same result; the main one scores the validation pairs and writes the files.
     """
     from tqdm.auto import tqdm
 
+    from kit import dist
     from kit.stages.key import mark, marked_key
 
     out = Path(out_dir)
@@ -288,14 +300,17 @@ def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair]
         g.set_state(state["torch_rng"])
     else:
         # Epoch 0: the starting model on the validation pairs (the "pretrained" point of the curves).
-        s0 = score_pairs(bundle, val, store)
+        s0 = dist.on_main(score_pairs, bundle, val, store)
         best_auroc = _auroc(s0["label"], s0["cos"])
         history.append({"epoch": 0, "train_loss": None, "val_loss": _bce(s0), "val_auroc": best_auroc,
                         "lr": float(cfg["lr"]), "seconds": 0.0})
-        save_clip(bundle, out / "best", {"epoch": 0, "val_auroc": best_auroc})
+        dist.on_main(save_clip, bundle, out / "best", {"epoch": 0, "val_auroc": best_auroc})
+    # One process: None, and the loop is the plain PyTorch one (its numbers are the README's).
+    par = _DataParallel(_towers(model), opt, bundle) if dist.num_processes() > 1 else None
 
     epochs = int(cfg["epochs"])
-    bar = tqdm(range(start_epoch, epochs + 1), desc=desc, initial=start_epoch - 1, total=epochs)
+    bar = tqdm(range(start_epoch, epochs + 1), desc=desc, initial=start_epoch - 1, total=epochs,
+               disable=not dist.is_main())
     stopped_early = False
     for ep in bar:
         if bad >= int(cfg["early_stop_patience"]):
@@ -305,43 +320,54 @@ def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair]
         model.train()
         tot, n = 0.0, 0
         for x, texts, y, truth in dl:
-            loss, paper_loss = pair_loss(model, bundle, normalize_batch(x, bundle), texts, y,
-                                         truth if in_batch else None)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["grad_clip"]))
-            opt.step()
+            if par is None:
+                loss, paper_loss = pair_loss(model, bundle, normalize_batch(x, bundle), texts, y,
+                                             truth if in_batch else None)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["grad_clip"]))
+                opt.step()
+            else:  # the whole batch's loss, each process encoding its block of the images
+                loss, paper_loss = pair_loss(model, bundle, normalize_batch(x, bundle), texts, y,
+                                             truth if in_batch else None, encode=par.encode)
+                par.step(loss, model.parameters(), float(cfg["grad_clip"]))
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))
             tot, n = tot + paper_loss.item() * len(y), n + len(y)
         model.eval()
-        s = score_pairs(bundle, val, store)
+        # scored by the main process alone: every process then takes the same lr and stopping decisions
+        s = dist.on_main(score_pairs, bundle, val, store)
         auroc = _auroc(s["label"], s["cos"])
         sched.step(auroc)
         improved = auroc > best_auroc
         if improved:
             best_auroc, best_epoch, bad = auroc, ep, 0
-            save_clip(bundle, out / "best", {"epoch": ep, "val_auroc": auroc})
+            dist.on_main(save_clip, bundle, out / "best", {"epoch": ep, "val_auroc": auroc})
         else:
             bad += 1
         history.append({"epoch": ep, "train_loss": tot / max(n, 1), "val_loss": _bce(s), "val_auroc": auroc,
                         "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0})
         bar.set_postfix(loss=f"{tot / max(n, 1):.3f}", val_auroc=f"{auroc:.3f}")
-        _atomic_torch_save({"key": h, "epoch": ep, "model": model.state_dict(), "opt": opt.state_dict(),
-                            "sched": sched.state_dict(), "history": history, "best_auroc": best_auroc,
-                            "best_epoch": best_epoch, "bad": bad, "py_rng": ds.rng.getstate(),
-                            "torch_rng": g.get_state()}, last)
+        dist.on_main(_atomic_torch_save, {
+            "key": h, "epoch": ep, "model": model.state_dict(), "opt": opt.state_dict(),
+            "sched": sched.state_dict(), "history": history, "best_auroc": best_auroc,
+            "best_epoch": best_epoch, "bad": bad, "py_rng": ds.rng.getstate(),
+            "torch_rng": g.get_state()}, last)
     bar.close()
+    if par is not None:
+        par.close()
     if bad >= int(cfg["early_stop_patience"]) and history[-1]["epoch"] < epochs:
         stopped_early = True
-    _load_weights(bundle, out / "best")
+    _load_weights(bundle, out / "best")  # every process: the main one wrote it (on_main returns once it has)
     mark(out / "best", h, stage="clip_finetune")
     result = {"done": True, "key": h, "history": history, "best_epoch": best_epoch,
               "best_val_auroc": best_auroc, "stopped_early": stopped_early, "epochs_run": history[-1]["epoch"],
               "checkpoint": str(out / "best"),
               "seconds": round(time.perf_counter() - t_start, 2)}
-    runs.write_json(out / "history.json", result)
-    last.unlink(missing_ok=True)
+    runs.write_json(out / "history.json", result)  # kit.runs: the main process writes
+    if dist.is_main():
+        last.unlink(missing_ok=True)
+    dist.wait()  # no process returns before the run's files are there
     return result
 
 
@@ -355,6 +381,115 @@ def _adamw(params, *, lr: float, weight_decay: float, device) -> torch.optim.Ada
                                  fused=torch.device(device).type in ("cpu", "cuda"))
     except (RuntimeError, ValueError):  # a device/dtype without the fused kernel
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+class _Forward(torch.nn.Module):
+    """`fn(model, *inputs)` as a module's forward: what DDP wraps (it syncs the gradients of what runs
+    through its forward), and what accelerate patches in place of the model itself."""
+
+    def __init__(self, model: torch.nn.Module, fn):
+        super().__init__()
+        self.model, self.fn = model, fn
+
+    def forward(self, *inputs):
+        return self.fn(self.model, *inputs)
+
+
+def _towers(model: torch.nn.Module) -> _Forward:
+    """The fine-tune's forward: normalised image embeddings of the pixels, text embeddings of the tokens."""
+    return _Forward(model, lambda m, pixels, tokens: (m.encode_image(pixels, normalize=True),
+                                                      encode_text(m, tokens, normalize=True)))
+
+
+class _GatherRows(torch.autograd.Function):
+    """Every process's block of rows, concatenated in rank order (blocks of unequal sizes); backward:
+    the sum over processes of the whole batch's gradient, this process's rows of it (a reduce-scatter
+    made of an all-reduce, which gloo has too)."""
+
+    @staticmethod
+    def forward(ctx, own: torch.Tensor, sizes: list[int], rank: int) -> torch.Tensor:
+        import torch.distributed as tdist
+
+        ctx.sizes, ctx.rank = sizes, rank
+        pad = max(sizes) - len(own)  # all_gather wants equal shapes
+        own = torch.cat([own, own.new_zeros((pad, *own.shape[1:]))]) if pad else own.contiguous()
+        parts = [torch.empty_like(own) for _ in sizes]
+        tdist.all_gather(parts, own)
+        return torch.cat([part[:k] for part, k in zip(parts, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        import torch.distributed as tdist
+
+        grad = grad.contiguous().clone()
+        tdist.all_reduce(grad)
+        start = sum(ctx.sizes[:ctx.rank])
+        return grad[start:start + ctx.sizes[ctx.rank]], None, None
+
+
+class _DataParallel:
+    """The CLIP training loops under `accelerate launch` with N processes (kit.dist): DDP through an
+    accelerate.Accelerator (forward module and optimizer prepared, `backward`, `clip_grad_norm_`).
+
+    Every process draws the batches one process would (same seeds, the plain DataLoader; a prepared one
+    would shard the sampler, and every process would repeat the others' augmentation draws) and runs
+    its block of each batch's images (kit.dist.my_share's rule) through the model. The embeddings are
+    gathered with their gradients and every process computes the whole batch's loss, so the gradient
+    DDP averages is the one a single process computes on that batch, up to float rounding: an image
+    embedding's gradient comes back from each of the N processes (DDP divides by N), and what every
+    process computes itself (the fine-tune's texts, the logit scale) has the full gradient everywhere.
+    The price: every process loads and augments the whole batch. Training stays fp32, as in one
+    process, whatever mixed precision the launch sets."""
+
+    def __init__(self, forward: torch.nn.Module, opt: torch.optim.Optimizer, bundle: ClipBundle):
+        from accelerate import Accelerator
+        from accelerate.utils import AutocastKwargs
+
+        self.bundle = bundle
+        # cpu: as kit.dist.state() asks (gloo processes without a GPU); the kit has put the model on its device
+        self.acc = Accelerator(cpu=not torch.cuda.is_available(), device_placement=False,
+                               kwargs_handlers=[AutocastKwargs(enabled=False)])
+        if self.acc.device.type != torch.device(bundle.device).type:
+            raise RuntimeError(f"the CLIP is on {bundle.device} but accelerate's processes run on "
+                               f"{self.acc.device}; under accelerate launch leave the profile's device at auto")
+        self.ddp, self.opt = self.acc.prepare(forward, opt)
+        self.n, self.rank = self.acc.num_processes, self.acc.process_index
+
+    def sizes(self, n: int) -> list[int]:
+        """Each process's block size of an n-item batch (kit.dist.my_share's rule)."""
+        base, extra = divmod(n, self.n)
+        return [base + (1 if r < extra else 0) for r in range(self.n)]
+
+    def own(self, batch: torch.Tensor) -> torch.Tensor:
+        """This process's contiguous block of the batch's rows; its first row when the block is empty
+        (a batch smaller than the number of processes): DDP needs every process to run the model,
+        and `gather` drops that row."""
+        sizes = self.sizes(len(batch))
+        start = sum(sizes[:self.rank])
+        return batch[start:start + sizes[self.rank]] if sizes[self.rank] else batch[:1]
+
+    def gather(self, rows: torch.Tensor, n: int) -> torch.Tensor:
+        """Every process's rows of an n-row batch (what it computed from `own`), in rank order, on
+        every process; the gradient of each block flows back to the process that computed it."""
+        sizes = self.sizes(n)
+        return _GatherRows.apply(rows[:sizes[self.rank]], sizes, self.rank)
+
+    def encode(self, pixels: torch.Tensor, uniq: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`batch_logits`' encoder (through `_towers`): this process's block of the images, gathered; every text."""
+        dev = self.bundle.device
+        img, txt = self.ddp(self.own(pixels).to(dev), self.bundle.tokenizer(uniq).to(dev))
+        return self.gather(img, len(pixels)), txt
+
+    def step(self, loss: torch.Tensor, params, max_norm: float) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self.acc.backward(loss)
+        self.acc.clip_grad_norm_(params, max_norm)
+        self.opt.step()
+
+    def close(self) -> None:
+        """Drop the DDP wrapper (the model itself stays as it was, trained)."""
+        self.acc.free_memory()
+        self.ddp = self.opt = None
 
 
 def _atomic_torch_save(obj, path: Path) -> None:

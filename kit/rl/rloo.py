@@ -164,15 +164,19 @@ class KitRLOOTrainer(RLOOTrainer):
         if mode != "train" or self._captured_rewards is None:
             return output
         k = self.num_generations
+        # TRL gathers the rewards of every process (rank order) before its advantages, so `rewards` and
+        # `greedy` hold the whole group's; this process trains on its own rows: the slice TRL takes
         rewards = self._weighted(self._captured_rewards).cpu().view(-1, k)
+        mine = slice(self.accelerator.process_index * len(inputs), (self.accelerator.process_index + 1) * len(inputs))
         if self.baseline == "rloo":
-            adv = output["advantages"].detach().cpu().view(-1, k)  # TRL's own Eq. 1
+            adv = None  # TRL's own Eq. 1, already this process's slice
         else:
             adv = compute_advantages(rewards, self.baseline, greedy)
             if self.normalize_advantages:
                 adv = (adv - adv.mean()) / (adv.std() + 1e-4)
-            # single process here: TRL's process slice is the whole batch
-            output["advantages"] = adv.reshape(-1).to(output["advantages"].device, output["advantages"].dtype)
+            output["advantages"] = adv.reshape(-1)[mine].to(output["advantages"].device, output["advantages"].dtype)
+        if adv is None:  # the whole group's TRL advantages, for the records
+            adv = self.accelerator.gather(output["advantages"].detach()).cpu().view(-1, k)
         self.last_batch = {"rewards": rewards, "greedy_rewards": greedy, "advantages": adv}
         self._record(inputs, rewards, adv, greedy, greedy_texts)
         return output
@@ -194,8 +198,10 @@ class KitRLOOTrainer(RLOOTrainer):
             rec["greedy_reward"] = float(torch.nanmean(greedy))
         self.reward_log.append(rec)
         self._metrics["train"]["reward_best_of_k"].append(rec["best_of_k"])
-        # the first prompt's k completions (TRL's order: k consecutive rows per prompt)
-        comp_texts = list(self._logs["completion"])[-len(inputs):]
+        # the first prompt's k completions (TRL's order: k consecutive rows per prompt). TRL's logs hold
+        # every process's completions, gathered in rank order, as `rewards` does: the group's first
+        # prompt is the main process's, whose `inputs[0]` names it
+        comp_texts = list(self._logs["completion"])[-len(inputs) * self.accelerator.num_processes:]
         texts = [c[0]["content"] if isinstance(c, list) else str(c) for c in comp_texts[:k]]
         sample = {"step": step, "epoch": epoch, "id": inputs[0].get("id"), "completions": texts,
                   "rewards": rewards[0].tolist(), "advantages": adv[0].tolist()}
@@ -205,8 +211,8 @@ class KitRLOOTrainer(RLOOTrainer):
         self.samples_log.append(sample)
 
     def flush_logs(self) -> None:
-        """Write reward_log.jsonl and samples.jsonl (atomic). Done with every checkpoint and at the end of
-        training, not every step: rewriting both files each step cost the kit ~5% of a tiny step."""
+        """Write reward_log.jsonl and samples.jsonl (atomic; the main process). Done with every checkpoint
+        and at the end of training, not every step: rewriting both files each step cost the kit ~5% of a tiny step."""
         if self.log_dir is not None:
             runs.write_jsonl(self.log_dir / REWARD_LOG, self.reward_log)
             runs.write_jsonl(self.log_dir / SAMPLES, self.samples_log)
@@ -294,9 +300,11 @@ def train_rloo(model, processor, reward_funcs: Callable | list, rows: list[dict]
     trainer.train(resume_from_checkpoint=ckpt)
     seconds = time.time() - t0
     final = out_dir / "final"
-    trainer.save_model(str(final))
-    processor.save_pretrained(str(final))
+    trainer.save_model(str(final))  # every process: DeepSpeed/FSDP gather the weights here; one writes
+    if trainer.accelerator.is_main_process:
+        processor.save_pretrained(str(final))
     trainer.flush_logs()
+    trainer.accelerator.wait_for_everyone()
     return {"reward_log": trainer.reward_log, "per_epoch": per_epoch(trainer.reward_log),
             "samples": trainer.samples_log, "log_history": trainer.state.log_history,
             "checkpoint": str(final), "seconds": seconds, "trainer": trainer, "before_train": hook}

@@ -60,6 +60,7 @@ def gradient_variance(trainer, rows: Sequence[Mapping] | None = None, *, n_promp
         index = torch.randperm(n_params, generator=gen)[:max_coords].to(params[0].device)
     scale = n_params / (index.numel() if index is not None else n_params)
     k = trainer.num_generations
+    mine = trainer.accelerator.process_index
 
     saved = (trainer.log_dir, list(trainer.reward_log), list(trainer.samples_log), trainer.compute_greedy,
              trainer.state.num_input_tokens_seen)
@@ -78,7 +79,8 @@ def gradient_variance(trainer, rows: Sequence[Mapping] | None = None, *, n_promp
                     out = trainer._generate_and_score_completions([dict(row) for _ in range(k)])
                     lb = trainer.last_batch
                     for b in baselines:
-                        adv = compute_advantages(lb["rewards"], b, lb["greedy_rewards"])
+                        # rewards are every process's groups (rank order): this process's gradient is of its own
+                        adv = compute_advantages(lb["rewards"], b, lb["greedy_rewards"])[mine]
                         batch = dict(out, advantages=adv.reshape(-1).to(out["advantages"].device))
                         loss = trainer._compute_loss(model, batch)
                         G[b].append(_flat_grad(loss, params, index).cpu())

@@ -27,6 +27,22 @@ STAGE_FUNCTIONS = {
 }
 
 
+# Not split over processes: under `accelerate launch` the main process runs these alone (the toy
+# world's rendering, the report and the battles are cheap, or wait on an API with its own concurrency)
+ON_MAIN = {"prepare_data", "evaluate", "coda_evaluate"}
+
+
+def run_stage(name: str, P, run_dir):
+    """Stage `name` on (params, run_dir) in this process; under several processes every process calls
+    this (kit.dist): the stage splits its work, or the main process runs it alone (ON_MAIN)."""
+    from kit import dist
+
+    fn = stage_function(name)
+    out = dist.on_main(fn, P, run_dir) if name in ON_MAIN else fn(P, run_dir)
+    dist.wait()
+    return out
+
+
 def stage_function(name: str) -> Callable:
     if name not in STAGE_FUNCTIONS:
         raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGE_FUNCTIONS)}")

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from kit import runs
+from kit import dist, runs
 from kit.labels import ACTION_PROMPT, format_action_answer
 
 STAGE = "action_sft"
@@ -169,7 +169,7 @@ def run_action_sft(P: Mapping, run_dir) -> dict:
     runs.record_metrics(run_dir, STAGE, metrics)
     from kit.rl.figures import figures_from_run as _figs
 
-    metrics["figures"] = [str(p) for p in _figs(run_dir, stages=(STAGE,))]
+    metrics["figures"] = [str(p) for p in dist.on_main(_figs, run_dir, stages=(STAGE,))]
     metrics["seconds"] = time.time() - t0
     runs.record_metrics(run_dir, STAGE, {"figures": metrics["figures"], "seconds": metrics["seconds"]})
     return metrics

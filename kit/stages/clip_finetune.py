@@ -29,6 +29,9 @@ def _strip_roc(m: Mapping) -> dict:
 
 
 def run_clip_finetune(P: Mapping, run_dir) -> dict:
+    """Under `accelerate launch` with N processes the fine-tunes are data-parallel (kit.reward.finetune);
+    the main process scores the pairs, draws the figures and writes the files."""
+    from kit import dist
     from kit.data import load_bdd_split
     from kit.models.clip import load_clip
     from kit.reward.clip_reward import CLIPReward
@@ -60,7 +63,7 @@ def run_clip_finetune(P: Mapping, run_dir) -> dict:
         for split, ps in pairs.items():
             runs.write_jsonl(td / f"pairs_{split}.jsonl", [p.to_dict() for p in ps])
         store = ImageStore.for_bundle([p.image_path for _, ps in pairs.items() for p in ps], base)
-        before = {sp: score_pairs(base, pairs[sp], store) for sp in ("val", "test")}
+        before = {sp: dist.on_main(score_pairs, base, pairs[sp], store) for sp in ("val", "test")}
         bundle = clone_bundle(base)
         truths = {str(s.image_path): true_texts(s, tgt) for s in samples}
         # one folder per key: changed settings, another starting CLIP or other images train afresh
@@ -68,7 +71,7 @@ def run_clip_finetune(P: Mapping, run_dir) -> dict:
         fit = finetune_clip(bundle, pairs.train, pairs.val, keyed_dir(td / "checkpoints", key), C,
                             seed=int(P.get("seed", 0)), store=store, desc=f"fine-tune CLIP on {tgt} pairs",
                             truths=truths, upstream=upstream)
-        after = {sp: score_pairs(bundle, pairs[sp], store) for sp in ("val", "test")}
+        after = {sp: dist.on_main(score_pairs, bundle, pairs[sp], store) for sp in ("val", "test")}
         res = {"pairs": pairs.stats, "checkpoint": fit["checkpoint"], "key": key, "reused": bool(fit.get("resumed")),
                "best_epoch": fit["best_epoch"],
                "best_val_auroc": fit["best_val_auroc"], "epochs_run": fit["epochs_run"],
@@ -87,7 +90,7 @@ def run_clip_finetune(P: Mapping, run_dir) -> dict:
     table_samples = load_bdd_split(P, rd, "test", int(C.get("table_samples") or 0) or None).samples
     rewards = {"pretrained": CLIPReward(base, threshold=thr)}
     rewards.update({f"{t}_ft": CLIPReward(b, threshold=thr) for t, b in tuned.items()})
-    table = similarity_table(rewards, table_samples, thr)
+    table = dist.on_main(similarity_table, rewards, table_samples, thr)
     runs.write_json(sd / "table1.json", {"threshold": thr, "samples": len(table_samples), "split": "test",
                                          "table": table})
 
@@ -100,7 +103,7 @@ def run_clip_finetune(P: Mapping, run_dir) -> dict:
         "seconds": round(time.perf_counter() - t0, 2),
     }
     runs.record_metrics(rd, STAGE, out)
-    out["figures"] = [str(p) for p in figures_from_run(rd)]
+    out["figures"] = [str(p) for p in dist.on_main(figures_from_run, rd)]
     return out
 
 

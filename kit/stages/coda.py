@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Mapping
 
-from kit import runs
+from kit import dist, runs
 from kit.coda.vqa import TASKS, VqaItem, vqa_for, write_answers
 from kit.stages.key import artifact_id, keyed_training, stage_key
 
@@ -76,6 +76,7 @@ def generate_submission(model, processor, items: Mapping[str, list[VqaItem]], P:
             desc=f"{desc}: {task}")
         out[task] = [r["answer"] for r in recs]
         write_answers(pred_dir, task, its, out[task])
+    dist.wait()  # the main process wrote them; the judge reads them back on every process
     return out
 
 

@@ -66,9 +66,21 @@ def artifact_id(where: str | os.PathLike) -> str:
 
 
 def stage_key(settings: Mapping[str, Any], upstream: Mapping[str, str] | None = None) -> str:
-    """The key of a stage: its settings plus the identities of what it starts from (artifact_id)."""
-    return params_hash({"settings": json.loads(json.dumps(settings, sort_keys=True, default=str)),
-                        "upstream": dict(sorted((upstream or {}).items()))})
+    """The key of a stage: its settings plus the identities of what it starts from (artifact_id).
+
+    Under several processes (kit.dist) their number is a setting too: each trains on its share of
+    every batch and generates its own block, so the result is not the one a single process makes."""
+    settings = {**json.loads(json.dumps(settings, sort_keys=True, default=str)), **processes()}
+    return params_hash({"settings": settings, "upstream": dict(sorted((upstream or {}).items()))})
+
+
+def processes() -> dict:
+    """{"processes": N} when N > 1 processes train and generate (kit.dist.key_processes), else {}: a
+    setting of every key, left out for one process so that keys made before stay valid."""
+    from kit import dist
+
+    n = dist.key_processes()
+    return {"processes": n} if n > 1 else {}
 
 
 def keyed_dir(parent: str | os.PathLike, key: str) -> Path:

@@ -18,9 +18,9 @@ from kit import runs
 from kit.models import clip as kclip
 from kit.params import params_hash
 from kit.reward.clip_reward import CLIPReward
-from kit.reward.finetune import _adamw
+from kit.reward.finetune import _adamw, _DataParallel, _Forward
 from kit.reward.pairs import swap_left_right
-from kit.stages.key import mark
+from kit.stages.key import mark, processes
 
 
 def _load_items(root: Path, split: str, max_samples: int | None = None):
@@ -56,9 +56,14 @@ def pretrain_clip(bundle: kclip.ClipBundle, train_items: Sequence, cfg: Mapping,
                   flip: bool = True) -> list[dict]:
     """Contrastive pretraining with open_clip's ClipLoss (AdamW, cosine lr). `train_items` are
     (PIL image, caption). With `flip`, half of each batch is mirrored and its caption's left/right
-    swapped. Returns per-epoch {epoch, loss, seconds}."""
+    swapped. Returns per-epoch {epoch, loss, seconds}.
+
+    Under `accelerate launch` with N processes it trains data-parallel (kit.reward.finetune._DataParallel):
+    every process its block of each batch, the loss over the whole batch's gathered embeddings."""
     from open_clip import ClipLoss
     from tqdm.auto import tqdm
+
+    from kit import dist
 
     epochs, lr, bs = int(cfg["clip_epochs"]), float(cfg["clip_lr"]), int(cfg["clip_batch_size"])
     model, dev = bundle.model, bundle.device
@@ -71,8 +76,10 @@ def pretrain_clip(bundle: kclip.ClipBundle, train_items: Sequence, cfg: Mapping,
     opt = _adamw(model.parameters(), lr=lr, weight_decay=0.1, device=dev)  # fused kernel: see kit.reward.finetune
     steps = epochs * math.ceil(len(train_items) / bs)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
+    # One process: None, and the loop is the plain PyTorch one (its numbers are the README's).
+    par = _DataParallel(_Forward(model, lambda m, x, t: m(x, t)), opt, bundle) if dist.num_processes() > 1 else None
     hist = []
-    bar = tqdm(range(epochs), desc="pretrain tiny CLIP")
+    bar = tqdm(range(epochs), desc="pretrain tiny CLIP", disable=not dist.is_main())
     for ep in bar:
         model.train()
         t0, tot, nb = time.perf_counter(), 0.0, 0
@@ -86,18 +93,25 @@ def pretrain_clip(bundle: kclip.ClipBundle, train_items: Sequence, cfg: Mapping,
                 m = torch.rand(len(idx), generator=g) < 0.5
                 x[m] = x[m].flip(-1)
                 t[m] = toks_flip[idx][m]
-            img, txt, scale = model(x.to(dev), t.to(dev))
-            loss = loss_fn(img, txt, scale)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            if par is None:
+                img, txt, scale = model(x.to(dev), t.to(dev))
+                loss = loss_fn(img, txt, scale)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+            else:  # this process's block of the batch; the loss over every process's embeddings
+                img, txt, scale = par.ddp(par.own(x).to(dev), par.own(t).to(dev))
+                loss = loss_fn(par.gather(img, len(idx)), par.gather(txt, len(idx)), scale)
+                par.step(loss, model.parameters(), 1.0)
             sched.step()
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))
             tot, nb = tot + loss.item(), nb + 1
         hist.append({"epoch": ep + 1, "loss": tot / max(nb, 1), "seconds": time.perf_counter() - t0})
         bar.set_postfix(loss=f"{hist[-1]['loss']:.3f}")
+    if par is not None:
+        par.close()
     model.eval()
     return hist
 
@@ -105,7 +119,11 @@ def pretrain_clip(bundle: kclip.ClipBundle, train_items: Sequence, cfg: Mapping,
 def run_prepare_clip(P: Mapping, run_dir) -> dict:
     """Build + pretrain the tiny CLIP into run_dir/prepare/models/clip; record
     metrics.json["prepare"]["models"]["clip"]. Skipped (recorded as such) for real CLIP names or
-    with pretrain.enabled false; a rerun with the same settings reuses the saved model."""
+    with pretrain.enabled false; a rerun with the same settings reuses the saved model.
+
+    Under `accelerate launch` with N processes the pretraining is data-parallel; the main process
+    measures retrieval and writes the model."""
+    from kit import dist
     from kit.data import bdd_oia_root
 
     rd = runs.resolve_run_dir(run_dir)
@@ -117,7 +135,7 @@ def run_prepare_clip(P: Mapping, run_dir) -> dict:
         return out
     out_dir = kclip.tiny_clip_dir(rd)
     settings = {"pretrain": {k: v for k, v in pre.items() if k.startswith("clip_") or k == "enabled"},
-                "seed": P.get("seed"), "data": P.get("data"), "config": kclip.TINY_CONFIG.read_text()}
+                "seed": P.get("seed"), "data": P.get("data"), "config": kclip.TINY_CONFIG.read_text(), **processes()}
     h = params_hash(settings)
     cfg_path = out_dir / kclip.CONFIG_FILE
     saved = (runs.read_json(cfg_path, {}) or {}).get("kit", {}) if cfg_path.exists() else {}
@@ -131,12 +149,12 @@ def run_prepare_clip(P: Mapping, run_dir) -> dict:
     seed = int(P.get("seed", 0))
     bundle = kclip.build_tiny_clip(seed=seed, device=_device(P))
     val = _load_items(root, "val")
-    before = retrieval_accuracy(bundle, [im for im, _ in val], [c for _, c in val])
+    before = dist.on_main(retrieval_accuracy, bundle, [im for im, _ in val], [c for _, c in val])
     hist = []
     if pre.get("enabled", True):
         train = _load_items(root, "train")
         hist = pretrain_clip(bundle, train, pre, seed=seed)
-    after = retrieval_accuracy(bundle, [im for im, _ in val], [c for _, c in val])
+    after = dist.on_main(retrieval_accuracy, bundle, [im for im, _ in val], [c for _, c in val])
     out = {
         "path": str(out_dir), "architecture": kclip.TINY_NAME,
         "parameters": sum(p.numel() for p in bundle.model.parameters()),
@@ -146,8 +164,8 @@ def run_prepare_clip(P: Mapping, run_dir) -> dict:
         "logit_scale": float(bundle.model.logit_scale.detach().exp()),
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    kclip.save_clip(bundle, out_dir, {"settings_hash": h, "metrics": out,
-                                      "what": "tiny CLIP, contrastively pretrained on toy-world captions"})
+    extra = {"settings_hash": h, "metrics": out, "what": "tiny CLIP, contrastively pretrained on toy-world captions"}
+    dist.on_main(kclip.save_clip, bundle, out_dir, extra)
     mark(out_dir, h, stage="prepare_clip")  # later stages' keys take this as the model's identity
     runs.record_metrics(rd, "prepare", {"models": {"clip": out}})
     return out

@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from kit import runs
+from kit import dist, runs
 from kit.labels import DESCRIBE_PROMPT
 from kit.params import params_hash
-from kit.stages.key import mark
+from kit.stages.key import mark, processes
 
 STAGE = "prepare"
 SUB = "vlm_pretrain"
@@ -34,7 +34,7 @@ def _pretrain_params(P: Mapping) -> dict:
     pt = P.get("pretrain") or {}
     return {"vlm": {k: v for k, v in (P["models"]["vlm"]).items() if k in ("name", "image_size", "tiny")},
             "pretrain": {k: v for k, v in pt.items() if k.startswith("vlm_") or k == "enabled"},
-            "data": P.get("data"), "seed": P.get("seed")}
+            "data": P.get("data"), "seed": P.get("seed"), **processes()}
 
 
 def caption_rows(samples: Sequence, captions: Mapping[str, str], prompt: str = DESCRIBE_PROMPT) -> list[dict]:
@@ -112,15 +112,19 @@ def run_prepare_vlm(P: dict, run_dir) -> dict:
     from kit.train.sft import train_sft
 
     work = runs.stage_dir(rd, STAGE) / SUB
-    if prev.get("params_hash") not in (None, h):  # settings changed: start over
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
     root = bdd_oia_root(P, rd)
     data_root = root.parent if (root.parent / "coda_lm").exists() else root
     init_dir = work / "init"
-    if not (init_dir / "config.json").is_file():
-        build_tiny_vlm(init_dir, toyworld.text_corpus(data_root), image_size=int(vp["image_size"]),
-                       cfg=vp.get("tiny"), seed=int(P["seed"]))
+
+    def build():  # the main process builds; under several processes the others wait and load it
+        if prev.get("params_hash") not in (None, h):  # settings changed: start over
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+        if not (init_dir / "config.json").is_file():
+            build_tiny_vlm(init_dir, toyworld.text_corpus(data_root), image_size=int(vp["image_size"]),
+                           cfg=vp.get("tiny"), seed=int(P["seed"]))
+
+    dist.on_main(build)
     t_build = time.time() - t0
 
     res = {"name": TINY, "path": str(final), "tiny": True, "params_hash": h,
@@ -130,7 +134,7 @@ def run_prepare_vlm(P: dict, run_dir) -> dict:
     n_params = sum(p.numel() for p in AutoModelForImageTextToText.from_pretrained(init_dir).parameters())
     res["n_params"] = n_params
     if not pt.get("enabled", True):
-        shutil.copytree(init_dir, final, dirs_exist_ok=True)
+        dist.on_main(shutil.copytree, init_dir, final, dirs_exist_ok=True)
         mark(final, h, stage="prepare_vlm")
         res["seconds"] = round(time.time() - t0, 2)
         runs.record_metrics(rd, STAGE, {"models": {"vlm": res}})
@@ -169,12 +173,15 @@ def run_prepare_vlm(P: dict, run_dir) -> dict:
     runs.write_jsonl(work / "captions.jsonl", caps)
 
     # publish the pretrained model where load_vlm looks for `tiny` (atomic: copy, then rename)
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(tr["checkpoint"], tmp)
-    mark(tmp, h, stage="prepare_vlm")  # later stages' keys take this as the model's identity
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    def publish():
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(tr["checkpoint"], tmp)
+        mark(tmp, h, stage="prepare_vlm")  # later stages' keys take this as the model's identity
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+
+    dist.on_main(publish)
 
     res.update({
         "caption_loss_before": round(before, 4), "caption_loss_after": round(after, 4),
@@ -185,7 +192,7 @@ def run_prepare_vlm(P: dict, run_dir) -> dict:
     })
     res["seconds"] = round(time.time() - t0, 2)
     runs.record_metrics(rd, STAGE, {"models": {"vlm": res}})
-    res["figures"] = [str(f) for f in figures_from_run(rd)]
+    res["figures"] = [str(f) for f in dist.on_main(figures_from_run, rd)]
     runs.record_metrics(rd, STAGE, {"models": {"vlm": {"figures": res["figures"]}}})
     return res
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from kit import runs
+from kit import dist, runs
 from kit.labels import DESCRIBE_PROMPT
 
 STAGE = "rloo"
@@ -191,7 +191,7 @@ def run_rloo(P: Mapping, run_dir) -> dict:
                          eval_split: str(sd / f"descriptions_{eval_split}.jsonl")},
     }
     runs.record_metrics(run_dir, STAGE, metrics)
-    metrics["figures"] = [str(p) for p in _figs(run_dir, stages=(STAGE,))]
+    metrics["figures"] = [str(p) for p in dist.on_main(_figs, run_dir, stages=(STAGE,))]
     metrics["seconds"] = time.time() - t0
     runs.record_metrics(run_dir, STAGE, {"figures": metrics["figures"], "seconds": metrics["seconds"]})
     del model

@@ -19,7 +19,7 @@ from typing import Mapping
 
 from tqdm.auto import tqdm
 
-from kit import runs
+from kit import dist, runs
 from kit.labels import ACTIONS, ANSWER_PROMPT, REASONS, format_answer
 from kit.stages.key import artifact_id, keyed_training, samples_id, stage_key
 
@@ -71,7 +71,7 @@ def _evaluate(model, processor, samples, P, out_dir: Path, tag: str, title: str)
 
     recs = predict_bdd(model, processor, samples, P, out_dir / "predictions.jsonl", tag=tag, desc=f"{title}: predict")
     m = track_b_metrics(recs)
-    figs = figures_for_predictions(out_dir / "predictions.jsonl", out_dir / "figures", title)
+    figs = dist.on_main(figures_for_predictions, out_dir / "predictions.jsonl", out_dir / "figures", title)
     return m, figs
 
 
@@ -152,7 +152,7 @@ def run_sft_baseline(P: Mapping, run_dir) -> dict:
         "beats_baselines": _beats(m, mm, direct),
     }
     runs.record_metrics(run_dir, STAGE, res)
-    figs = figures_from_run(run_dir)
+    figs = dist.on_main(figures_from_run, run_dir)
     res["figures"] = [str(f) for f in figs]
     res["seconds"] = round(time.time() - t0, 2)
     runs.record_metrics(run_dir, STAGE, {"figures": res["figures"], "seconds": res["seconds"]})

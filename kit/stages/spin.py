@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Mapping
 
-from kit import runs
+from kit import dist, runs
 from kit.coda import spin as S
 from kit.coda.vqa import TASKS, VqaItem, read_answers, vqa_for
 from kit.params import params_hash
@@ -116,9 +116,15 @@ def _round_synthetic(P, run_dir, rd: Path, records: list[dict], pool, captioner,
         records = [r for r in new if r.get("output")]
     out = rd / "synthesis" / "data"
     if marked_key(out) != key:
-        pipeline.write_split(records, pool, out)
-        mark(out, key, stage="spin")
+        dist.on_main(_write_marked, records, pool, out, key)
     return vqa_for(P, out / "CODA-LM" / "Train", images=True), info
+
+
+def _write_marked(records: list[dict], pool, out: Path, key: str) -> None:
+    from kit.synth import pipeline
+
+    pipeline.write_split(records, pool, out)
+    mark(out, key, stage="spin")
 
 
 def _round_battles(P, run_dir, rd: Path, judge, refs, names: dict[str, str]) -> dict:
@@ -148,7 +154,6 @@ def _round_battles(P, run_dir, rd: Path, judge, refs, names: dict[str, str]) -> 
 
 def run_spin(P: Mapping, run_dir, variant: str) -> dict:
     """Every round of one variant (see the module docstring); returns the variant's summary."""
-    from kit import dist
     from kit.judge.base import make_judge
     from kit.models.vlm import load_vlm, lora_config, vlm_settings
     from kit.stages.coda import current_sft_key, evaluate_model, split_items
@@ -157,10 +162,6 @@ def run_spin(P: Mapping, run_dir, variant: str) -> dict:
 
     if variant not in S.VARIANTS:
         raise ValueError(f"params spin.variants: unknown variant {variant!r}; expected some of {list(S.VARIANTS)}")
-    if dist.num_processes() > 1:
-        # every process would generate, judge and write the same files: not safe yet (issue #15)
-        raise RuntimeError("kit stage spin runs in one process for now; launch it without accelerate's "
-                           "--num_processes (several GPUs: issue #15)")
     t0 = time.time()
     sp = P["spin"]
     start_stage = S.VARIANTS[variant][0]
@@ -265,6 +266,6 @@ def run_spin_all(P: Mapping, run_dir) -> dict:
     runs.forget_metrics(run_dir, [k for k in m if any(k.startswith(f"{S.STAGE}/{v}/") for v in gone)]
                         + [(S.STAGE, "variants", v) for v in gone])
     out = {v: run_spin(P, run_dir, v) for v in variants}
-    figs = S.figures_from_run(run_dir)
+    figs = dist.on_main(S.figures_from_run, run_dir)
     runs.record_metrics(run_dir, S.STAGE, {"figures": [str(f) for f in figs]})
     return out

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Mapping
 
-from kit import runs
+from kit import dist, runs
 from kit.params import params_hash
 from kit.stages.key import artifact_id, keyed_dir, mark, marked_key, stage_key
 
@@ -85,9 +85,9 @@ def database(P: Mapping, run_dir, bundle, proposer, samples, clip: str):
                                                          for s in samples])})
     folder = runs.stage_dir(run_dir, STAGE) / "database" / key
     db = VisualTextDB.load(folder)
-    if db is None:
+    if db is None:  # every process builds the same database; the main one saves it
         db = build_database(bundle, samples, proposer, cfg["naming"], seed=int(P["seed"]))
-        db.save(folder)
+        dist.on_main(db.save, folder)
     return db, key
 
 
@@ -138,8 +138,11 @@ def run_synthesis(P: Mapping, run_dir, *, captioner=None, stage: str = STAGE, bu
     records = pipeline.synthesize(steps, pool, keyed_dir(sd / "work", key), desc=f"{stage}: {len(pool)} images")
     out_root = sd / "data"
     if marked_key(out_root) != key:
-        pipeline.write_split(records, pool, out_root)
-        mark(out_root, key, stage=stage)
+        def write():
+            pipeline.write_split(records, pool, out_root)
+            mark(out_root, key, stage=stage)
+
+        dist.on_main(write)
     describe = {"backends": {"regions": steps.proposer.name, "naming": "clip-retrieval",
                              "knowledge": steps.kb.backend, "caption": upstream["captioner"],
                              "writer": steps.writer.describe()},
@@ -160,7 +163,7 @@ def run_synthesis(P: Mapping, run_dir, *, captioner=None, stage: str = STAGE, bu
         runs.write_json(sd / "quality.json", entry["quality"])
     from kit.synth.figures import figures_from_run
 
-    entry["figures"] = [str(p) for p in figures_from_run(run_dir, stage)]
+    entry["figures"] = [str(p) for p in dist.on_main(figures_from_run, run_dir, stage)]
     entry["seconds"] = round(time.time() - t0, 2)
     runs.record_metrics(run_dir, stage, entry)
     return entry

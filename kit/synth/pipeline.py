@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
@@ -151,40 +151,51 @@ def rewrite(steps: Steps, records: Sequence[Mapping], pool: Sequence[Path], work
     records, with `steps.captioner` now the current round's model; regions, names and descriptions
     are kept. Resumable chunk by chunk in `work_dir`, like `synthesize`."""
     by_name = {p.name: p for p in pool}
-    n = max(1, int(steps.cfg["chunk_size"]))
-    work_dir.mkdir(parents=True, exist_ok=True)
-    out: list[dict] = []
-    with tqdm(total=len(records), desc=desc) as bar:
-        for ci in range(0, len(records), n):
-            part = [dict(r, seconds=dict(r["seconds"])) for r in records[ci:ci + n]]
-            f = work_dir / f"chunk_{ci // n:05d}.jsonl"
-            recs = runs.read_jsonl(f) if f.exists() else None
-            if recs is None or [r["file_name"] for r in recs] != [r["file_name"] for r in part]:
-                caption_and_write(steps, [_open(by_name[r["file_name"]]) for r in part], part)
-                recs = part
-                runs.write_jsonl(f, recs)
-            out += recs
-            bar.update(len(part))
-    return out
+
+    def one(part: list[dict]) -> list[dict]:
+        part = [dict(r, seconds=dict(r["seconds"])) for r in part]
+        caption_and_write(steps, [_open(by_name[r["file_name"]]) for r in part], part)
+        return part
+
+    return _by_chunk(steps, list(records), work_dir, one, lambda r: r["file_name"], desc)
 
 
 def synthesize(steps: Steps, pool: Sequence[Path], work_dir: Path, *, desc: str = "synthesis") -> list[dict]:
     """Records for the whole pool, from `work_dir`'s finished chunks plus the rest, processed now.
     Chunk i holds images [i*chunk_size, (i+1)*chunk_size) and is written once all its steps ran."""
+    return _by_chunk(steps, list(pool), work_dir, lambda part: process_chunk(steps, part), lambda p: p.name, desc)
+
+
+def _by_chunk(steps: Steps, items: list, work_dir: Path, process: Callable[[list], list[dict]],
+              name: Callable[[Any], str], desc: str) -> list[dict]:
+    """`process` over `items` in chunks of `synth.chunk_size`, each chunk's records saved as
+    `work_dir/chunk_<i>.jsonl` once done (a rerun reuses a chunk whose file names match). Under several
+    processes each takes a block of chunks (kit.dist) and every process gets every record, in order;
+    the writer's counts are summed over the processes."""
+    from kit import dist
+
     n = max(1, int(steps.cfg["chunk_size"]))
     work_dir.mkdir(parents=True, exist_ok=True)
+    starts = list(range(0, len(items), n))
+    mine = [starts[i] for i in dist.my_share(len(starts))]
+    before = dict(steps.writer.stats)
     out: list[dict] = []
-    with tqdm(total=len(pool), desc=desc) as bar:
-        for ci in range(0, len(pool), n):
-            part = list(pool[ci:ci + n])
+    with tqdm(total=len(items), desc=desc, disable=not dist.is_main()) as bar:
+        for ci in mine:
+            part = items[ci:ci + n]
             f = work_dir / f"chunk_{ci // n:05d}.jsonl"
             recs = runs.read_jsonl(f) if f.exists() else None
-            if recs is None or [r["file_name"] for r in recs] != [p.name for p in part]:
-                recs = process_chunk(steps, part)
-                runs.write_jsonl(f, recs)
+            if recs is None or [r["file_name"] for r in recs] != [name(x) for x in part]:
+                recs = process(part)
+                runs.write_jsonl(f, recs, every_rank=True)  # this process's chunk
             out += recs
-            bar.update(len(part))
-    return out
+            bar.update(len(part) * dist.num_processes())
+    if dist.num_processes() == 1:
+        return out
+    mine_counts = {k: v - before.get(k, 0) for k, v in steps.writer.stats.items() if isinstance(v, (int, float))}
+    for k, v in dist.sum_counts(mine_counts).items():
+        steps.writer.stats[k] = before.get(k, 0) + v
+    return dist.gather_in_order(out)
 
 
 # --- the CODA-LM split -------------------------------------------------------------------------
