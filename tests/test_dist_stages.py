@@ -198,3 +198,19 @@ def test_rloo_samples_pair_each_prompt_with_its_own_completions_and_rewards(two_
         frames = frames_of(by_id[s["id"]], P)
         again = reward.clip_score([frames] * len(s["completions"]), s["completions"], kind=P["clip_finetune"]["reward_score"])
         assert again == pytest.approx(s["rewards"], abs=1e-4), s["id"]
+
+
+def test_kit_run_launches_each_notebooks_stages_under_accelerate(tmp_path, monkeypatch):
+    """`kit run --launcher accelerate`: notebook 00's stages in 2 processes (params/accelerate/cpu.yaml),
+    then the notebook in one, which reuses what they trained (keyed by the launch's 2 processes)."""
+    from kit import runner
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    rd = tmp_path / "run"
+    out = runner.run("tiny", str(rd), only=["00"], overrides=dict(MINI), track="B", launcher="accelerate",
+                     config_file=str(PROJECT_ROOT / "params" / "accelerate" / "cpu.yaml"))
+    assert out["stages"] == {"prepare": "ok"}
+    models = runs.read_metrics(rd)["prepare"]["models"]
+    # trained by the launch: the notebook, one process, found them under the 2-process keys
+    assert models["clip"]["processes"] == 2 and models["vlm"]["processes"] == 2
+    assert "KIT_KEY_PROCESSES" not in os.environ

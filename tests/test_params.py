@@ -76,3 +76,28 @@ def test_accelerate_configs_load_with_accelerates_own_loader():
         assert cfg.num_processes >= 1
     zero2 = load_config_from_file(str(PROJECT_ROOT / "params" / "accelerate" / "zero2.yaml"))
     assert zero2.distributed_type == "DEEPSPEED" and zero2.deepspeed_config["zero_stage"] == 2
+
+
+def test_deepspeed_configs_build_accelerates_deepspeed_plugin():
+    """zero2/zero3.yaml become the DeepSpeed config accelerate hands the Trainer (its DeepSpeedPlugin,
+    built from the file's deepspeed_config as `accelerate launch` does); with deepspeed installed (it
+    needs a CUDA toolchain, so not on the CPU machines here) deepspeed's own parser reads it too."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DeepSpeedPlugin
+
+    from kit.params import PROJECT_ROOT
+
+    for name, stage in (("zero2", 2), ("zero3", 3)):
+        ds = load_config_from_file(str(PROJECT_ROOT / "params" / "accelerate" / f"{name}.yaml")).deepspeed_config
+        plugin = DeepSpeedPlugin(zero_stage=ds["zero_stage"], offload_optimizer_device=ds["offload_optimizer_device"],
+                                 offload_param_device=ds["offload_param_device"],
+                                 zero3_init_flag=ds["zero3_init_flag"], gradient_accumulation_steps=1)
+        cfg = plugin.deepspeed_config
+        assert cfg["zero_optimization"]["stage"] == stage
+        assert cfg["zero_optimization"]["offload_optimizer"]["device"] == "none"
+        assert cfg["train_micro_batch_size_per_gpu"] == "auto"  # the Trainer fills it from the profile
+        try:
+            from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+        except ImportError:
+            continue
+        assert DeepSpeedZeroConfig(**cfg["zero_optimization"]).stage == stage

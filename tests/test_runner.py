@@ -5,6 +5,7 @@ import nbformat
 import pytest
 
 from kit import runner, runs
+from kit.params import PROJECT_ROOT
 
 
 def _nb(path, body):
@@ -122,3 +123,27 @@ def test_one_track_needs_only_its_dataset(tmp_path):
     assert out["sizes"]["bdd_oia"]["train"] == 4
     with pytest.raises(DataError, match=r"params data.coda_lm_root: .*no-CODA-LM is not a folder"):
         run_prepare_data(load_profile("tiny", {**over, "tracks": ["A"]}), tmp_path / "a")
+
+
+def test_launcher_runs_the_stages_each_notebook_calls():
+    """`kit run --launcher accelerate` launches, per notebook, the stage functions the notebook calls:
+    the map must name exactly those (a stage left out would run in one process inside the notebook)."""
+    import re
+
+    from kit.stages import STAGE_FUNCTIONS
+
+    for nb in runner.list_notebooks():
+        src = "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code")
+        called = set(re.findall(r"\b(run_[a-z_]+)\(", src))
+        mapped = {STAGE_FUNCTIONS[name].split(":")[1] for name, _ in runner.NOTEBOOK_STAGES[nb.name[:2]]}
+        assert called == mapped, nb.name
+
+
+def test_launcher_needs_a_config_file_with_a_process_count(tmp_path):
+    with pytest.raises(SystemExit, match="--config-file"):
+        runner.run("tiny", str(tmp_path / "r"), launcher="accelerate")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("num_processes: two\n")
+    with pytest.raises(SystemExit, match="num_processes"):
+        runner.launched_processes(bad)
+    assert runner.launched_processes(PROJECT_ROOT / "params" / "accelerate" / "zero2.yaml") == 8

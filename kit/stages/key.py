@@ -118,9 +118,9 @@ def keyed_training(parent: str | os.PathLike, key: str, train: Callable[[Path], 
     done = read_json(out / RESULT_FILE)
     if done and done.get("checkpoint") and marked_key(done["checkpoint"]) == key:
         return {**done, "key": key, "reused": True}
-    res = dict(train(out))
-    from kit.dist import is_main, wait
+    from kit.dist import is_main, num_processes, wait
 
+    res = {**train(out), "processes": num_processes()}  # how many processes trained it
     if is_main():  # under several processes, one writes
         mark(res["checkpoint"], key, **info)
         write_json(out / RESULT_FILE, {**res, "key": key})

@@ -162,7 +162,7 @@ def run_prepare_clip(P: Mapping, run_dir) -> dict:
         "loss": [round(h["loss"], 4) for h in hist],
         "retrieval_before": before, "retrieval_after": after, "heldout_split": "val",
         "logit_scale": float(bundle.model.logit_scale.detach().exp()),
-        "seconds": round(time.perf_counter() - t0, 2),
+        "seconds": round(time.perf_counter() - t0, 2), "processes": dist.num_processes(),
     }
     extra = {"settings_hash": h, "metrics": out, "what": "tiny CLIP, contrastively pretrained on toy-world captions"}
     dist.on_main(kclip.save_clip, bundle, out_dir, extra)

@@ -128,7 +128,8 @@ def run_prepare_vlm(P: dict, run_dir) -> dict:
     t_build = time.time() - t0
 
     res = {"name": TINY, "path": str(final), "tiny": True, "params_hash": h,
-           "image_size": int(vp["image_size"]), "pretrained": bool(pt.get("enabled", True))}
+           "image_size": int(vp["image_size"]), "pretrained": bool(pt.get("enabled", True)),
+           "processes": dist.num_processes()}
     from transformers import AutoModelForImageTextToText
 
     n_params = sum(p.numel() for p in AutoModelForImageTextToText.from_pretrained(init_dir).parameters())
