@@ -1,9 +1,9 @@
 """Stages under `accelerate launch` with 2 processes on a CPU (gloo), on a miniature toy run: the SFT
-stages, a SPIN round (DPO) and a short RLOO stage finish, the second process writes nothing but its own
-partial results, and the metrics have the same keys as one process's.
+stages, a SPIN round (DPO), a short RLOO stage, stage 2 and the synthesis pipeline finish, the second
+process writes nothing but its own partial results, and the metrics have the same keys as one process's.
 
-How: a run directory is prepared once in this process (data, CLIP, VLM, the CLIP reward, Track A's
-SFT); copies of it then run the three stages, in one process here and in two through
+How: a run directory is prepared once in this process (data, CLIP, VLM, the CLIP reward); copies of
+it then run the stages, in one process here and in two through
 `accelerate launch --multi_gpu` (torchrun; kit.dist asks for CPU processes without a GPU). A
 sitecustomize on the launched processes' path logs every file each process moves into place
 (the kit's writes are atomic: a temp file, then os.replace).
@@ -34,11 +34,13 @@ MINI = {
     "coda.max_new_tokens": {"general_perception": 8, "region_perception": 8, "driving_suggestion": 8},
     "coda.batch_size": 4, "coda_sft.max_steps": 3, "coda_sft.batch_size": 4, "coda_sft.logging_steps": 1,
     "spin.rounds": 1, "spin.variants": ["original"], "spin.prompts_per_round": 10, "spin.batch_size": 2,
-    "spin.logging_steps": 1,
+    "spin.logging_steps": 1, "action_sft.epochs": 1, "action_sft.max_new_tokens": 4,
+    "data.toy.coda_unlabeled": 6, "synth.chunk_size": 2, "synth.caption.max_new_tokens": 8,
 }
 # Track B's SFT, Track A's SFT (SPIN starts from the SFT model the same number of processes made), a
-# SPIN round (generation, DPO, the judge) and a short RLOO stage
-STAGES = ["sft_baseline", "coda_sft", "spin", "rloo"]
+# SPIN round (generation, DPO, the judge), a short RLOO stage, stage 2 after it, and the synthesis
+# pipeline (its chunks split between the processes)
+STAGES = ["sft_baseline", "coda_sft", "spin", "rloo", "action_sft", "synthesis"]
 
 SITECUSTOMIZE = r'''
 import os
@@ -150,12 +152,13 @@ def test_stage_finishes_in_two_processes_with_the_metric_keys_of_one(two_runs, s
 def test_second_process_writes_only_its_own_partial_results(two_runs):
     one, two, writes = two_runs
     assert writes[0], "the main process wrote nothing through the kit's atomic writes?"
-    # the second process's own: its block of generated answers, the judge answers it asked for
-    theirs = [w for w in writes[1] if ".partial." not in w and "judge_cache" not in w]
+    # the second process's own: its block of generated answers, its synthesis chunks, the judge answers it asked for
+    theirs = [w for w in writes[1] if ".partial." not in w and "judge_cache" not in w and "/synthesis/work/" not in w]
+    assert any("/synthesis/work/" in w for w in writes[1]), "the second process synthesized no chunk"
     assert not theirs, f"the second process wrote shared files: {theirs[:5]}"
     # the shared files are the main process's, and no partial or temp file is left behind
     for f in ("metrics.json", "sft_baseline/predictions.jsonl", "samples.jsonl", "round_1/pairs.jsonl",
-              "coda_sft/coda_lm/general_perception_answer.jsonl"):
+              "coda_sft/coda_lm/general_perception_answer.jsonl", "synthesis/records.jsonl", "synthesis/card.json"):
         assert any(w.endswith(f) for w in writes[0]), f
     assert not list(two.rglob("*.partial*")) and not [p for p in two.rglob("*.tmp*") if p.is_file()]
 
@@ -174,7 +177,7 @@ def _checkpoint(entry):
 def test_two_process_models_are_keyed_apart_from_one_process_models(two_runs):
     """A model 2 processes trained (each its share of every batch) is not reused by one process."""
     one, two, _ = two_runs
-    for stage in ("sft_baseline", "coda_sft", "spin/original/round_1", "rloo"):
+    for stage in ("sft_baseline", "coda_sft", "spin/original/round_1", "rloo", "action_sft"):
         c1, c2 = _checkpoint(runs.read_metrics(one)[stage]), _checkpoint(runs.read_metrics(two)[stage])
         assert c1 and c2, stage
         k1, k2 = os.path.basename(os.path.dirname(c1)), os.path.basename(os.path.dirname(c2))
