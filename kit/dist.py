@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, MutableMapping, Sequence
 
 _solo = False  # inside on_main: the main process works alone, as if it were the only one
 # set by `kit run --launcher accelerate` for the notebooks that follow each launch: how many processes
@@ -47,9 +47,12 @@ def num_processes() -> int:
 
 
 def key_processes() -> int:
-    """The number of processes that train and generate in this run, for stage keys: this launch's, or
-    the one `kit run --launcher accelerate` launched before a notebook."""
-    return int(os.environ.get(KEY_PROCESSES) or num_processes())
+    """The number of processes that train and generate in this run, for stage keys: this launch's
+    (inside on_main too), or in a notebook's one process the number `kit run --launcher accelerate`
+    launched its stages with."""
+    if _launched():
+        return state().num_processes
+    return int(os.environ.get(KEY_PROCESSES) or 1)
 
 
 def rank() -> int:
@@ -66,16 +69,22 @@ def wait() -> None:
         state().wait_for_everyone()
 
 
-def my_share(n: int) -> range:
-    """The indices of n items this process handles: contiguous blocks in rank order, sizes differing
-    by at most one (split_between_processes' rule), so concatenating the blocks by rank restores the order."""
-    k = num_processes()
-    if k == 1:
-        return range(n)
-    r = rank()
+def block_sizes(n: int, k: int | None = None) -> list[int]:
+    """How many of n items each of k processes (default: this launch's) handles, in rank order: sizes
+    differing by at most one, the larger first (split_between_processes' rule)."""
+    k = num_processes() if k is None else k
     base, extra = divmod(n, k)
-    start = r * base + min(r, extra)
-    return range(start, start + base + (1 if r < extra else 0))
+    return [base + (1 if r < extra else 0) for r in range(k)]
+
+
+def my_share(n: int) -> range:
+    """The indices of n items this process handles: its contiguous block (block_sizes), so
+    concatenating the blocks by rank restores the order."""
+    if num_processes() == 1:
+        return range(n)
+    sizes, r = block_sizes(n), rank()
+    start = sum(sizes[:r])
+    return range(start, start + sizes[r])
 
 
 def gather_in_order(local: Sequence[Any]) -> list:
@@ -95,6 +104,16 @@ def sum_counts(local: Mapping[str, float]) -> dict[str, float]:
         for k, v in part.items():
             total[k] = total.get(k, 0) + v
     return total
+
+
+def sum_counts_since(stats: MutableMapping[str, Any], before: Mapping[str, Any]) -> None:
+    """Turn `stats` (a counter dict this process has added to since its copy `before`) into the sum
+    over the processes of what each added, on every process. Non-numeric entries are left alone."""
+    if num_processes() == 1:
+        return
+    mine = {k: v - before.get(k, 0) for k, v in stats.items() if isinstance(v, (int, float))}
+    for k, v in sum_counts(mine).items():
+        stats[k] = before.get(k, 0) + v
 
 
 def broadcast(obj: Any) -> Any:

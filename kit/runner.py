@@ -147,9 +147,12 @@ def launch_stages(nb: Path, P: Mapping, profile: str, rd: Path, over: Mapping, c
     sets = [f"--set={k}={json.dumps(v)}" for k, v in over.items()]
     for name in names:
         print(f"  accelerate launch --config_file {config_file} -m kit.cli stage {name}", flush=True)
-        subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
-                        "-m", "kit.cli", "stage", name, "--profile", profile, "--run-dir", str(rd), *sets],
-                       check=True, cwd=str(kparams.PROJECT_ROOT))
+        done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
+                               "-m", "kit.cli", "stage", name, "--profile", profile, "--run-dir", str(rd), *sets],
+                              cwd=str(kparams.PROJECT_ROOT))
+        if done.returncode != 0:
+            raise StageFailed(f"notebook {nb.name}: stage {name} under accelerate launch --config_file {config_file} "
+                              f"failed (exit {done.returncode}); its processes' tracebacks are printed above")
     return names
 
 
@@ -227,7 +230,7 @@ def _run_notebooks(nbs, P, rd, phash, over, nb_profile, force, log_output, launc
             secs = round(time.time() - t0, 1)
             runs.update_json(manifest_path, {"stages": {stage: {"status": "failed", "seconds": secs}}})
             runs.write_json(rd / stage / ".stage.json", {"status": "failed", "params_hash": phash})
-            raise StageFailed(_failure_message(nb, executed, err)) from None
+            raise (err if isinstance(err, StageFailed) else StageFailed(_failure_message(nb, executed, err))) from None
         secs = round(time.time() - t0, 1)
         runs.update_json(manifest_path, {"stages": {stage: {"status": "ok", "seconds": secs}}})
         runs.write_json(rd / stage / ".stage.json", {"status": "ok", "params_hash": phash, "seconds": secs,

@@ -6,7 +6,7 @@ How: a run directory is prepared once in this process (data, CLIP, VLM, the CLIP
 it then run the stages, in one process here and in two through
 `accelerate launch --multi_gpu` (torchrun; kit.dist asks for CPU processes without a GPU). A
 sitecustomize on the launched processes' path logs every file each process moves into place
-(the kit's writes are atomic: a temp file, then os.replace).
+(the kit's writes are atomic: a temp file, then os.replace) or opens for writing from Python.
 """
 import json
 import os
@@ -33,24 +33,27 @@ MINI = {
     "rloo.describe_train_samples": 5, "rloo.variance_prompts": 1, "rloo.variance_repeats": 2,
     "coda.max_new_tokens": {"general_perception": 8, "region_perception": 8, "driving_suggestion": 8},
     "coda.batch_size": 4, "coda_sft.max_steps": 3, "coda_sft.batch_size": 4, "coda_sft.logging_steps": 1,
-    "spin.rounds": 1, "spin.variants": ["original"], "spin.prompts_per_round": 10, "spin.batch_size": 2,
+    "spin.rounds": 1, "spin.variants": ["synthetic"], "spin.prompts_per_round": 10, "spin.batch_size": 2,
     "spin.logging_steps": 1, "action_sft.epochs": 1, "action_sft.max_new_tokens": 4,
     "data.toy.coda_unlabeled": 6, "synth.chunk_size": 2, "synth.caption.max_new_tokens": 8,
 }
-# Track B's SFT, Track A's SFT (SPIN starts from the SFT model the same number of processes made), a
-# SPIN round (generation, DPO, the judge), a short RLOO stage, stage 2 after it, and the synthesis
-# pipeline (its chunks split between the processes)
-STAGES = ["sft_baseline", "coda_sft", "spin", "rloo", "action_sft", "synthesis"]
+# Track B's SFT; Track A's synthesis pipeline (its chunks split between the processes), SFT on Train and
+# on Train + synthetic, and a SPIN round of the synthetic variant (generation, its synthetic split written
+# once, DPO, the judge; it starts from the SFT model the same number of processes made); a short RLOO
+# stage and stage 2 after it
+STAGES = ["sft_baseline", "synthesis", "coda_sft", "coda_sft_synth", "spin", "rloo", "action_sft"]
+SPIN_ROUND = "spin/synthetic/round_1"
 
 SITECUSTOMIZE = r'''
+import builtins
 import os
 _log = os.environ.get("KIT_TEST_WRITE_LOG")
 if _log:
-    _replace, _rename = os.replace, os.rename
+    _replace, _rename, _open = os.replace, os.rename, builtins.open
 
     def _note(dst):
-        with open(f"{_log}.{os.environ.get('RANK', '0')}", "a") as f:
-            f.write(f"{os.fspath(dst)}\n")
+        with _open(f"{_log}.{os.environ.get('RANK', '0')}", "a") as f:
+            f.write(f"{os.path.abspath(os.fspath(dst))}\n")
 
     def replace(src, dst, *a, **k):
         _replace(src, dst, *a, **k)
@@ -60,7 +63,13 @@ if _log:
         _rename(src, dst, *a, **k)
         _note(dst)
 
-    os.replace, os.rename = replace, rename
+    def opened(file, mode="r", *a, **k):
+        f = _open(file, mode, *a, **k)
+        if isinstance(file, (str, os.PathLike)) and any(c in mode for c in "wax+"):
+            _note(file)
+        return f
+
+    os.replace, os.rename, builtins.open = replace, rename, opened
 '''
 
 LAUNCHED = r'''
@@ -142,18 +151,20 @@ def two_runs(base, tmp_path_factory):
 def test_stage_finishes_in_two_processes_with_the_metric_keys_of_one(two_runs, stage):
     one, two, _ = two_runs
     m1, m2 = runs.read_metrics(one), runs.read_metrics(two)
-    key = {"spin": "spin/original/round_1"}.get(stage, stage)
+    key = {"spin": SPIN_ROUND}.get(stage, stage)
     assert key in m2, f"{stage}: nothing recorded by the 2-process run"
     assert _keys(m2[key]) == _keys(m1[key])
     if stage == "spin":
-        assert _keys(m2["spin"]) == _keys(m1["spin"]) and m2["spin"]["variants"]["original"]["complete"]
+        assert _keys(m2["spin"]) == _keys(m1["spin"]) and m2["spin"]["variants"]["synthetic"]["complete"]
 
 
 def test_second_process_writes_only_its_own_partial_results(two_runs):
     one, two, writes = two_runs
     assert writes[0], "the main process wrote nothing through the kit's atomic writes?"
     # the second process's own: its block of generated answers, its synthesis chunks, the judge answers it asked for
-    theirs = [w for w in writes[1] if ".partial." not in w and "judge_cache" not in w and "/synthesis/work/" not in w]
+    # (files outside the run directory, such as a library's cache, are not the kit's)
+    theirs = [w for w in writes[1] if w.startswith(str(two)) and ".partial." not in w and "judge_cache" not in w
+              and "/synthesis/work/" not in w]
     assert any("/synthesis/work/" in w for w in writes[1]), "the second process synthesized no chunk"
     assert not theirs, f"the second process wrote shared files: {theirs[:5]}"
     # the shared files are the main process's, and no partial or temp file is left behind
@@ -177,7 +188,7 @@ def _checkpoint(entry):
 def test_two_process_models_are_keyed_apart_from_one_process_models(two_runs):
     """A model 2 processes trained (each its share of every batch) is not reused by one process."""
     one, two, _ = two_runs
-    for stage in ("sft_baseline", "coda_sft", "spin/original/round_1", "rloo", "action_sft"):
+    for stage in ("sft_baseline", "coda_sft", "coda_sft_synth", SPIN_ROUND, "rloo", "action_sft"):
         c1, c2 = _checkpoint(runs.read_metrics(one)[stage]), _checkpoint(runs.read_metrics(two)[stage])
         assert c1 and c2, stage
         k1, k2 = os.path.basename(os.path.dirname(c1)), os.path.basename(os.path.dirname(c2))

@@ -185,7 +185,11 @@ def official_questions(items: dict[str, list[VqaItem]], vqa_anno_dir) -> dict[st
 
 def vqa_for(P: Mapping, json_dir, **kw) -> dict[str, list[VqaItem]]:
     """build_vqa with the profile's question texts (`coda.questions`, or `coda.vqa_anno`)."""
+    from kit import dist
+
     c = P["coda"]
+    if kw.get("images") and dist.num_processes() > 1:  # the main process draws the missing box images
+        dist.on_main(lambda: build_vqa(json_dir, c["questions"], **kw) and None)
     items = build_vqa(json_dir, c["questions"], **kw)
     return official_questions(items, c["vqa_anno"]) if c.get("vqa_anno") else items
 

@@ -103,7 +103,7 @@ def generate_records(model, processor, samples: Sequence, out_path: str | os.Pat
     out_path = Path(out_path)
     meta_path = out_path.with_name(out_path.stem + ".meta.json")
     partials = lambda: sorted(out_path.parent.glob(out_path.name + ".partial*"))  # noqa: E731
-    n_proc, rank = dist.num_processes(), dist.state().process_index
+    n_proc, rank = dist.num_processes(), dist.rank()
     mine_path = out_path.with_name(out_path.name + (".partial" if n_proc == 1 else f".partial.{rank}"))
     ids = [s.id for s in samples]
     meta = dict(meta, ids=ids, max_new_tokens=int(max_new_tokens))

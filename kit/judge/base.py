@@ -153,9 +153,7 @@ class Judge:
             return self._judge(everything, desc, progress)
         before = dict(self.stats)
         mine = self._judge([everything[i] for i in dist.my_share(len(everything))], desc, progress and dist.is_main())
-        mine_counts = {k: v - before.get(k, 0) for k, v in self.stats.items() if isinstance(v, (int, float))}
-        for k, v in dist.sum_counts(mine_counts).items():
-            self.stats[k] = before.get(k, 0) + v
+        dist.sum_counts_since(self.stats, before)
         return dist.gather_in_order(mine)
 
     def _judge(self, requests: list[JudgeRequest], desc: str, progress: bool) -> list[JudgeResult]:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from kit import runs
+from kit import dist, runs
 from kit.models.clip import ClipBundle, encode_text, save_clip
 from kit.reward.pairs import Pair, swap_left_right
 
@@ -250,7 +250,6 @@ def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair]
     """
     from tqdm.auto import tqdm
 
-    from kit import dist
     from kit.stages.key import mark, marked_key
 
     out = Path(out_dir)
@@ -306,7 +305,7 @@ def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair]
                         "lr": float(cfg["lr"]), "seconds": 0.0})
         dist.on_main(save_clip, bundle, out / "best", {"epoch": 0, "val_auroc": best_auroc})
     # One process: None, and the loop is the plain PyTorch one (its numbers are the README's).
-    par = _DataParallel(_towers(model), opt, bundle) if dist.num_processes() > 1 else None
+    par = _DataParallel(_towers(model), bundle) if dist.num_processes() > 1 else None
 
     epochs = int(cfg["epochs"])
     bar = tqdm(range(start_epoch, epochs + 1), desc=desc, initial=start_epoch - 1, total=epochs,
@@ -320,17 +319,13 @@ def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair]
         model.train()
         tot, n = 0.0, 0
         for x, texts, y, truth in dl:
-            if par is None:
-                loss, paper_loss = pair_loss(model, bundle, normalize_batch(x, bundle), texts, y,
-                                             truth if in_batch else None)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["grad_clip"]))
-                opt.step()
-            else:  # the whole batch's loss, each process encoding its block of the images
-                loss, paper_loss = pair_loss(model, bundle, normalize_batch(x, bundle), texts, y,
-                                             truth if in_batch else None, encode=par.encode)
-                par.step(loss, model.parameters(), float(cfg["grad_clip"]))
+            # several processes: the whole batch's loss, each process encoding its block of the images
+            loss, paper_loss = pair_loss(model, bundle, normalize_batch(x, bundle), texts, y,
+                                         truth if in_batch else None, encode=par.encode if par else None)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # under DDP the gradients are averaged over the processes here
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["grad_clip"]))
+            opt.step()
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))
             tot, n = tot + paper_loss.item() * len(y), n + len(y)
@@ -428,50 +423,47 @@ class _GatherRows(torch.autograd.Function):
 
 
 class _DataParallel:
-    """The CLIP training loops under `accelerate launch` with N processes (kit.dist): DDP through an
-    accelerate.Accelerator (forward module and optimizer prepared, `backward`, `clip_grad_norm_`).
+    """The CLIP training loops under `accelerate launch` with N processes (kit.dist): torch's
+    DistributedDataParallel over the process group accelerate set up (kit.dist.state()).
 
-    Every process draws the batches one process would (same seeds, the plain DataLoader; a prepared one
-    would shard the sampler, and every process would repeat the others' augmentation draws) and runs
-    its block of each batch's images (kit.dist.my_share's rule) through the model. The embeddings are
-    gathered with their gradients and every process computes the whole batch's loss, so the gradient
-    DDP averages is the one a single process computes on that batch, up to float rounding: an image
-    embedding's gradient comes back from each of the N processes (DDP divides by N), and what every
-    process computes itself (the fine-tune's texts, the logit scale) has the full gradient everywhere.
-    The price: every process loads and augments the whole batch. Training stays fp32, as in one
-    process, whatever mixed precision the launch sets."""
+    Not an accelerate.Accelerator: it would take the launch's DeepSpeed plugin and mixed precision,
+    which are the VLM trainers' settings (ZeRO-2 wants a dataloader and a micro-batch size it cannot
+    infer here, and would cast the CLIP to bf16); the CLIP is small and trains in fp32 as in one
+    process, so plain DDP is what it needs whatever the launch config says.
 
-    def __init__(self, forward: torch.nn.Module, opt: torch.optim.Optimizer, bundle: ClipBundle):
-        from accelerate import Accelerator
-        from accelerate.utils import AutocastKwargs
+    Every process draws the batches one process would (same seeds, the plain DataLoader; a sharded
+    sampler would make every process repeat the others' augmentation draws) and runs its block of
+    each batch's images (kit.dist.block_sizes) through the model. The embeddings are gathered with
+    their gradients and every process computes the whole batch's loss, so the gradient DDP averages
+    is the one a single process computes on that batch, up to float rounding: an image embedding's
+    gradient comes back from each of the N processes (DDP divides by N), and what every process
+    computes itself (the fine-tune's texts, the logit scale) has the full gradient everywhere.
+    The price: every process loads and augments the whole batch."""
 
-        self.bundle = bundle
-        # cpu: as kit.dist.state() asks (gloo processes without a GPU); the kit has put the model on its device
-        self.acc = Accelerator(cpu=not torch.cuda.is_available(), device_placement=False,
-                               kwargs_handlers=[AutocastKwargs(enabled=False)])
-        if self.acc.device.type != torch.device(bundle.device).type:
+    def __init__(self, forward: torch.nn.Module, bundle: ClipBundle):
+        from torch.nn.parallel import DistributedDataParallel
+
+        state = dist.state()  # sets up the process group (gloo on CPUs, nccl on GPUs)
+        dev = torch.device(bundle.device)
+        if dev.type != state.device.type:
             raise RuntimeError(f"the CLIP is on {bundle.device} but accelerate's processes run on "
-                               f"{self.acc.device}; under accelerate launch leave the profile's device at auto")
-        self.ddp, self.opt = self.acc.prepare(forward, opt)
-        self.n, self.rank = self.acc.num_processes, self.acc.process_index
-
-    def sizes(self, n: int) -> list[int]:
-        """Each process's block size of an n-item batch (kit.dist.my_share's rule)."""
-        base, extra = divmod(n, self.n)
-        return [base + (1 if r < extra else 0) for r in range(self.n)]
+                               f"{state.device}; under accelerate launch leave the profile's device at auto")
+        self.bundle = bundle
+        self.ddp = DistributedDataParallel(forward, device_ids=[dev.index] if dev.type == "cuda" else None)
+        self.n, self.rank = state.num_processes, state.process_index
 
     def own(self, batch: torch.Tensor) -> torch.Tensor:
         """This process's contiguous block of the batch's rows; its first row when the block is empty
         (a batch smaller than the number of processes): DDP needs every process to run the model,
         and `gather` drops that row."""
-        sizes = self.sizes(len(batch))
+        sizes = dist.block_sizes(len(batch), self.n)
         start = sum(sizes[:self.rank])
         return batch[start:start + sizes[self.rank]] if sizes[self.rank] else batch[:1]
 
     def gather(self, rows: torch.Tensor, n: int) -> torch.Tensor:
         """Every process's rows of an n-row batch (what it computed from `own`), in rank order, on
         every process; the gradient of each block flows back to the process that computed it."""
-        sizes = self.sizes(n)
+        sizes = dist.block_sizes(n, self.n)
         return _GatherRows.apply(rows[:sizes[self.rank]], sizes, self.rank)
 
     def encode(self, pixels: torch.Tensor, uniq: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -480,16 +472,9 @@ class _DataParallel:
         img, txt = self.ddp(self.own(pixels).to(dev), self.bundle.tokenizer(uniq).to(dev))
         return self.gather(img, len(pixels)), txt
 
-    def step(self, loss: torch.Tensor, params, max_norm: float) -> None:
-        self.opt.zero_grad(set_to_none=True)
-        self.acc.backward(loss)
-        self.acc.clip_grad_norm_(params, max_norm)
-        self.opt.step()
-
     def close(self) -> None:
         """Drop the DDP wrapper (the model itself stays as it was, trained)."""
-        self.acc.free_memory()
-        self.ddp = self.opt = None
+        self.ddp = None
 
 
 def _atomic_torch_save(obj, path: Path) -> None:

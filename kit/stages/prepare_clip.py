@@ -77,7 +77,7 @@ def pretrain_clip(bundle: kclip.ClipBundle, train_items: Sequence, cfg: Mapping,
     steps = epochs * math.ceil(len(train_items) / bs)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
     # One process: None, and the loop is the plain PyTorch one (its numbers are the README's).
-    par = _DataParallel(_Forward(model, lambda m, x, t: m(x, t)), opt, bundle) if dist.num_processes() > 1 else None
+    par = _DataParallel(_Forward(model, lambda m, x, t: m(x, t)), bundle) if dist.num_processes() > 1 else None
     hist = []
     bar = tqdm(range(epochs), desc="pretrain tiny CLIP", disable=not dist.is_main())
     for ep in bar:
@@ -94,16 +94,14 @@ def pretrain_clip(bundle: kclip.ClipBundle, train_items: Sequence, cfg: Mapping,
                 x[m] = x[m].flip(-1)
                 t[m] = toks_flip[idx][m]
             if par is None:
-                img, txt, scale = model(x.to(dev), t.to(dev))
-                loss = loss_fn(img, txt, scale)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
+                loss = loss_fn(*model(x.to(dev), t.to(dev)))
             else:  # this process's block of the batch; the loss over every process's embeddings
                 img, txt, scale = par.ddp(par.own(x).to(dev), par.own(t).to(dev))
                 loss = loss_fn(par.gather(img, len(idx)), par.gather(txt, len(idx)), scale)
-                par.step(loss, model.parameters(), 1.0)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # under DDP the gradients are averaged over the processes here
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
             sched.step()
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))

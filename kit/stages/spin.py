@@ -115,14 +115,17 @@ def _round_synthetic(P, run_dir, rd: Path, records: list[dict], pool, captioner,
         info["without_answer"] = sum(1 for r in new if not r.get("output"))
         records = [r for r in new if r.get("output")]
     out = rd / "synthesis" / "data"
-    if marked_key(out) != key:
-        dist.on_main(_write_marked, records, pool, out, key)
+    dist.on_main(_write_marked, records, pool, out, key)
     return vqa_for(P, out / "CODA-LM" / "Train", images=True), info
 
 
 def _write_marked(records: list[dict], pool, out: Path, key: str) -> None:
+    """The split under `out`, unless it is there with this key. The main process decides (inside
+    on_main): a process that looked itself could see the main one's fresh mark and skip the broadcast."""
     from kit.synth import pipeline
 
+    if marked_key(out) == key:
+        return
     pipeline.write_split(records, pool, out)
     mark(out, key, stage="spin")
 

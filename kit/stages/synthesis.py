@@ -84,11 +84,15 @@ def database(P: Mapping, run_dir, bundle, proposer, samples, clip: str):
                     {"clip": clip, "train": params_hash([(s.id, artifact_id(s.json_path), artifact_id(s.image_path))
                                                          for s in samples])})
     folder = runs.stage_dir(run_dir, STAGE) / "database" / key
-    db = VisualTextDB.load(folder)
-    if db is None:  # every process builds the same database; the main one saves it
-        db = build_database(bundle, samples, proposer, cfg["naming"], seed=int(P["seed"]))
-        dist.on_main(db.save, folder)
-    return db, key
+
+    def load_or_build():  # the main process alone, the others get its database (numpy embeddings)
+        db = VisualTextDB.load(folder)
+        if db is None:
+            db = build_database(bundle, samples, proposer, cfg["naming"], seed=int(P["seed"]))
+            db.save(folder)
+        return db
+
+    return dist.on_main(load_or_build), key
 
 
 def build_steps(P: Mapping, run_dir, captioner=None, *, writer_cache=None):
@@ -137,12 +141,13 @@ def run_synthesis(P: Mapping, run_dir, *, captioner=None, stage: str = STAGE, bu
     key = stage_key(_settings(P), {**upstream, "pool": _pool_id(pool)})
     records = pipeline.synthesize(steps, pool, keyed_dir(sd / "work", key), desc=f"{stage}: {len(pool)} images")
     out_root = sd / "data"
-    if marked_key(out_root) != key:
-        def write():
+
+    def write():  # the main process decides whether the split is there (see spin._write_marked)
+        if marked_key(out_root) != key:
             pipeline.write_split(records, pool, out_root)
             mark(out_root, key, stage=stage)
 
-        dist.on_main(write)
+    dist.on_main(write)
     describe = {"backends": {"regions": steps.proposer.name, "naming": "clip-retrieval",
                              "knowledge": steps.kb.backend, "caption": upstream["captioner"],
                              "writer": steps.writer.describe()},

@@ -190,11 +190,7 @@ def _by_chunk(steps: Steps, items: list, work_dir: Path, process: Callable[[list
                 runs.write_jsonl(f, recs, every_rank=True)  # this process's chunk
             out += recs
             bar.update(len(part) * dist.num_processes())
-    if dist.num_processes() == 1:
-        return out
-    mine_counts = {k: v - before.get(k, 0) for k, v in steps.writer.stats.items() if isinstance(v, (int, float))}
-    for k, v in dist.sum_counts(mine_counts).items():
-        steps.writer.stats[k] = before.get(k, 0) + v
+    dist.sum_counts_since(steps.writer.stats, before)
     return dist.gather_in_order(out)
 
 

@@ -99,8 +99,11 @@ def train_dpo(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cf
     seconds = time.time() - t0
     main = trainer.accelerator.is_main_process  # under several processes, one writes
     if hasattr(trainer.model, "peft_config"):
+        # the trained adapter only (not the "ref" copy). Under DeepSpeed every process takes part in
+        # gathering the weights (ZeRO-3 shards them; its config saves 16-bit weights for this)
+        sd = trainer.accelerator.get_state_dict(trainer.model_wrapped) if trainer.is_deepspeed_enabled else None
         if main:
-            trainer.model.save_pretrained(str(final), selected_adapters=["default"])
+            trainer.model.save_pretrained(str(final), selected_adapters=["default"], state_dict=sd)
     else:
         trainer.save_model(str(final))  # every process: DeepSpeed/FSDP gather the weights here
     hist = trainer.state.log_history
