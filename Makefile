@@ -23,8 +23,9 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/kit run --profile $(PROFILE) --run-dir $(RUN_DIR) $(ARGS)
 
+# two pytest workers, one thread each (tests/conftest.py); a file's tests stay on one worker
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)

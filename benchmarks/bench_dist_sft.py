@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -128,13 +127,9 @@ def _worker(run_dir: str, out_dir: str, spec: str) -> None:
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(out))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(n_proc: int, run_dir: Path, out_dir: Path, cores: list[int]) -> dict:
+    from kit import dist
+
     env = {k: v for k, v in os.environ.items()
            if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", CUDA_VISIBLE_DEVICES="",
@@ -148,7 +143,7 @@ def _launch(n_proc: int, run_dir: Path, out_dir: Path, cores: list[int]) -> dict
     else:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n_proc), "--multi_gpu",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), *script]
+               "--main_process_port", str(dist.free_port()), *script]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=TIMEOUT)
     wall = time.perf_counter() - t0

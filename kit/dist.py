@@ -30,6 +30,16 @@ def _launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 
+def free_port() -> int:
+    """A TCP port free on this machine now: the rendezvous port for a one-machine launch, so that two
+    launches at once (two runs, two test workers) do not both take torchrun's default 29500."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def state():
     """accelerate's PartialState (the process group accelerate launch set up; one process otherwise).
 

@@ -124,15 +124,19 @@ NOTEBOOK_STAGES = {
 }
 
 
-def launched_processes(config_file: str | os.PathLike) -> int:
-    """The number of processes an accelerate config file launches (its num_processes)."""
+def _launch_config(config_file: str | os.PathLike) -> dict:
     import yaml
 
     path = Path(config_file)
     if not path.is_file():
         raise SystemExit(f"kit run --config-file {path}: no such file; expected an accelerate config "
                          f"(e.g. params/accelerate/multi_gpu.yaml)")
-    cfg = yaml.safe_load(path.read_text()) or {}
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def launched_processes(config_file: str | os.PathLike) -> int:
+    """The number of processes an accelerate config file launches (its num_processes)."""
+    path, cfg = Path(config_file), _launch_config(config_file)
     if not isinstance(cfg.get("num_processes", 1), int) or int(cfg.get("num_processes", 1)) < 1:
         raise SystemExit(f"{path}: num_processes: expected a positive integer, got {cfg.get('num_processes')!r}")
     return int(cfg.get("num_processes", 1))
@@ -145,10 +149,14 @@ def launch_stages(nb: Path, P: Mapping, profile: str, rd: Path, over: Mapping, c
 
     names = [n for n, t in NOTEBOOK_STAGES.get(nb.name[:2], []) if t is None or t in P["tracks"]]
     sets = [f"--set={k}={json.dumps(v)}" for k, v in over.items()]
+    cfg = _launch_config(config_file)
     for name in names:
+        # one machine and no port in the config: a free one, not torchrun's default that another run may hold
+        port = ["--main_process_port", str(dist.free_port())] if (
+            int(cfg.get("num_machines", 1) or 1) == 1 and not cfg.get("main_process_port")) else []
         print(f"  accelerate launch --config_file {config_file} -m kit.cli stage {name}", flush=True)
         done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
-                               "-m", "kit.cli", "stage", name, "--profile", profile, "--run-dir", str(rd), *sets],
+                               *port, "-m", "kit.cli", "stage", name, "--profile", profile, "--run-dir", str(rd), *sets],
                               cwd=str(kparams.PROJECT_ROOT))
         if done.returncode != 0:
             raise StageFailed(f"notebook {nb.name}: stage {name} under accelerate launch --config_file {config_file} "

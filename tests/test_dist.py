@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from kit import dist
 from kit.params import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
@@ -20,7 +21,8 @@ def _launch(tmp_path, script: str, *args: str, n: int = 2) -> None:
     # 1.16's simple launcher); `--multi_gpu` launches through torchrun, and kit.dist asks for CPU
     # processes when there is no GPU, so the two ranks meet over gloo
     r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "--multi_gpu",
-                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(f), *args],
+                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                        "--main_process_port", str(dist.free_port()), str(f), *args],
                        env=env, capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
 

@@ -10,6 +10,7 @@ import sys
 import pytest
 from PIL import Image
 
+from kit import dist
 from kit.params import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
@@ -86,7 +87,8 @@ def _launch(tmp_path, *args: str, n: int = 2) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT), "TOKENIZERS_PARALLELISM": "false"}
     # as in test_dist: `--multi_gpu` launches through torchrun (`--cpu --num_processes 2` starts one process)
     r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "--multi_gpu",
-                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(f), *args],
+                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                        "--main_process_port", str(dist.free_port()), str(f), *args],
                        env=env, capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
 

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from kit import runs
+from kit import dist, runs
 from kit.params import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
@@ -136,6 +136,7 @@ def two_runs(base, tmp_path_factory):
     # torchrun, and without a GPU kit.dist asks for CPU processes (gloo)
     r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--multi_gpu",
                         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                        "--main_process_port", str(dist.free_port()),
                         str(root / "launched.py"), str(two), ",".join(STAGES), *_sets()],
                        env=env, capture_output=True, text=True, timeout=900, cwd=str(root))
     (root / "launch.log").write_text(r.stdout + r.stderr)

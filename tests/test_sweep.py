@@ -32,43 +32,43 @@ def test_headline_metrics_find_track_a_models():
 
 # notebook 00 alone, Track B, tiny sizes: each combination is a real `kit run` of a few seconds of work
 BASE = ["data.toy.splits={train: 48, val: 16, test: 16}", "pretrain.clip_epochs=2", "pretrain.vlm_epochs=1",
-        "pretrain.vlm_show=2", "pretrain.vlm_caption_tokens=8", "pretrain.vlm_batch_size=16"]
+        "pretrain.vlm_show=2", "pretrain.vlm_caption_tokens=8"]
 
 
 @pytest.mark.slow
 def test_two_seed_sweep_summary_rerun_and_a_failure(tmp_path, capsys):
-    # a 2-value grid x 2 seeds: pretrain.vlm_batch_size=0 passes the profile's type check and fails
-    # inside notebook 00 (its combinations are reported, the others still finish); 16 is BASE's
+    # a 2-value grid x 2 seeds: data.toy.balance=nope passes the profile's type check and fails at the
+    # start of notebook 00 (its combinations are reported, the others still finish)
     sd = tmp_path / "sweep"
-    grid = {"pretrain.vlm_batch_size": [0, 16]}
+    grid = {"data.toy.balance": ["nope", "uniform"]}
     rec = run_sweep("tiny", [0, 1], grid, only=["00"], track="B", sweep_dir=sd, base=BASE)
     names = [r["name"] for r in rec["runs"]]
-    ok = ["pretrain.vlm_batch_size=16__seed=0", "pretrain.vlm_batch_size=16__seed=1"]
-    bad = ["pretrain.vlm_batch_size=0__seed=0", "pretrain.vlm_batch_size=0__seed=1"]
+    ok = ["data.toy.balance=uniform__seed=0", "data.toy.balance=uniform__seed=1"]
+    bad = ["data.toy.balance=nope__seed=0", "data.toy.balance=nope__seed=1"]
     assert sorted(names) == sorted(ok + bad)
     by = {r["name"]: r for r in rec["runs"]}
     assert [by[n]["status"] for n in ok] == ["ok", "ok"] and [by[n]["status"] for n in bad] == ["failed", "failed"]
     assert all("00_prepare" in by[n]["error"] for n in bad)
     s = rec["summary"]
     assert sorted(f["name"] for f in s["failed"]) == sorted(bad)
-    g = s["groups"]["pretrain.vlm_batch_size=16"]
+    g = s["groups"]["data.toy.balance=uniform"]
     for metric in ("pretrained CLIP retrieval top-1", "pretrained VLM caption loss"):
         values = [headline_metrics(runs.read_metrics(sd / n))[metric] for n in ok]
         assert g[metric]["n"] == 2 and g[metric]["values"] == values
         assert g[metric]["mean"] == pytest.approx(statistics.mean(values))
         assert g[metric]["sd"] == pytest.approx(statistics.stdev(values))
     assert values[0] != values[1]  # the seed reaches the runs
-    assert "pretrained VLM caption loss" not in s["groups"].get("pretrain.vlm_batch_size=0", {})
+    assert "pretrained VLM caption loss" not in s["groups"].get("data.toy.balance=nope", {})
     assert (sd / "summary.md").read_text().count("pretrained VLM caption loss") == 1
     assert (sd / "figures" / "pretrained_VLM_caption_loss.png").is_file()
 
     # a rerun of what finished does no work: every notebook is skipped
-    again = run_sweep("tiny", [0, 1], {"pretrain.vlm_batch_size": [16]}, only=["00"], track="B", sweep_dir=sd,
+    again = run_sweep("tiny", [0, 1], {"data.toy.balance": ["uniform"]}, only=["00"], track="B", sweep_dir=sd,
                       base=BASE)
     assert [r["notebooks"] for r in again["runs"]] == [{"prepare": "skipped"}] * 2
     # --summarize rebuilds the same numbers from files alone (every run directory of the sweep folder)
     (sd / "summary.json").unlink()
-    assert summarize(sd)["groups"]["pretrain.vlm_batch_size=16"] == g
+    assert summarize(sd)["groups"]["data.toy.balance=uniform"] == g
     assert json.loads((sd / "summary.json").read_text())["command"].startswith("kit sweep --profile tiny --seeds 0,1")
 
 
