@@ -1,4 +1,8 @@
 import os
+import subprocess
+import sys
+
+import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -16,3 +20,27 @@ FIRST = ("test_pipeline_e2e.py",)
 
 def pytest_collection_modifyitems(items):
     items.sort(key=lambda it: it.path.name not in FIRST)
+
+
+@pytest.fixture(scope="session")
+def accelerate_launch():
+    """`launch(script, *args, cwd=...)`: the script in n processes on this CPU under `accelerate launch`,
+    one thread each, on a free rendezvous port; its CompletedProcess (with check=True: asserted to succeed)."""
+    from kit import dist
+    from kit.params import PROJECT_ROOT
+
+    def launch(script, *args: str, cwd, n: int = 2, env=None, timeout: int = 600, check: bool = True):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT), "TOKENIZERS_PARALLELISM": "false",
+               **(env or {})}
+        # `accelerate launch --cpu --num_processes 2` starts ONE process unless mpirun is set up (accelerate
+        # 1.16's simple launcher); `--multi_gpu` launches through torchrun, and kit.dist asks for CPU
+        # processes when there is no GPU, so the ranks meet over gloo
+        r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "--multi_gpu",
+                            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                            "--main_process_port", str(dist.free_port()), str(script), *args],
+                           env=env, capture_output=True, text=True, timeout=timeout, cwd=str(cwd))
+        if check:
+            assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+        return r
+
+    return launch

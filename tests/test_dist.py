@@ -1,30 +1,16 @@
 """Two processes on a CPU (gloo) under `accelerate launch --multi_gpu` (torchrun): kit.dist's blocks and gathering, and
 generate_records answering each item exactly once, in order, with its file written once."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-
-from kit import dist
-from kit.params import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 
 
-def _launch(tmp_path, script: str, *args: str, n: int = 2) -> None:
+def _launch(launch, tmp_path, script: str, *args: str) -> None:
     f = tmp_path / "script.py"
     f.write_text(script)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT), "TOKENIZERS_PARALLELISM": "false"}
-    # `accelerate launch --cpu --num_processes 2` starts ONE process unless mpirun is set up (accelerate
-    # 1.16's simple launcher); `--multi_gpu` launches through torchrun, and kit.dist asks for CPU
-    # processes when there is no GPU, so the two ranks meet over gloo
-    r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "--multi_gpu",
-                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                        "--main_process_port", str(dist.free_port()), str(f), *args],
-                       env=env, capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    launch(f, *args, cwd=tmp_path)
 
 
 SHARES = r'''
@@ -39,8 +25,8 @@ json.dump({"rank": dist.state().process_index, "n_proc": dist.num_processes(), "
 '''
 
 
-def test_blocks_cover_every_item_once_and_gather_in_order(tmp_path):
-    _launch(tmp_path, SHARES, str(tmp_path))
+def test_blocks_cover_every_item_once_and_gather_in_order(tmp_path, accelerate_launch):
+    _launch(accelerate_launch, tmp_path, SHARES, str(tmp_path))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["n_proc"] for r in ranks] == [2, 2]
     for n in ("0", "1", "5", "8"):
@@ -78,7 +64,7 @@ assert [r["id"] for r in recs] == [s.id for s in samples], "every process return
 '''
 
 
-def test_generation_is_sharded_and_written_once(tmp_path):
+def test_generation_is_sharded_and_written_once(tmp_path, accelerate_launch):
     from PIL import Image
 
     from kit.models.tiny_vlm import build_tiny_vlm
@@ -87,7 +73,7 @@ def test_generation_is_sharded_and_written_once(tmp_path):
         Image.new("RGB", (96, 64), (60 * i, 100, 200 - 50 * i)).save(tmp_path / f"img{i}.jpg")
     vlm = build_tiny_vlm(tmp_path / "vlm", ["a car on the road", "a red light ahead", "Describe the driving scene."] * 20,
                          image_size=64, cfg={"vocab_size": 400, "num_layers": 1, "vision_layers": 1})
-    _launch(tmp_path, GENERATE, str(tmp_path), str(vlm))
+    _launch(accelerate_launch, tmp_path, GENERATE, str(tmp_path), str(vlm))
     out = tmp_path / "out"
     recs = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
     assert [r["id"] for r in recs] == [f"s{i}" for i in range(11)]

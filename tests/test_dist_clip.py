@@ -3,15 +3,9 @@
 batch and the loss is the whole batch's, so the run follows the one-process run up to float rounding;
 only the main process writes the checkpoints and history.json."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from PIL import Image
-
-from kit import dist
-from kit.params import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -81,18 +75,6 @@ if __name__ == "__main__":
 '''
 
 
-def _launch(tmp_path, *args: str, n: int = 2) -> None:
-    f = tmp_path / "script.py"
-    f.write_text(SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT), "TOKENIZERS_PARALLELISM": "false"}
-    # as in test_dist: `--multi_gpu` launches through torchrun (`--cpu --num_processes 2` starts one process)
-    r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "--multi_gpu",
-                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                        "--main_process_port", str(dist.free_port()), str(f), *args],
-                       env=env, capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-
-
 def _images(folder) -> None:
     folder.mkdir()
     for i in range(40):
@@ -110,10 +92,11 @@ def _close(a, b, rel=1e-3):
     return (a is None and b is None) or a == pytest.approx(b, rel=rel, abs=1e-6)
 
 
-def test_clip_training_in_two_processes_is_data_parallel_and_written_once(tmp_path):
+def test_clip_training_in_two_processes_is_data_parallel_and_written_once(tmp_path, accelerate_launch):
     _images(tmp_path / "img")
     (tmp_path / "two").mkdir()
-    _launch(tmp_path, str(tmp_path / "img"), str(tmp_path / "two"))
+    (tmp_path / "script.py").write_text(SCRIPT)
+    accelerate_launch(tmp_path / "script.py", str(tmp_path / "img"), str(tmp_path / "two"), cwd=tmp_path)
     ranks = [json.loads((tmp_path / "two" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["n_proc"] for r in ranks] == [2, 2]
     # DDP: both processes end with the same weights, and return the same history

@@ -11,12 +11,10 @@ sitecustomize on the launched processes' path logs every file each process moves
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-from kit import dist, runs
+from kit import runs
 from kit.params import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
@@ -112,7 +110,7 @@ def _keys(d, prefix=""):
 
 
 @pytest.fixture(scope="module")
-def two_runs(base, tmp_path_factory):
+def two_runs(base, tmp_path_factory, accelerate_launch):
     """The three stages in one process (here) and in two (accelerate launch), each on a copy of `base`."""
     from kit.notebook import setup
     from kit.stages import run_stage
@@ -130,15 +128,9 @@ def two_runs(base, tmp_path_factory):
     (shim / "sitecustomize.py").write_text(SITECUSTOMIZE)
     (root / "launched.py").write_text(LAUNCHED)
     log = root / "writes"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "KIT_TEST_WRITE_LOG": str(log),
-           "PYTHONPATH": os.pathsep.join([str(shim), str(PROJECT_ROOT)])}
-    # `--cpu --num_processes 2` starts one process in accelerate 1.16; --multi_gpu launches through
-    # torchrun, and without a GPU kit.dist asks for CPU processes (gloo)
-    r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--multi_gpu",
-                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                        "--main_process_port", str(dist.free_port()),
-                        str(root / "launched.py"), str(two), ",".join(STAGES), *_sets()],
-                       env=env, capture_output=True, text=True, timeout=900, cwd=str(root))
+    env = {"KIT_TEST_WRITE_LOG": str(log), "PYTHONPATH": os.pathsep.join([str(shim), str(PROJECT_ROOT)])}
+    r = accelerate_launch(root / "launched.py", str(two), ",".join(STAGES), *_sets(), cwd=root, env=env, timeout=900,
+                          check=False)
     (root / "launch.log").write_text(r.stdout + r.stderr)
     # the first traceback is the process that failed first (the other then loses its peer)
     first = r.stderr.find("Traceback")
