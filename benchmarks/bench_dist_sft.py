@@ -233,5 +233,8 @@ def main() -> dict:
 if __name__ == "__main__":
     if len(sys.argv) == 5 and sys.argv[1] == "--worker":
         _worker(sys.argv[2], sys.argv[3], sys.argv[4])
+        from kit import dist
+
+        dist.close()
     else:
         print(json.dumps(main(), indent=2))

@@ -80,6 +80,7 @@ def _cmd_stage(a: argparse.Namespace) -> int:
     run_stage(a.name, P, rd)
     if dist.is_main():
         print(f"stage {a.name} done ({dist.num_processes()} process(es)); run directory: {rd}")
+    dist.close()
     return 0
 
 

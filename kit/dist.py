@@ -87,6 +87,19 @@ def block_sizes(n: int, k: int | None = None) -> list[int]:
     return [base + (1 if r < extra else 0) for r in range(k)]
 
 
+def close() -> None:
+    """The end of a launched process's work: wait for the others, then take the process group down.
+    Exiting with a gloo group still up can abort a process at interpreter exit ("terminate called
+    without an active exception", exit -6) while its peer tears down, failing a launch that finished."""
+    if not _launched():
+        return
+    import torch.distributed as tdist
+
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.barrier()
+        tdist.destroy_process_group()
+
+
 def my_share(n: int) -> range:
     """The indices of n items this process handles: its contiguous block (block_sizes), so
     concatenating the blocks by rank restores the order."""

@@ -22,6 +22,7 @@ for n in (0, 1, 5, 8):
     out[n] = {"share": share, "gathered": dist.gather_in_order([f"item{i}" for i in share])}
 json.dump({"rank": dist.state().process_index, "n_proc": dist.num_processes(), "out": out},
           open(f"{sys.argv[1]}/rank{dist.state().process_index}.json", "w"))
+dist.close()
 '''
 
 
@@ -61,6 +62,7 @@ recs = generate_records(model, processor, samples, tmp / "out" / "answers.jsonl"
                                                        for s, o in zip(part, outs)],
                         batch_size=2, max_new_tokens=4, desc="test")
 assert [r["id"] for r in recs] == [s.id for s in samples], "every process returns every record, in order"
+dist.close()
 '''
 
 

@@ -72,6 +72,7 @@ def main(img_dir, out_dir):
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
+    dist.close()
 '''
 
 

@@ -72,6 +72,7 @@ if _log:
 
 LAUNCHED = r'''
 import sys
+from kit import dist
 from kit.notebook import setup
 from kit.stages import run_stage
 
@@ -79,6 +80,7 @@ rd, stages, sets = sys.argv[1], sys.argv[2].split(","), sys.argv[3:]
 for name in stages:
     P, run_dir = setup("tiny", rd, sets)
     run_stage(name, P, run_dir)
+dist.close()
 '''
 
 
