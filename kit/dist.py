@@ -120,22 +120,17 @@ def gather_in_order(local: Sequence[Any]) -> list:
     return list(gather_object(list(local)))
 
 
-def sum_counts(local: Mapping[str, float]) -> dict[str, float]:
-    """Counts summed over the processes (each process's `local`), on every process."""
-    total: dict[str, float] = {}
-    for part in gather_in_order([dict(local)]):
-        for k, v in part.items():
-            total[k] = total.get(k, 0) + v
-    return total
-
-
 def sum_counts_since(stats: MutableMapping[str, Any], before: Mapping[str, Any]) -> None:
     """Turn `stats` (a counter dict this process has added to since its copy `before`) into the sum
     over the processes of what each added, on every process. Non-numeric entries are left alone."""
     if num_processes() == 1:
         return
     mine = {k: v - before.get(k, 0) for k, v in stats.items() if isinstance(v, (int, float))}
-    for k, v in sum_counts(mine).items():
+    added: dict[str, float] = {}
+    for part in gather_in_order([mine]):
+        for k, v in part.items():
+            added[k] = added.get(k, 0) + v
+    for k, v in added.items():
         stats[k] = before.get(k, 0) + v
 
 
