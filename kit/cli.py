@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from kit.stages import STAGE_FUNCTIONS
+
 
 def _cmd_run(a: argparse.Namespace) -> int:
     from kit.runner import StageFailed, run
@@ -152,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     dc.set_defaults(func=_cmd_data_check)
 
     st = sub.add_parser("stage", help="run one stage function without its notebook (e.g. under accelerate launch)")
-    st.add_argument("name", help="prepare_data, prepare_clip, prepare_vlm, clip_finetune, direct, sft_baseline, rloo, action_sft, evaluate")
+    st.add_argument("name", help=", ".join(STAGE_FUNCTIONS))
     st.add_argument("--profile", default="tiny")
     st.add_argument("--run-dir")
     st.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from kit import params as kp
@@ -78,26 +80,66 @@ def test_accelerate_configs_load_with_accelerates_own_loader():
     assert zero2.distributed_type == "DEEPSPEED" and zero2.deepspeed_config["zero_stage"] == 2
 
 
-def test_deepspeed_configs_build_accelerates_deepspeed_plugin():
-    """zero2/zero3.yaml become the DeepSpeed config accelerate hands the Trainer (its DeepSpeedPlugin,
-    built from the file's deepspeed_config as `accelerate launch` does); with deepspeed installed (it
-    needs a CUDA toolchain, so not on the CPU machines here) deepspeed's own parser reads it too."""
+def _zero_plugin(name: str):
+    """The DeepSpeedPlugin `accelerate launch --config_file params/accelerate/NAME.yaml` gives the
+    Trainer, built from the file with accelerate's own loader."""
     from accelerate.commands.config.config_args import load_config_from_file
     from accelerate.utils import DeepSpeedPlugin
 
     from kit.params import PROJECT_ROOT
 
+    launch = load_config_from_file(str(PROJECT_ROOT / "params" / "accelerate" / f"{name}.yaml"))
+    ds = launch.deepspeed_config
+    plugin = DeepSpeedPlugin(zero_stage=ds["zero_stage"], offload_optimizer_device=ds["offload_optimizer_device"],
+                             offload_param_device=ds["offload_param_device"],
+                             zero3_init_flag=ds["zero3_init_flag"], gradient_accumulation_steps=1)
+    plugin.set_mixed_precision(launch.mixed_precision)  # as TrainingArguments does under the launch
+    return plugin
+
+
+def test_deepspeed_configs_build_accelerates_deepspeed_plugin():
+    """zero2/zero3.yaml become the DeepSpeed config accelerate hands the Trainer; the values the
+    Trainer fills from the profile are left `auto`."""
     for name, stage in (("zero2", 2), ("zero3", 3)):
-        ds = load_config_from_file(str(PROJECT_ROOT / "params" / "accelerate" / f"{name}.yaml")).deepspeed_config
-        plugin = DeepSpeedPlugin(zero_stage=ds["zero_stage"], offload_optimizer_device=ds["offload_optimizer_device"],
-                                 offload_param_device=ds["offload_param_device"],
-                                 zero3_init_flag=ds["zero3_init_flag"], gradient_accumulation_steps=1)
-        cfg = plugin.deepspeed_config
+        cfg = _zero_plugin(name).deepspeed_config
         assert cfg["zero_optimization"]["stage"] == stage
         assert cfg["zero_optimization"]["offload_optimizer"]["device"] == "none"
-        assert cfg["train_micro_batch_size_per_gpu"] == "auto"  # the Trainer fills it from the profile
-        try:
-            from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
-        except ImportError:
-            continue
-        assert DeepSpeedZeroConfig(**cfg["zero_optimization"]).stage == stage
+        assert cfg["train_micro_batch_size_per_gpu"] == "auto"
+
+
+def test_deepspeed_builds_its_config_from_zero_files_and_paper_settings(tmp_path):
+    """What the Trainer does with zero2/zero3.yaml, without a GPU: transformers fills every `auto`
+    from paper A's training arguments (the kit's own DPOConfig for paper-iterative.yaml's SPIN
+    rounds) and the model's hidden size, then deepspeed (installed by `make`, no ops built) builds
+    its full DeepSpeedConfig from the result."""
+    ds_config = pytest.importorskip("deepspeed.runtime.config", reason="deepspeed is in the dev extras")
+    from transformers import AutoConfig
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    from kit.models.tiny_vlm import build_tiny_vlm
+    from kit.train.dpo import dpo_args
+
+    P = kp.load_profile("paper-iterative", ["device=cpu"])  # the profile's cuda is not here; bf16 put back below
+    cfg = P["spin"]
+    args = dpo_args(cfg, P, tmp_path / "out", n_rows=1000)
+    args.bf16 = True  # what paper-iterative.yaml trains in on its GPUs
+    model_cfg = AutoConfig.from_pretrained(build_tiny_vlm(tmp_path / "vlm", ["a car ahead"] * 20, image_size=64))
+
+    class _Model:  # the Trainer reads only the model's config here
+        config = model_cfg
+
+    for name, stage in (("zero2", 2), ("zero3", 3)):
+        hf = HfTrainerDeepSpeedConfig(_zero_plugin(name).deepspeed_config)
+        hf.trainer_config_process(args)
+        hf.trainer_config_finalize(args, _Model, num_training_steps=250)
+        assert "auto" not in json.dumps(hf.config), hf.config
+        built = ds_config.DeepSpeedConfig(hf.config)
+        assert built.zero_optimization_stage == stage
+        assert built.train_micro_batch_size_per_gpu == cfg["batch_size"]
+        assert built.gradient_accumulation_steps == cfg["grad_accum"]
+        assert built.bfloat16_config.enabled
+        assert built.gradient_clipping == args.max_grad_norm
+        # no optimizer section: DeepSpeed wraps the Trainer's own AdamW, built from the arguments
+        assert "optimizer" not in hf.config and "scheduler" not in hf.config
+    assert (args.learning_rate, args.adam_beta2, args.weight_decay) == (cfg["lr"], cfg["adam_beta2"], cfg["weight_decay"])
+    assert (args.learning_rate, args.adam_beta2, args.weight_decay) == (1e-6, 0.95, 0.1)  # paper A, Section 3

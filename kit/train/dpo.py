@@ -52,6 +52,18 @@ def weights_digest(model, adapter: str | None = None) -> str:
     return h.hexdigest()[:16]
 
 
+def dpo_args(cfg: Mapping, P: Mapping, out_dir: str | Path, n_rows: int):
+    """TRL's DPOConfig for a round: the shared trainer arguments plus DPO's beta and loss."""
+    from trl import DPOConfig
+
+    return DPOConfig(
+        beta=float(cfg["beta"]),
+        loss_type=[str(cfg.get("loss_type") or "sigmoid")],
+        save_total_limit=1,            # resuming needs the last checkpoint only (a round's are full models)
+        **trainer_args(cfg, P, Path(out_dir), n_rows),
+    )
+
+
 def train_dpo(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cfg: Mapping, P: Mapping,
               ref_model=None) -> dict:
     """DPO on preference rows (kit.train.rows.preference_row) with TRL's DPOTrainer.
@@ -63,7 +75,7 @@ def train_dpo(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cf
     "start_digest", "ref_digest", "resumed_from"}.
     """
     from transformers.trainer_utils import get_last_checkpoint
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
     missing = [k for k in REQUIRED if k not in cfg]
     if missing:
@@ -78,12 +90,7 @@ def train_dpo(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cf
         raise ValueError("train_dpo: rows[0] lacks prompt/chosen/rejected/images; expected "
                          "kit.train.rows.preference_row rows")
     ds = rows_dataset(rows, "train_dpo rows")
-    args = DPOConfig(
-        beta=float(cfg["beta"]),
-        loss_type=[str(cfg.get("loss_type") or "sigmoid")],
-        save_total_limit=1,            # resuming needs the last checkpoint only (a round's are full models)
-        **trainer_args(cfg, P, out_dir, len(ds)),
-    )
+    args = dpo_args(cfg, P, out_dir, len(ds))
     start = weights_digest(model, "default" if hasattr(model, "peft_config") else None)
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=ds, processing_class=processor)
     if ref_model is not None:
