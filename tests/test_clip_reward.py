@@ -268,6 +268,44 @@ def test_finetune_trains_keeps_best_and_resumes(tmp_path):
     assert again.get("resumed") and again["best_epoch"] == res["best_epoch"]
 
 
+def test_finetune_killed_after_an_epoch_resumes_to_the_same_model(tmp_path, monkeypatch):
+    """A run killed after epoch 2 and started again continues from last.pt and ends where the
+    uninterrupted run ends: same history, same weights (the shuffle, the flips and the augmentations'
+    random state are all saved)."""
+    from kit.reward import finetune as ft
+
+    torch.set_num_threads(1)
+    pairs = _color_world(tmp_path)
+    train, val = pairs[:64], pairs[64:]
+    cfg = {"epochs": 3, "batch_size": 16, "lr": 2e-3, "weight_decay": 0.01, "grad_clip": 1.0,
+           "plateau_factor": 0.2, "plateau_patience": 3, "early_stop_patience": 7, "flip": "swap_text",
+           "random_resized_crop_scale": [0.5, 1.0], "color_jitter": 0.3, "logit_bias": 0.0}
+    whole = ft.finetune_clip(kclip.build_tiny_clip(seed=0), train, val, tmp_path / "whole", cfg, seed=0)
+
+    save = ft._atomic_torch_save
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(obj, path):
+        save(obj, path)
+        if obj["epoch"] == 2:
+            raise Killed
+
+    monkeypatch.setattr(ft, "_atomic_torch_save", save_then_die)
+    with pytest.raises(Killed):
+        ft.finetune_clip(kclip.build_tiny_clip(seed=0), train, val, tmp_path / "cut", cfg, seed=0)
+    monkeypatch.setattr(ft, "_atomic_torch_save", save)
+    b = kclip.build_tiny_clip(seed=0)
+    resumed = ft.finetune_clip(b, train, val, tmp_path / "cut", cfg, seed=0)
+    strip = lambda hist: [{k: v for k, v in h.items() if k != "seconds"} for h in hist]  # noqa: E731
+    assert strip(resumed["history"]) == strip(whole["history"])
+    want = kclip.build_tiny_clip(seed=0)
+    ft._load_weights(want, tmp_path / "whole" / "best")
+    for (name, a), (_, w) in zip(b.model.state_dict().items(), want.model.state_dict().items()):
+        assert torch.equal(a, w), name
+
+
 def test_in_batch_negatives_label_every_image_against_every_text_of_the_batch(tmp_path, tiny):
     from kit.reward.finetune import ImageStore, PairDataset, finetune_clip, normalize_batch, pair_loss, train_transform
 

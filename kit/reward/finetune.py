@@ -297,6 +297,8 @@ def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair]
         start_epoch = state["epoch"] + 1
         ds.rng.setstate(state["py_rng"])
         g.set_state(state["torch_rng"])
+        if "aug_rng" in state:  # (absent from a last.pt of before 2026-12-06)
+            torch.set_rng_state(state["aug_rng"])  # the crops and colour jitter draw from torch's global generator
     else:
         # Epoch 0: the starting model on the validation pairs (the "pretrained" point of the curves).
         s0 = dist.on_main(score_pairs, bundle, val, store)
@@ -347,7 +349,7 @@ def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair]
             "key": h, "epoch": ep, "model": model.state_dict(), "opt": opt.state_dict(),
             "sched": sched.state_dict(), "history": history, "best_auroc": best_auroc,
             "best_epoch": best_epoch, "bad": bad, "py_rng": ds.rng.getstate(),
-            "torch_rng": g.get_state()}, last)
+            "torch_rng": g.get_state(), "aug_rng": torch.get_rng_state()}, last)
     bar.close()
     if par is not None:
         par.close()
