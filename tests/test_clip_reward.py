@@ -104,11 +104,51 @@ def test_flip_swaps_left_and_right_in_the_text():
 def test_flip_pair_mirrors_the_image():
     from kit.reward.finetune import flip_pair
 
-    img = Image.new("RGB", (10, 4), (0, 0, 0))
-    img.putpixel((0, 0), (255, 0, 0))
+    img = torch.zeros(3, 4, 10, dtype=torch.uint8)
+    img[0, 0, 0] = 255
     out, text = flip_pair(img, "Obstacles on the left lane")
-    assert out.getpixel((9, 0)) == (255, 0, 0) and out.getpixel((0, 0)) == (0, 0, 0)
+    assert out[:, 0, 9].tolist() == [255, 0, 0] and out[:, 0, 0].tolist() == [0, 0, 0]
     assert text == "Obstacles on the right lane"
+
+
+def test_batch_augment_draws_torchvisions_boxes_and_applies_its_colour_adjustments(tiny):
+    """BatchAugment is torchvision's RandomResizedCrop + ColorJitter done on the whole batch: its
+    boxes keep the area share and aspect range asked for, and its colour step equals torchvision's
+    adjust_brightness, adjust_contrast and adjust_saturation applied in that order."""
+    import torchvision.transforms.functional as TF
+
+    from kit.reward.finetune import BatchAugment
+
+    aug = BatchAugment(tiny, {"random_resized_crop_scale": [0.3, 0.6], "color_jitter": 0.0}, seed=1)
+    lo, hi = 0.75 * tiny.image_hw[1] / tiny.image_hw[0], tiny.image_hw[1] / tiny.image_hw[0] / 0.75
+    for _ in range(200):
+        top, left, h, w = aug.crop_box(128, 192)
+        assert 0 <= top and top + h <= 128 and 0 <= left and left + w <= 192
+        assert 0.3 * 0.9 <= h * w / (128 * 192) <= 0.6 * 1.1 and lo * 0.9 <= w / h <= hi * 1.1
+    # the same seed draws the same boxes; the state resumes the sequence
+    a, b = BatchAugment(tiny, {"random_resized_crop_scale": [0.3, 0.6]}, seed=3), \
+        BatchAugment(tiny, {"random_resized_crop_scale": [0.3, 0.6]}, seed=3)
+    a.crop_box(128, 192)
+    b.set_state(a.state())
+    assert a.crop_box(128, 192) == b.crop_box(128, 192)
+
+    hw = tiny.image_hw
+    imgs = [torch.randint(0, 256, (3, *hw), dtype=torch.uint8, generator=torch.Generator().manual_seed(i))
+            for i in range(4)]
+    aug = BatchAugment(tiny, {"random_resized_crop_scale": [1.0, 1.0], "color_jitter": 0.4}, seed=0)
+    state = aug.state()
+    got = aug(imgs) * aug.std + aug.mean
+    # replay the factors BatchAugment drew (after its crop draws) through torchvision
+    replay = BatchAugment(tiny, {"random_resized_crop_scale": [1.0, 1.0], "color_jitter": 0.4}, seed=0)
+    replay.set_state(state)
+    for im in imgs:
+        assert replay.crop_box(*im.shape[-2:]) == (0, 0, *hw)
+    f = replay._uniform(0.6, 1.4, 3 * len(imgs)).view(3, len(imgs))
+    for i, im in enumerate(imgs):
+        want = TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(im.float() / 255, float(f[0, i])),
+                                                       float(f[1, i])), float(f[2, i]))
+        assert torch.allclose(got[i], want, atol=1e-5)
+    assert not torch.allclose(got[0], imgs[0].float() / 255, atol=1e-2)  # it did jitter
 
 
 # ---- the reward -------------------------------------------------------------------------------------
@@ -307,14 +347,13 @@ def test_finetune_killed_after_an_epoch_resumes_to_the_same_model(tmp_path, monk
 
 
 def test_in_batch_negatives_label_every_image_against_every_text_of_the_batch(tmp_path, tiny):
-    from kit.reward.finetune import ImageStore, PairDataset, finetune_clip, normalize_batch, pair_loss, train_transform
+    from kit.reward.finetune import BatchAugment, ImageStore, PairDataset, finetune_clip, pair_loss
 
     pairs = _color_world(tmp_path, n=8)
     truths = {p.image_path: {p.anchor} for p in pairs}
     cfg = {"random_resized_crop_scale": [1.0, 1.0], "color_jitter": 0.0}
     store = ImageStore.for_bundle([p.image_path for p in pairs], tiny)
-    ds = PairDataset(pairs, store, train_transform(tiny, cfg), flip="swap_text", seed=0,
-                     truths={k: frozenset(v) for k, v in truths.items()})
+    ds = PairDataset(pairs, store, flip="swap_text", seed=0, truths={k: frozenset(v) for k, v in truths.items()})
     items = [ds[i] for i in range(len(pairs))]
     for (x, text, y, truth), p in zip(items, pairs):
         flipped = text != p.text
@@ -322,7 +361,7 @@ def test_in_batch_negatives_label_every_image_against_every_text_of_the_batch(tm
         assert (text in truth) == bool(y)      # the pair's own label agrees with the image's truths
     assert any(it[1] != p.text for it, p in zip(items, pairs))  # some pairs were flipped
 
-    x = normalize_batch(torch.stack([it[0] for it in items]), tiny)
+    x = BatchAugment(tiny, cfg)([it[0] for it in items])
     texts, y, truth = [it[1] for it in items], torch.tensor([it[2] for it in items]), [it[3] for it in items]
     loss, paper = pair_loss(tiny.model, tiny, x, texts, y, truth)
     with torch.no_grad():
@@ -402,10 +441,10 @@ def test_stage_end_to_end_on_toy_data(tmp_path):
     assert again["models"]["reason"]["best_epoch"] == out["models"]["reason"]["best_epoch"]
 
 
-def test_train_transform_without_augmentation_matches_the_eval_preprocess(tiny, tmp_path):
-    # the fast path (images squashed once in the store, uint8 tensors normalised per batch) feeds the
-    # model what its own eval preprocessing would, when the augmentations are switched off
-    from kit.reward.finetune import ImageStore, normalize_batch, train_transform
+def test_batch_augment_without_augmentation_matches_the_eval_preprocess(tiny, tmp_path):
+    # the fast path (images squashed once in the store, uint8 tensors cropped and normalised per batch)
+    # feeds the model what its own eval preprocessing would, when the augmentations are switched off
+    from kit.reward.finetune import BatchAugment, ImageStore
 
     paths = []
     for i in range(3):
@@ -414,7 +453,7 @@ def test_train_transform_without_augmentation_matches_the_eval_preprocess(tiny, 
         paths.append(str(p))
     store = ImageStore.for_bundle(paths, tiny)
     assert store[paths[0]].size == (tiny.image_hw[1], tiny.image_hw[0])
-    tf = train_transform(tiny, {"random_resized_crop_scale": [1.0, 1.0], "color_jitter": 0.0})
-    got = normalize_batch(torch.stack([tf(store[p]) for p in paths]), tiny)
+    got = BatchAugment(tiny, {"random_resized_crop_scale": [1.0, 1.0], "color_jitter": 0.0})(
+        [store.pixels(p) for p in paths])
     want = torch.stack([tiny.preprocess(Image.open(p).convert("RGB")) for p in paths])
     assert torch.allclose(got, want, atol=1e-5)

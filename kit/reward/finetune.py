@@ -30,7 +30,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from kit import dist, runs
 from kit.models.clip import ClipBundle, encode_text, save_clip
@@ -43,14 +43,15 @@ class ImageStore:
     """The pair images in memory, read once and shrunk to at most `2 x image_size` on the short side
     (the model sees `image_size` pixels anyway; real BDD-OIA frames are 1280x720). With `squash_to`
     (a model whose preprocessing squashes the whole frame, like the tiny CLIP), they are stored at
-    exactly that (height, width): the squash the transforms would do every epoch is then done once,
-    and their own resize becomes a no-op (Pillow returns a copy for an equal size)."""
+    exactly that (height, width). `store[path]` is the PIL image (for the eval transform),
+    `store.pixels(path)` the same pixels as a uint8 [3, h, w] tensor (for `BatchAugment`)."""
 
     def __init__(self, paths: Sequence[str], image_size: int, squash_to: tuple[int, int] | None = None):
         from tqdm.auto import tqdm
 
         self.side = 2 * int(image_size)
         self.images: dict[str, Image.Image] = {}
+        self._pixels: dict[str, torch.Tensor] = {}
         for p in tqdm(sorted(set(map(str, paths))), desc="load pair images", leave=False):
             try:
                 with Image.open(p) as im:
@@ -72,52 +73,115 @@ class ImageStore:
     def __getitem__(self, path: str) -> Image.Image:
         return self.images[str(path)]
 
-
-def train_transform(bundle: ClipBundle, cfg: Mapping):
-    """RandomResizedCrop + ColorJitter (torchvision), to a uint8 tensor; `normalize_batch` finishes
-    the batch (one vectorised op instead of a float conversion per image, which cost as much as the
-    rest of the augmentation). No hue jitter: a hue shift turns a red light green and would teach
-    wrong labels. The flip is done with the text (below)."""
-    from torchvision import transforms as T
-
-    hw = bundle.image_hw
-    pc = bundle.preprocess_cfg
-    scale = tuple(cfg.get("random_resized_crop_scale") or (0.8, 1.0))
-    cj = float(cfg.get("color_jitter", 0.0) or 0.0)
-    steps = [T.Resize(hw, interpolation=T.InterpolationMode.BICUBIC)] if pc.get("resize_mode") == "squash" \
-        else [T.Resize(min(hw), interpolation=T.InterpolationMode.BICUBIC)]
-    ratio = hw[1] / hw[0]
-    steps.append(T.RandomResizedCrop(hw, scale=scale, ratio=(0.75 * ratio, ratio / 0.75),
-                                     interpolation=T.InterpolationMode.BICUBIC))
-    if cj > 0:
-        steps.append(T.ColorJitter(brightness=cj, contrast=cj, saturation=cj))
-    steps.append(T.PILToTensor())
-    return T.Compose(steps)
+    def pixels(self, path: str) -> torch.Tensor:
+        path = str(path)
+        if path not in self._pixels:
+            self._pixels[path] = torch.from_numpy(np.asarray(self.images[path]).copy()).permute(2, 0, 1).contiguous()
+        return self._pixels[path]
 
 
-def normalize_batch(x: torch.Tensor, bundle: ClipBundle) -> torch.Tensor:
-    """uint8 [n, 3, h, w] from `train_transform` -> the model's normalised float input
-    (what torchvision's ToTensor + Normalize give per image)."""
-    pc = bundle.preprocess_cfg
-    mean = torch.tensor(pc["mean"], dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(pc["std"], dtype=torch.float32).view(1, -1, 1, 1)
-    return (x.float().div_(255) - mean) / std
+class BatchAugment:
+    """RandomResizedCrop and ColorJitter for a whole batch at once, on the model's device, from the
+    pixels of `ImageStore.pixels`; returns the model's normalised float input.
+
+    Written here rather than torchvision's per-image PIL transforms because those ran in the training
+    loop's process and took as long as the tiny CLIP's own steps (on a GPU they would starve it); a
+    DataLoader worker would compete for the same two cores. The semantics are torchvision's: the crop
+    box is drawn as `RandomResizedCrop.get_params` draws it (area share in `scale`, log-uniform aspect
+    around the model's, 10 tries, then the whole image), cut from the stored image and resized to the
+    model's size (bicubic, antialiased); brightness, contrast and saturation factors are drawn
+    uniformly in [1 - j, 1 + j] per image and applied as torchvision's adjust_* functions do, in that
+    fixed order (torchvision draws an order per image). No hue jitter: a hue shift turns a red light
+    green and would teach wrong labels. The flip is done with the text (`flip_pair`).
+
+    Every draw comes from the augmenter's own generator (`state()` / `set_state()`), so a run
+    resumed from its last epoch sees the augmentations the uninterrupted run saw."""
+
+    VERSION = 2  # in the fine-tune's key: a model trained with other augmentations is not reused (1: torchvision's, per image)
+
+    def __init__(self, bundle: ClipBundle, cfg: Mapping, seed: int = 0):
+        self.hw = bundle.image_hw
+        self.device = bundle.device
+        self.scale = tuple(float(v) for v in (cfg.get("random_resized_crop_scale") or (0.8, 1.0)))
+        r = self.hw[1] / self.hw[0]
+        self.log_ratio = (math.log(0.75 * r), math.log(r / 0.75))
+        self.jitter = float(cfg.get("color_jitter", 0.0) or 0.0)
+        pc = bundle.preprocess_cfg
+        self.mean = torch.tensor(pc["mean"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(pc["std"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.gen = torch.Generator().manual_seed(int(seed))
+
+    def state(self) -> torch.Tensor:
+        return self.gen.get_state()
+
+    def set_state(self, state: torch.Tensor) -> None:
+        self.gen.set_state(state)
+
+    def _uniform(self, lo: float, hi: float, n: int = 1) -> torch.Tensor:
+        return torch.empty(n).uniform_(lo, hi, generator=self.gen)
+
+    def crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(top, left, h, w), drawn as torchvision's RandomResizedCrop.get_params draws it."""
+        area = height * width
+        for _ in range(10):
+            target = area * float(self._uniform(*self.scale))
+            aspect = math.exp(float(self._uniform(*self.log_ratio)))
+            w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(torch.randint(0, height - h + 1, (1,), generator=self.gen))
+                left = int(torch.randint(0, width - w + 1, (1,), generator=self.gen))
+                return top, left, h, w
+        ratio = width / height  # fallback: the whole image, trimmed to the aspect range
+        lo, hi = math.exp(self.log_ratio[0]), math.exp(self.log_ratio[1])
+        if ratio < lo:
+            w, h = width, int(round(width / lo))
+        elif ratio > hi:
+            h, w = height, int(round(height * hi))
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    def __call__(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """uint8 [3, H, W] images (any sizes) -> normalised float [n, 3, h, w] on the device."""
+        out = []
+        for img in images:
+            top, left, h, w = self.crop_box(img.shape[-2], img.shape[-1])
+            x = img[:, top:top + h, left:left + w].to(self.device, non_blocking=True).float().unsqueeze(0)
+            if (h, w) != tuple(self.hw):
+                x = torch.nn.functional.interpolate(x, size=self.hw, mode="bicubic", align_corners=False,
+                                                    antialias=True).clamp_(0, 255)
+            out.append(x)
+        x = torch.cat(out).div_(255)
+        if self.jitter > 0:
+            n = len(out)
+            f = self._uniform(max(0.0, 1 - self.jitter), 1 + self.jitter, 3 * n).view(3, n, 1, 1, 1).to(self.device)
+            x = (x * f[0]).clamp_(0, 1)                                                    # brightness
+            mean = _gray(x).mean(dim=(-3, -2, -1), keepdim=True)
+            x = (f[1] * x + (1 - f[1]) * mean).clamp_(0, 1)                               # contrast
+            x = (f[2] * x + (1 - f[2]) * _gray(x)).clamp_(0, 1)                           # saturation
+        return (x - self.mean) / self.std
 
 
-def flip_pair(img: Image.Image, text: str) -> tuple[Image.Image, str]:
-    """A horizontal flip of the image with its text's left and right swapped."""
-    return ImageOps.mirror(img), swap_left_right(text)
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """torchvision's rgb_to_grayscale, [n, 1, h, w]."""
+    return (0.2989 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+
+
+def flip_pair(img: torch.Tensor, text: str) -> tuple[torch.Tensor, str]:
+    """A horizontal flip of the image ([3, h, w] pixels) with its text's left and right swapped."""
+    return img.flip(-1), swap_left_right(text)
 
 
 class PairDataset(torch.utils.data.Dataset):
-    """(augmented image, text, label, the image's true texts as seen) per pair. `truths` (image path ->
-    its true texts) is only needed for in-batch negatives; a flipped image's truths are swapped too."""
+    """(image pixels, text, label, the image's true texts as seen) per pair; `BatchAugment` augments
+    the batch. `truths` (image path -> its true texts) is only needed for in-batch negatives; a
+    flipped image's truths are swapped too."""
 
-    def __init__(self, pairs: Sequence[Pair], store: ImageStore, transform, flip: str = "off", seed: int = 0,
+    def __init__(self, pairs: Sequence[Pair], store: ImageStore, flip: str = "off", seed: int = 0,
                  truths: Mapping[str, frozenset[str]] | None = None):
         if flip not in FLIP_MODES:
             raise ValueError(f"params clip_finetune.flip: expected one of {FLIP_MODES}, got {flip!r}")
-        self.pairs, self.store, self.transform, self.flip = list(pairs), store, transform, flip
+        self.pairs, self.store, self.flip = list(pairs), store, flip
         self.truths = truths
         self.rng = random.Random(seed)
 
@@ -126,17 +190,17 @@ class PairDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         p = self.pairs[i]
-        img, text = self.store[p.image_path], p.text
+        img, text = self.store.pixels(p.image_path), p.text
         truth = self.truths[str(p.image_path)] if self.truths is not None else frozenset()
         if self.flip == "swap_text" and self.rng.random() < 0.5:
             img, text = flip_pair(img, text)
             truth = frozenset(swap_left_right(t) for t in truth)
-        return self.transform(img), text, float(p.label), truth
+        return img, text, float(p.label), truth
 
 
 def _collate(batch):
     x, t, y, truth = zip(*batch)
-    return torch.stack(x), list(t), torch.tensor(y), list(truth)
+    return list(x), list(t), torch.tensor(y), list(truth)
 
 
 def _logits(model, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
@@ -226,7 +290,7 @@ def finetune_key(train: Sequence[Pair], val: Sequence[Pair], cfg: Mapping, *, se
     identities of the starting CLIP and of the images (kit.stages.key.artifact_id / samples_id)."""
     from kit.stages.key import stage_key
 
-    settings = {"cfg": {k: cfg.get(k) for k in FINETUNE_KEYS}, "seed": seed,
+    settings = {"cfg": {k: cfg.get(k) for k in FINETUNE_KEYS}, "seed": seed, "augment": BatchAugment.VERSION,
                 "train": [(p.id, p.text, p.label) for p in train], "val": [(p.id, p.text, p.label) for p in val]}
     if cfg.get("in_batch_negatives"):  # the in-batch labels come from the train images' true texts
         settings["truths"] = sorted({(p.id, tuple(sorted(set(truths[str(p.image_path)])))) for p in train})
@@ -275,8 +339,8 @@ def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair]
     if cfg.get("logit_bias") is not None and getattr(model, "logit_bias", None) is None:
         model.logit_bias = torch.nn.Parameter(torch.tensor(float(cfg["logit_bias"]), device=bundle.device))
     store = store or ImageStore.for_bundle([p.image_path for p in list(train) + list(val)], bundle)
-    ds = PairDataset(train, store, train_transform(bundle, cfg), flip=str(cfg.get("flip", "off")), seed=seed,
-                     truths=truths if in_batch else None)
+    ds = PairDataset(train, store, flip=str(cfg.get("flip", "off")), seed=seed, truths=truths if in_batch else None)
+    augment = BatchAugment(bundle, cfg, seed=seed)
     g = torch.Generator().manual_seed(seed)
     dl = torch.utils.data.DataLoader(ds, batch_size=int(cfg["batch_size"]), shuffle=True, generator=g,
                                      collate_fn=_collate, drop_last=False, num_workers=0)
@@ -297,8 +361,7 @@ def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair]
         start_epoch = state["epoch"] + 1
         ds.rng.setstate(state["py_rng"])
         g.set_state(state["torch_rng"])
-        if "aug_rng" in state:  # (absent from a last.pt of before 2026-12-06)
-            torch.set_rng_state(state["aug_rng"])  # the crops and colour jitter draw from torch's global generator
+        augment.set_state(state["aug_rng"])
     else:
         # Epoch 0: the starting model on the validation pairs (the "pretrained" point of the curves).
         s0 = dist.on_main(score_pairs, bundle, val, store)
@@ -322,7 +385,7 @@ def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair]
         tot, n = 0.0, 0
         for x, texts, y, truth in dl:
             # several processes: the whole batch's loss, each process encoding its block of the images
-            loss, paper_loss = pair_loss(model, bundle, normalize_batch(x, bundle), texts, y,
+            loss, paper_loss = pair_loss(model, bundle, augment(x), texts, y,
                                          truth if in_batch else None, encode=par.encode if par else None)
             opt.zero_grad(set_to_none=True)
             loss.backward()  # under DDP the gradients are averaged over the processes here
@@ -349,7 +412,7 @@ def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair]
             "key": h, "epoch": ep, "model": model.state_dict(), "opt": opt.state_dict(),
             "sched": sched.state_dict(), "history": history, "best_auroc": best_auroc,
             "best_epoch": best_epoch, "bad": bad, "py_rng": ds.rng.getstate(),
-            "torch_rng": g.get_state(), "aug_rng": torch.get_rng_state()}, last)
+            "torch_rng": g.get_state(), "aug_rng": augment.state()}, last)
     bar.close()
     if par is not None:
         par.close()
