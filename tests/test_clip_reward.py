@@ -283,15 +283,18 @@ def _color_world(tmp_path, n=48):
     return pairs
 
 
+_FT_CFG = {"epochs": 3, "batch_size": 16, "lr": 2e-3, "weight_decay": 0.01, "grad_clip": 1.0,
+           "plateau_factor": 0.2, "plateau_patience": 3, "early_stop_patience": 7, "flip": "swap_text",
+           "random_resized_crop_scale": [0.9, 1.0], "color_jitter": 0.1, "logit_bias": 0.0}
+
+
 def test_finetune_trains_keeps_best_and_resumes(tmp_path):
     from kit.reward.finetune import finetune_clip, score_pairs, ImageStore
 
     torch.set_num_threads(1)
     pairs = _color_world(tmp_path)
     train, val = pairs[:64], pairs[64:]
-    cfg = {"epochs": 3, "batch_size": 16, "lr": 2e-3, "weight_decay": 0.01, "grad_clip": 1.0,
-           "plateau_factor": 0.2, "plateau_patience": 3, "early_stop_patience": 7, "flip": "swap_text",
-           "random_resized_crop_scale": [0.9, 1.0], "color_jitter": 0.1, "logit_bias": 0.0}
+    cfg = _FT_CFG
     b = kclip.build_tiny_clip(seed=0)
     res = finetune_clip(b, train, val, tmp_path / "ft", cfg, seed=0)
     hist = res["history"]
@@ -317,9 +320,7 @@ def test_finetune_killed_after_an_epoch_resumes_to_the_same_model(tmp_path, monk
     torch.set_num_threads(1)
     pairs = _color_world(tmp_path)
     train, val = pairs[:64], pairs[64:]
-    cfg = {"epochs": 3, "batch_size": 16, "lr": 2e-3, "weight_decay": 0.01, "grad_clip": 1.0,
-           "plateau_factor": 0.2, "plateau_patience": 3, "early_stop_patience": 7, "flip": "swap_text",
-           "random_resized_crop_scale": [0.5, 1.0], "color_jitter": 0.3, "logit_bias": 0.0}
+    cfg = {**_FT_CFG, "random_resized_crop_scale": [0.5, 1.0], "color_jitter": 0.3}  # more randomness to replay
     whole = ft.finetune_clip(kclip.build_tiny_clip(seed=0), train, val, tmp_path / "whole", cfg, seed=0)
 
     save = ft._atomic_torch_save

@@ -43,15 +43,15 @@ class ImageStore:
     """The pair images in memory, read once and shrunk to at most `2 x image_size` on the short side
     (the model sees `image_size` pixels anyway; real BDD-OIA frames are 1280x720). With `squash_to`
     (a model whose preprocessing squashes the whole frame, like the tiny CLIP), they are stored at
-    exactly that (height, width). `store[path]` is the PIL image (for the eval transform),
-    `store.pixels(path)` the same pixels as a uint8 [3, h, w] tensor (for `BatchAugment`)."""
+    exactly that (height, width). Each is kept once, as an [h, w, 3] uint8 array: `store[path]` is
+    it as a PIL image (for the eval transform), `store.pixels(path)` a [3, h, w] tensor view of it
+    (for `BatchAugment`)."""
 
     def __init__(self, paths: Sequence[str], image_size: int, squash_to: tuple[int, int] | None = None):
         from tqdm.auto import tqdm
 
         self.side = 2 * int(image_size)
-        self.images: dict[str, Image.Image] = {}
-        self._pixels: dict[str, torch.Tensor] = {}
+        self.images: dict[str, np.ndarray] = {}
         for p in tqdm(sorted(set(map(str, paths))), desc="load pair images", leave=False):
             try:
                 with Image.open(p) as im:
@@ -63,7 +63,7 @@ class ImageStore:
             elif min(im.size) > self.side:
                 f = self.side / min(im.size)
                 im = im.resize((max(1, round(im.width * f)), max(1, round(im.height * f))), Image.BICUBIC)
-            self.images[p] = im
+            self.images[p] = np.array(im)  # writable: torch views it without a warning
 
     @classmethod
     def for_bundle(cls, paths: Sequence[str], bundle: ClipBundle) -> "ImageStore":
@@ -71,13 +71,10 @@ class ImageStore:
         return cls(paths, bundle.image_size, squash_to=bundle.image_hw if squash else None)
 
     def __getitem__(self, path: str) -> Image.Image:
-        return self.images[str(path)]
+        return Image.fromarray(self.images[str(path)])
 
     def pixels(self, path: str) -> torch.Tensor:
-        path = str(path)
-        if path not in self._pixels:
-            self._pixels[path] = torch.from_numpy(np.asarray(self.images[path]).copy()).permute(2, 0, 1).contiguous()
-        return self._pixels[path]
+        return torch.from_numpy(self.images[str(path)]).permute(2, 0, 1)
 
 
 class BatchAugment:
