@@ -1,27 +1,44 @@
-# Two commands: `make run` and `make test`. Both create or refresh .venv first;
-# the stamp file makes a second call skip pip when pyproject.toml has not changed.
+# Two commands: `make run` and `make test`. Both create or refresh .venv first, from requirements.lock
+# (every package at an exact version, with its hashes); the stamp file makes a second call skip pip
+# unless the lock or pyproject.toml changed. `make lock` refreshes the lock from pyproject.toml's ranges.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+PIP_VERSION := 26.3
+UV_VERSION := 0.13.9
 PROFILE ?= tiny
 RUN_DIR ?= runs/$(PROFILE)
 ARGS ?=
 
-.PHONY: run test test-fast bench venv clean-runs
+.PHONY: run test test-fast bench venv lock verify clean-runs
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	# torch first, from the pinned releases (see stack-notes.md), then the kit with its dev extras
-	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet pip==$(PIP_VERSION)
+	# exactly the lock: no resolution, every file checked against its hash; then the kit itself
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip check
 	touch $(STAMP)
 
+# one lock for every platform and Python >= 3.11 (uv's universal resolution; markers pick the lines that apply)
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 --generate-hashes \
+		--custom-compile-command "make lock" -o $(LOCK)
+
+# then the run's headline numbers against the profile's reference bands (params/expected/), where it has them
 run: $(STAMP)
 	$(BIN)/kit run --profile $(PROFILE) --run-dir $(RUN_DIR) $(ARGS)
+	$(BIN)/kit verify $(RUN_DIR) --if-bands
+
+verify: $(STAMP)
+	$(BIN)/kit verify $(RUN_DIR)
 
 # two pytest workers, one thread each (tests/conftest.py); a file's tests stay on one worker
 test: $(STAMP)
