@@ -28,18 +28,49 @@ def _cmd_run(a: argparse.Namespace) -> int:
     return 0
 
 
+def _ints(text: str | None, what: str) -> list[int]:
+    try:
+        return [int(x) for x in (text or "").split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"kit sweep {what} {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+
+
 def _cmd_sweep(a: argparse.Namespace) -> int:
     from kit.sweep import parse_grid, run_sweep, summarize
 
     if a.summarize:
-        s = summarize(a.summarize)
+        s = summarize(a.summarize, expected=a.expected)
     else:
-        seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
-        rec = run_sweep(a.profile, seeds, parse_grid(a.grid), only=a.only.split(",") if a.only else None,
-                        track=a.track, sweep_dir=a.sweep_dir, jobs=a.jobs, base=a.set)
+        rec = run_sweep(a.profile, _ints(a.seeds, "--seeds"), parse_grid(a.grid),
+                        only=a.only.split(",") if a.only else None, track=a.track, sweep_dir=a.sweep_dir,
+                        jobs=a.jobs, base=a.set, threads=_ints(a.threads, "--threads"), expected=a.expected)
         s = rec["summary"]
     print((Path(s["sweep_dir"]) / "summary.md").read_text())
+    if s.get("expected"):
+        print(f"reference bands: {s['expected']}; README section rendered: {s['readme']}")
     return 1 if s["failed"] else 0
+
+
+def _cmd_verify(a: argparse.Namespace) -> int:
+    from kit.reference import expected_path, load_bands, verify, verify_table
+    from kit.runs import read_json, resolve_run_dir
+
+    rd = resolve_run_dir(a.run_dir)
+    try:
+        bands = load_bands("", a.bands) if a.bands else None
+        if a.if_bands and bands is None:
+            profile = ((read_json(rd / "manifest.json") or {}).get("profile")) or "?"
+            if load_bands(profile) is None:
+                print(f"kit verify: {expected_path(profile)}: no reference bands for profile '{profile}'; nothing to check")
+                return 0
+        res = verify(rd, bands)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"kit verify: {e}", file=sys.stderr)
+        return 2
+    print(verify_table(res))
+    if a.if_bands and not res["applies"]:
+        return 0  # the run's own settings: no band applies, said in the notes
+    return 0 if res["ok"] else 1
 
 
 def _cmd_params_show(a: argparse.Namespace) -> int:
@@ -135,8 +166,22 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--sweep-dir", help="where the run directories go (default: runs/sweeps/<profile>)")
     sw.add_argument("--jobs", type=int, default=1, help="combinations run side by side (threads per job: cores / jobs)")
     sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override every combination shares")
+    sw.add_argument("--threads", help="comma-separated thread counts (OMP_NUM_THREADS), each combination once per "
+                    "count, e.g. 1,2; the runs of a count go side by side, cores / threads at a time")
     sw.add_argument("--summarize", metavar="SWEEP_DIR", help="rebuild summary.json/.md and the figures from files only")
+    sw.add_argument("--expected", action="store_true",
+                    help="write the profile's reference bands (params/expected/<profile>.json) and render the README's "
+                         "results from them (no --grid/--set/--only/--track)")
     sw.set_defaults(func=_cmd_sweep)
+
+    v = sub.add_parser("verify", help="a run's headline numbers against its profile's reference bands "
+                                      "(exit 1 when one is outside or missing)")
+    v.add_argument("run_dir", help="a run directory written by kit run, e.g. runs/tiny")
+    v.add_argument("--bands", help="a bands file (default: params/expected/<the run's profile>.json)")
+    v.add_argument("--if-bands", action="store_true",
+                   help="exit 0 when the profile has no bands or the run's settings differ from the sweep's "
+                        "(make run uses this)")
+    v.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser("params", help="profiles")
     psub = p.add_subparsers(dest="pcmd", required=True)

@@ -1,24 +1,29 @@
-"""`kit sweep`: the same notebooks over seeds and a grid of settings, one run directory per
-combination, and the spread of every headline number.
+"""`kit sweep`: the same notebooks over seeds, thread counts and a grid of settings, one run directory
+per combination, the spread of every headline number, and the paired comparisons the README states.
 
-    kit sweep --profile tiny --seeds 0,1,2 [--grid rloo.beta=0,0.02,0.05 ...] [--only 03,05] [--track A]
-              [--sweep-dir runs/sweeps/NAME] [--jobs N] [--set KEY=VALUE ...]
-    kit sweep --summarize runs/sweeps/NAME
+    kit sweep --profile tiny --seeds 0,1,2 [--threads 1,2] [--grid rloo.beta=0,0.02,0.05 ...] [--only 03,05]
+              [--track A] [--sweep-dir runs/sweeps/NAME] [--jobs N] [--set KEY=VALUE ...] [--expected]
+    kit sweep --summarize runs/sweeps/NAME [--expected]
 
 Each combination is one `kit run` (papermill, as everywhere) in `<sweep dir>/<settings>/`, in a
-process of its own, so a failure is reported and the others go on, and `--jobs N` runs N of them
-side by side with `cores / N` threads each (the BLAS pools would otherwise fight over the cores).
+process of its own, so a failure is reported and the others go on. `--threads 1,2` runs every
+combination once per thread count (OMP_NUM_THREADS): the tiny models' floats differ between them as
+they differ between machines, so the spread over both is the spread a user's machine can land in;
+the runs of a thread count go side by side, `cores / threads` at a time. Without `--threads`,
+`--jobs N` runs N combinations side by side with `cores / N` threads each (one job: the threads
+`kit run` would use, so seed S equals `kit run --set seed=S`).
 Reuse is `kit run`'s: a rerun skips notebooks done with the same parameters, and inside them
 every stage reuses only what its key matches. `sweep.json` lists the combinations and how each
 went; `summary.json`, `summary.md` and `figures/<metric>.png` hold mean, standard deviation, min,
-max and n of every headline number per combination (seeds pooled), rebuilt by `--summarize` from
-the run directories' metrics.json alone.
+max and n of every number per grid point (seeds and thread counts pooled) and each comparison of
+kit.reference as paired differences with a bootstrap interval, rebuilt by `--summarize` from the run
+directories alone. `--expected` (no grid) writes those numbers as the profile's reference bands,
+`params/expected/<profile>.json`, and renders the README's results section from them.
 """
 from __future__ import annotations
 
 import itertools
 import json
-import math
 import os
 import re
 import subprocess
@@ -26,67 +31,12 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
-from kit import runs
+from kit import reference, runs
 from kit.params import load_profile, parse_overrides
 
 SWEEP_FILE = "sweep.json"
-# Headline numbers at fixed metrics.json paths: notebook 00's pretrained tiny models, then Track B's
-# (the README's "What to expect" table); Track A's are found per model (headline_metrics)
-FIXED = {
-    "pretrained CLIP retrieval top-1": "prepare.models.clip.retrieval_after.i2t_top1",
-    "pretrained VLM caption loss": "prepare.models.vlm.caption_loss_after",
-    "CLIP val AUROC": "clip_finetune.val_auroc",
-    "CLIP test AUROC": "clip_finetune.test_auroc",
-    "CLIP test F1": "clip_finetune.test.f1",
-    "pretrained CLIP test AUROC": "clip_finetune.pretrained_test_auroc",
-    "Direct action mF1": "direct.eval.action.macro_f1",
-    "Direct reason mF1": "direct.eval.reason.macro_f1",
-    "SFT action mF1": "sft_baseline.eval.action.macro_f1",
-    "SFT reason mF1": "sft_baseline.eval.reason.macro_f1",
-    "RLOO reward, first epoch": "rloo.reward_first_epoch",
-    "RLOO reward, last epoch": "rloo.reward_last_epoch",
-    "held-out CLIP score, base model": "rloo.eval.base_model.clip_score",
-    "held-out CLIP score, after RLOO": "rloo.eval.clip_score",
-    "specificity, base model": "rloo.eval.base_model.specificity",
-    "specificity, after RLOO": "rloo.eval.specificity",
-    "stage-2 action mF1": "action_sft.eval.action.macro_f1",
-    "A judge validity (Spearman)": "evaluate.coda_lm.judge_validity.spearman",
-    "A synthetic / Train QA pairs": "synthesis.card.ratio_to_train",
-    "A named-object precision": "synthesis.quality.named_objects.overall.precision",
-    "A named-object recall": "synthesis.quality.named_objects.overall.recall",
-}
-TASK_SHORT = {"general_perception": "general", "region_perception": "region", "driving_suggestion": "driving"}
-
-
-def _get(d: Any, path: str):
-    for part in path.split("."):
-        if not isinstance(d, Mapping) or part not in d:
-            return None
-        d = d[part]
-    return d if isinstance(d, (int, float)) and not isinstance(d, bool) else None
-
-
-def headline_metrics(metrics: Mapping) -> dict[str, float]:
-    """The headline numbers a run holds: FIXED's, and Track A's per evaluated model (overall and per
-    task on 0-100, the Elo bootstrap median and its 95% interval). A stage the run did not include
-    is simply absent."""
-    out = {name: v for name, path in FIXED.items() if (v := _get(metrics, path)) is not None}
-    elo = ((metrics.get("evaluate") or {}).get("elo") or {}).get("bootstrap") or {}
-    for stage, m in metrics.items():
-        e = m.get("coda_lm") if isinstance(m, Mapping) else None
-        if not (e and e.get("scores") and e.get("name")):
-            continue
-        n, s = e["name"], e["scores"]
-        out[f"A {n}: overall"] = s["overall_100"]
-        for t, short in TASK_SHORT.items():
-            if s.get(t, {}).get("score_100") is not None:
-                out[f"A {n}: {short}"] = s[t]["score_100"]
-        if n in elo:
-            out[f"A {n}: Elo"] = elo[n]["median"]
-            out[f"A {n}: Elo 2.5%"], out[f"A {n}: Elo 97.5%"] = elo[n]["lo"], elo[n]["hi"]
-    return out
 
 
 def parse_grid(items: Sequence[str]) -> dict[str, list]:
@@ -100,24 +50,26 @@ def parse_grid(items: Sequence[str]) -> dict[str, list]:
     return grid
 
 
-def combinations(seeds: Sequence[int], grid: Mapping[str, Sequence]) -> list[dict]:
-    """Every grid point crossed with every seed, as {dotted key: value} with `seed` last."""
+def combinations(seeds: Sequence[int], grid: Mapping[str, Sequence], threads: Sequence[int] = ()) -> list[dict]:
+    """Every grid point crossed with every seed (and thread count), as {dotted key: value} with `seed`
+    (then `threads`) last."""
     keys = sorted(grid)
     out = []
     for values in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
         for s in seeds:
-            out.append({**dict(zip(keys, values)), "seed": int(s)})
+            for t in threads or [None]:
+                out.append({**dict(zip(keys, values)), "seed": int(s), **({"threads": int(t)} if t else {})})
     return out
 
 
 def combo_name(settings: Mapping) -> str:
-    """A run directory's name from its settings, e.g. `rloo.beta=0.02__seed=1`."""
+    """A run directory's name from its settings, e.g. `rloo.beta=0.02__seed=1__threads=2`."""
     parts = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in settings.items()]
     return re.sub(r"[^A-Za-z0-9._=,+-]", "_", "__".join(parts))
 
 
 def _group(settings: Mapping) -> str:
-    rest = {k: v for k, v in settings.items() if k != "seed"}
+    rest = {k: v for k, v in settings.items() if k not in ("seed", "threads")}
     return combo_name(rest) if rest else "all seeds"
 
 
@@ -127,14 +79,15 @@ def _run_one(profile: str, run_dir: Path, settings: Mapping, base: Sequence[str]
     run_dir.mkdir(parents=True, exist_ok=True)
     report = run_dir / "sweep_report.json"
     report.unlink(missing_ok=True)
+    sets = {k: v for k, v in settings.items() if k != "threads"}
     cmd = [sys.executable, "-m", "kit.cli", "run", "--profile", profile, "--run-dir", str(run_dir),
            "--report", str(report), *[x for s in base for x in ("--set", s)],
-           *[x for k, v in settings.items() for x in ("--set", f"{k}={json.dumps(v)}")]]
+           *[x for k, v in sets.items() for x in ("--set", f"{k}={json.dumps(v)}")]]
     if only:
         cmd += ["--only", ",".join(only)]
     if track:
         cmd += ["--track", track]
-    # one job: the threads `kit run` would use (so seed S here equals `kit run --set seed=S`); N jobs: a share each
+    threads = settings.get("threads", threads)
     env = dict(os.environ) if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads),
                                                     "MKL_NUM_THREADS": str(threads)}
     t0 = time.time()
@@ -154,71 +107,97 @@ def _run_one(profile: str, run_dir: Path, settings: Mapping, base: Sequence[str]
 
 def run_sweep(profile: str = "tiny", seeds: Sequence[int] = (0,), grid: Mapping[str, Sequence] | None = None,
               *, only: Sequence[str] | None = None, track: str | None = None, sweep_dir: str | os.PathLike | None = None,
-              jobs: int = 1, base: Sequence[str] = ()) -> dict:
+              jobs: int = 1, base: Sequence[str] = (), threads: Sequence[int] = (), expected: bool = False) -> dict:
     """Run every combination (see the module docstring); returns the sweep record with its summary."""
     grid = dict(grid or {})
-    combos = combinations(seeds, grid)
+    if expected and (grid or base or only or track):
+        raise SystemExit("kit sweep --expected: the reference bands are the whole profile as it is; "
+                         "expected no --grid, --set, --only or --track")
+    combos = combinations(seeds, grid, threads)
     for c in combos:  # every combination resolves before anything runs: a bad key fails here, naming it
-        load_profile(profile, [*base, *(f"{k}={json.dumps(v)}" for k, v in c.items())])
+        load_profile(profile, [*base, *(f"{k}={json.dumps(v)}" for k, v in c.items() if k != "threads")])
     sd = runs.resolve_run_dir(sweep_dir or f"runs/sweeps/{Path(str(profile)).stem}")
     sd.mkdir(parents=True, exist_ok=True)
+    cores = os.cpu_count() or 1
     jobs = max(1, int(jobs))
-    threads = None if jobs == 1 else max(1, (os.cpu_count() or 1) // jobs)
-    record = {"profile": str(profile), "seeds": [int(s) for s in seeds], "grid": grid, "only": list(only or []) or None,
-              "track": track, "base": list(base), "jobs": jobs, "runs": []}
+    record = {"profile": str(profile), "seeds": [int(s) for s in seeds], "threads": [int(t) for t in threads] or None,
+              "grid": grid, "only": list(only or []) or None, "track": track, "base": list(base), "jobs": jobs,
+              "runs": []}
     runs.write_json(sd / SWEEP_FILE, record)
 
-    def one(c):
+    def one(c, per_job_threads):
         name = combo_name(c)
         print(f"kit sweep: {name} ...", flush=True)
-        r = _run_one(str(profile), sd / name, c, base, only, track, threads)
+        r = _run_one(str(profile), sd / name, c, base, only, track, per_job_threads)
         r["name"] = name
         print(f"kit sweep: {name} {r['status']} in {r['seconds']:.0f} s"
               + (f"\n  {r['error'].splitlines()[-1]}" if r.get("error") else ""), flush=True)
         return r
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        record["runs"] = list(pool.map(one, combos))
+    results = {}
+    if threads:  # one pool per thread count: as many runs side by side as the cores hold
+        for t in sorted(set(int(x) for x in threads)):
+            todo = [c for c in combos if c["threads"] == t]
+            with ThreadPoolExecutor(max_workers=max(1, cores // t)) as pool:
+                for c, r in zip(todo, pool.map(lambda c: one(c, t), todo)):
+                    results[combo_name(c)] = r
+    else:  # one job: the threads `kit run` would use (so seed S here equals `kit run --set seed=S`)
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            for c, r in zip(combos, pool.map(lambda c: one(c, None if jobs == 1 else max(1, cores // jobs)), combos)):
+                results[combo_name(c)] = r
+    record["runs"] = [results[combo_name(c)] for c in combos]
     runs.write_json(sd / SWEEP_FILE, record)
-    record["summary"] = summarize(sd)
+    record["summary"] = summarize(sd, expected=expected)
     return record
 
 
-def _stats(xs: Sequence[float]) -> dict:
-    n = len(xs)
-    mean = sum(xs) / n
-    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else None
-    return {"mean": mean, "sd": sd, "min": min(xs), "max": max(xs), "n": n, "values": list(xs)}
+def _command(rec: Mapping) -> str:
+    return "kit sweep " + " ".join([f"--profile {rec['profile']}", "--seeds " + ",".join(map(str, rec["seeds"])),
+                                    *(["--threads " + ",".join(map(str, rec["threads"]))] if rec.get("threads") else []),
+                                    *(f"--grid {k}=" + ",".join(map(str, v)) for k, v in rec["grid"].items()),
+                                    *(f"--set {b}" for b in rec.get("base") or []),
+                                    *([f"--only {','.join(rec['only'])}"] if rec.get("only") else []),
+                                    *([f"--track {rec['track']}"] if rec.get("track") else [])])
 
 
-def summarize(sweep_dir: str | os.PathLike) -> dict:
-    """summary.json, summary.md and figures/ from the sweep's run directories (files only)."""
+def summarize(sweep_dir: str | os.PathLike, *, expected: bool = False) -> dict:
+    """summary.json, summary.md and figures/ from the sweep's run directories (files only); with
+    `expected`, also the profile's reference bands (kit.reference) and the README's results section."""
     sd = runs.resolve_run_dir(sweep_dir)
     rec = runs.read_json(sd / SWEEP_FILE)
     if not rec:
         raise FileNotFoundError(f"{sd / SWEEP_FILE}: not found; is {sd} a `kit sweep` directory?")
     per_group: dict[str, dict[str, list]] = {}
     seeds_of: dict[str, dict[str, list]] = {}
+    runs_of: dict[str, list[dict]] = {}
     failed = []
     for r in rec["runs"]:
         if r["status"] != "ok":
             failed.append({"name": r["name"], "error": r.get("error")})
             continue
         g = _group(r["settings"])
-        for k, v in headline_metrics(runs.read_json(Path(r["run_dir"]) / "metrics.json", {}) or {}).items():
+        values = reference.all_metrics(runs.read_json(Path(r["run_dir"]) / "metrics.json", {}) or {})
+        runs_of.setdefault(g, []).append(values)
+        label = f"s{r['settings'].get('seed')}" + (f"t{r['settings']['threads']}" if "threads" in r["settings"] else "")
+        for k, v in values.items():
             per_group.setdefault(g, {}).setdefault(k, []).append(v)
-            seeds_of.setdefault(g, {}).setdefault(k, []).append(r["settings"].get("seed"))
-    summary = {"sweep_dir": str(sd), "groups": {g: {k: {**_stats(v), "seeds": seeds_of[g][k]} for k, v in m.items()}
-                                                 for g, m in per_group.items()},
-               "failed": failed,
-               "command": "kit sweep " + " ".join([f"--profile {rec['profile']}",
-                                                   "--seeds " + ",".join(map(str, rec["seeds"])),
-                                                   *(f"--grid {k}=" + ",".join(map(str, v)) for k, v in rec["grid"].items()),
-                                                   *([f"--only {','.join(rec['only'])}"] if rec.get("only") else []),
-                                                   *([f"--track {rec['track']}"] if rec.get("track") else [])])}
+            seeds_of.setdefault(g, {}).setdefault(k, []).append(label)
+    summary = {"sweep_dir": str(sd),
+               "groups": {g: {k: {**reference.stats(v), "seeds": seeds_of[g][k]} for k, v in m.items()}
+                          for g, m in per_group.items()},
+               "comparisons": {g: reference.compare(rs) for g, rs in runs_of.items()},
+               "failed": failed, "command": _command(rec) + (" --expected" if expected else "")}
     runs.write_json(sd / "summary.json", summary)
     runs.atomic_write_text(sd / "summary.md", summary_markdown(summary))
     plot_summary(summary, sd / "figures")
+    if expected:
+        if failed or rec["grid"] or len(summary["groups"]) != 1:
+            raise SystemExit(f"kit sweep --expected: {len(failed)} run(s) failed or the sweep has a grid; "
+                             "the bands need every run of the profile as it is")
+        bands = reference.bands_from_runs(Path(str(rec["profile"])).stem, rec["runs"],
+                                          reference.made_by(summary["command"]))
+        summary["expected"] = str(reference.write_bands(bands))
+        summary["readme"] = str(reference.update_readme(bands))
     return summary
 
 
@@ -232,6 +211,13 @@ def summary_markdown(summary: Mapping) -> str:
         lines += [f"## {g}", "", "| metric | mean | sd | min | max | n |", "|---|---|---|---|---|---|"]
         for k, s in m.items():
             lines.append(f"| {k} | {_fmt(s['mean'])} | {_fmt(s['sd'])} | {_fmt(s['min'])} | {_fmt(s['max'])} | {s['n']} |")
+        comps = (summary.get("comparisons") or {}).get(g) or []
+        if comps:
+            lines += ["", "| comparison (a - b, paired by run) | mean | 95% bootstrap interval | verdict |",
+                      "|---|---|---|---|"]
+            for c in comps:
+                lines.append(f"| {c['name']} | {_fmt(c['mean'])} | [{_fmt(c['ci'][0])}, {_fmt(c['ci'][1])}] | "
+                             f"{reference.verdict(c)} |")
         lines.append("")
     if summary["failed"]:
         lines += ["## failed", ""] + [f"- {f['name']}: {(f['error'] or '').splitlines()[-1:] or ''}" for f in summary["failed"]]
@@ -239,7 +225,8 @@ def summary_markdown(summary: Mapping) -> str:
 
 
 def plot_summary(summary: Mapping, out_dir: Path) -> list[Path]:
-    """One figure per metric: every seed as a point, the mean and its +-1 sd per combination."""
+    """One figure per metric: every run as a point (labelled seed and threads), the mean and its +-1 sd
+    per grid point."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -255,8 +242,8 @@ def plot_summary(summary: Mapping, out_dir: Path) -> list[Path]:
             if not s:
                 continue
             ax.scatter([i] * s["n"], s["values"], color="C0", alpha=0.6, zorder=3)
-            for x, y, seed in zip([i] * s["n"], s["values"], s["seeds"]):
-                ax.annotate(f"s{seed}", (x, y), xytext=(5, 0), textcoords="offset points", fontsize=7)
+            for x, y, label in zip([i] * s["n"], s["values"], s["seeds"]):
+                ax.annotate(label, (x, y), xytext=(5, 0), textcoords="offset points", fontsize=7)
             ax.errorbar([i - 0.15], [s["mean"]], yerr=[[s["sd"] or 0], [s["sd"] or 0]], fmt="D", color="C3",
                         capsize=4, label="mean +- sd" if i == 0 else None)
         ax.set_xticks(range(len(groups)), groups, rotation=20 if len(groups) > 2 else 0, fontsize=8)

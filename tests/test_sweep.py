@@ -5,8 +5,9 @@ import statistics
 
 import pytest
 
-from kit import runs
-from kit.sweep import combinations, combo_name, headline_metrics, parse_grid, run_sweep, summarize
+from kit import reference, runs
+from kit.reference import all_metrics
+from kit.sweep import combinations, combo_name, parse_grid, run_sweep, summarize
 
 
 def test_grid_and_names():
@@ -18,14 +19,20 @@ def test_grid_and_names():
     assert len({combo_name(c) for c in combos}) == 8
     with pytest.raises(SystemExit, match="KEY=V1,V2"):
         parse_grid(["rloo.beta"])
+    # thread counts: every combination once per count, the count last in the name
+    combos = combinations([0, 1], {}, threads=[1, 2])
+    assert [combo_name(c) for c in combos] == ["seed=0__threads=1", "seed=0__threads=2", "seed=1__threads=1",
+                                               "seed=1__threads=2"]
 
 
-def test_headline_metrics_find_track_a_models():
+def test_metrics_find_track_a_models():
     m = {"coda_sft": {"coda_lm": {"name": "sft", "scores": {"overall_100": 50.0, "general_perception": {"score_100": 60.0}}}},
          "spin/original/round_1": {"coda_lm": {"name": "spin-orig r1", "scores": {"overall_100": 45.0}}},
          "evaluate": {"elo": {"bootstrap": {"sft": {"median": 1010.0, "lo": 990.0, "hi": 1030.0}}}},
          "sft_baseline": {"eval": {"action": {"macro_f1": 0.4}}}}
-    h = headline_metrics(m)
+    h = all_metrics(m)
+    assert reference.headline_metrics(m) == {"SFT action mF1": 0.4, "A sft: overall": 50.0, "A sft: Elo": 1010.0,
+                                             "A spin-orig r1: overall": 45.0}
     assert h == {"SFT action mF1": 0.4, "A sft: overall": 50.0, "A sft: general": 60.0, "A sft: Elo": 1010.0,
                  "A sft: Elo 2.5%": 990.0, "A sft: Elo 97.5%": 1030.0, "A spin-orig r1: overall": 45.0}
 
@@ -53,7 +60,7 @@ def test_two_seed_sweep_summary_rerun_and_a_failure(tmp_path, capsys):
     assert sorted(f["name"] for f in s["failed"]) == sorted(bad)
     g = s["groups"]["data.toy.balance=uniform"]
     for metric in ("pretrained CLIP retrieval top-1", "pretrained VLM caption loss"):
-        values = [headline_metrics(runs.read_metrics(sd / n))[metric] for n in ok]
+        values = [all_metrics(runs.read_metrics(sd / n))[metric] for n in ok]
         assert g[metric]["n"] == 2 and g[metric]["values"] == values
         assert g[metric]["mean"] == pytest.approx(statistics.mean(values))
         assert g[metric]["sd"] == pytest.approx(statistics.stdev(values))
@@ -70,6 +77,14 @@ def test_two_seed_sweep_summary_rerun_and_a_failure(tmp_path, capsys):
     (sd / "summary.json").unlink()
     assert summarize(sd)["groups"]["data.toy.balance=uniform"] == g
     assert json.loads((sd / "summary.json").read_text())["command"].startswith("kit sweep --profile tiny --seeds 0,1")
+
+    # the runs of one grid point become reference bands, and kit verify finds a run of them inside
+    recs = [r for r in again["runs"]]
+    bands = reference.bands_from_runs("tiny", recs, reference.made_by("kit sweep (test)"))
+    assert bands["metrics"]["pretrained CLIP retrieval top-1"]["values"] == g["pretrained CLIP retrieval top-1"]["values"]
+    assert bands["made_by"]["lock"] and bands["params"]["data"]["toy"]["balance"] == "uniform"
+    res = reference.verify(sd / ok[0], bands)
+    assert res["ok"] and {r["status"] for r in res["rows"]} == {"inside"}, reference.verify_table(res)
 
 
 def test_a_bad_key_fails_before_anything_runs(tmp_path):

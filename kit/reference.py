@@ -1,0 +1,508 @@
+"""Reference bands: the numbers a profile gives, over seeds and thread counts, and a run checked against them.
+
+`kit sweep --profile tiny --seeds 0,1,2,3,4 --threads 1,2 --expected` runs the notebooks once per
+(seed, threads) and writes `params/expected/<profile>.json`:
+
+    {"profile", "made_by": {command, commit, dirty, lock (sha256), date, machine},
+     "runs": [{"seed", "threads"}...], "params": the resolved profile (seed aside),
+     "tolerance": {"sd": 2, "floor": 0.01},
+     "metrics": {name: {"path", "mean", "sd", "min", "max", "n", "values"}},
+     "comparisons": [{"name", "claim", "a", "b", "diffs", "mean", "ci", "holds", "n", ...}]}
+
+`kit verify RUN_DIR` compares a run's headline numbers with its profile's bands: a number is inside
+when it lies within [min - t, max + t], t = max(2 sd, 0.01 x max(1, |mean|)) (sd over the sweep's
+runs; the floor keeps a number that never moved in the sweep from failing on a last-digit change).
+Another machine, thread count or BLAS moves the tiny models' floats; the bands hold what those moves
+did in the sweep, so a number outside is one the sweep never came near.
+
+Every comparison the README states is a paired difference across the sweep's runs (same seed and
+threads), with a percentile bootstrap interval of its mean (scipy) and how many runs it holds in.
+The README's results section is rendered from the bands file (`readme_section`), never typed.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from kit import runs
+from kit.params import PARAMS_DIR, PROJECT_ROOT, load_profile
+
+EXPECTED_DIR = PARAMS_DIR / "expected"
+README = PROJECT_ROOT / "README.md"
+TOLERANCE = {"sd": 2.0, "floor": 0.01}
+BOOTSTRAP = {"n_resamples": 9999, "confidence": 0.95, "seed": 0}
+
+# Headline numbers at fixed metrics.json paths, in the README's order: notebook 00's pretrained tiny
+# models, Track B, then Track A's dataset-level numbers; Track A's per-model scores are found per model
+# (headline_metrics). name -> (path, README label)
+FIXED: dict[str, tuple[str, str]] = {
+    "pretrained CLIP retrieval top-1": ("prepare.models.clip.retrieval_after.i2t_top1",
+                                        "tiny CLIP: held-out caption retrieval after pretraining (val, chance 1%)"),
+    "pretrained VLM caption loss": ("prepare.models.vlm.caption_loss_after", "tiny VLM: held-out caption loss after pretraining"),
+    "CLIP val AUROC": ("clip_finetune.val_auroc", "reason-CLIP AUROC, val"),
+    "CLIP test AUROC": ("clip_finetune.test_auroc", "reason-CLIP AUROC, test"),
+    "pretrained CLIP test AUROC": ("clip_finetune.pretrained_test_auroc", "pretrained CLIP on the same test pairs"),
+    "CLIP test F1": ("clip_finetune.test.f1", "reason-CLIP F1, test (paper B's ViT-B/32: AUROC 0.958, F1 0.868)"),
+    "Direct action mF1": ("direct.eval.action.macro_f1", "Direct (untrained VLM) action mF1"),
+    "Direct reason mF1": ("direct.eval.reason.macro_f1", "Direct reason mF1"),
+    "majority action mF1": ("sft_baseline.majority.action.macro_f1", "majority-class predictor action mF1"),
+    "majority reason mF1": ("sft_baseline.majority.reason.macro_f1", "majority-class predictor reason mF1"),
+    "SFT action mF1": ("sft_baseline.eval.action.macro_f1", "SFT baseline action mF1"),
+    "SFT reason mF1": ("sft_baseline.eval.reason.macro_f1", "SFT baseline reason mF1"),
+    "RLOO reward, first epoch": ("rloo.reward_first_epoch", "RLOO mean reward, first epoch"),
+    "RLOO reward, last epoch": ("rloo.reward_last_epoch", "RLOO mean reward, last epoch"),
+    "held-out CLIP score, base model": ("rloo.eval.base_model.clip_score",
+                                       "held-out (test) CLIP score of greedy descriptions, base model"),
+    "held-out CLIP score, after RLOO": ("rloo.eval.clip_score", "the same after RLOO"),
+    "specificity, base model": ("rloo.eval.base_model.specificity", "specificity (own image minus another's), base model"),
+    "specificity, after RLOO": ("rloo.eval.specificity", "specificity after RLOO"),
+    "stage-2 action mF1": ("action_sft.eval.action.macro_f1", "stage 2 (RLOO + action SFT) action mF1"),
+    "A judge validity (Spearman)": ("evaluate.coda_lm.judge_validity.spearman",
+                                    "Track A: the rubric judge's rank correlation with correctness"),
+    "A synthetic / Train QA pairs": ("synthesis.card.ratio_to_train", "Track A: synthetic QA pairs per Train QA pair"),
+    "A named-object precision": ("synthesis.quality.named_objects.overall.precision",
+                                 "Track A: named-object precision against the hidden scene graphs"),
+    "A named-object recall": ("synthesis.quality.named_objects.overall.recall",
+                              "Track A: named-object recall against the hidden scene graphs"),
+}
+# Numbers derived from two headline numbers of the same run: name -> (a, b, label); value a - b
+DERIVED: dict[str, tuple[str, str, str]] = {
+    "RLOO held-out CLIP-score gain": ("held-out CLIP score, after RLOO", "held-out CLIP score, base model",
+                                      "RLOO's gain in held-out CLIP score (after minus base)"),
+}
+TASK_SHORT = {"general_perception": "general", "region_perception": "region", "driving_suggestion": "driving"}
+# Track A's models in the README's order (the rest follow as found)
+A_ORDER = ["direct", "sft", "sft+synth"]
+
+
+def _get(d: Any, path: str):
+    for part in path.split("."):
+        if not isinstance(d, Mapping) or part not in d:
+            return None
+        d = d[part]
+    return d if isinstance(d, (int, float)) and not isinstance(d, bool) and math.isfinite(d) else None
+
+
+def all_metrics(metrics: Mapping) -> dict[str, float]:
+    """Every number the sweep summarises: the headline numbers, plus Track A's per-task scores and the
+    Elo bootstrap intervals. A stage the run did not include is simply absent."""
+    out = {name: v for name, (path, _) in FIXED.items() if (v := _get(metrics, path)) is not None}
+    for name, (a, b, _) in DERIVED.items():
+        if a in out and b in out:
+            out[name] = out[a] - out[b]
+    elo = ((metrics.get("evaluate") or {}).get("elo") or {}).get("bootstrap") or {}
+    for stage, m in metrics.items():
+        e = m.get("coda_lm") if isinstance(m, Mapping) else None
+        if not (e and e.get("scores") and e.get("name")):
+            continue
+        n, s = e["name"], e["scores"]
+        out[f"A {n}: overall"] = s["overall_100"]
+        for t, short in TASK_SHORT.items():
+            if s.get(t, {}).get("score_100") is not None:
+                out[f"A {n}: {short}"] = s[t]["score_100"]
+        if n in elo:
+            out[f"A {n}: Elo"] = elo[n]["median"]
+            out[f"A {n}: Elo 2.5%"], out[f"A {n}: Elo 97.5%"] = elo[n]["lo"], elo[n]["hi"]
+    return out
+
+
+def is_headline(name: str) -> bool:
+    """The numbers the bands hold and `kit verify` checks: FIXED, DERIVED, and each Track A model's
+    overall score and Elo (per-task scores and Elo intervals stay in the sweep's summary)."""
+    return name in FIXED or name in DERIVED or bool(re.fullmatch(r"A .+: (overall|Elo)", name))
+
+
+def headline_metrics(metrics: Mapping) -> dict[str, float]:
+    return {k: v for k, v in all_metrics(metrics).items() if is_headline(k)}
+
+
+def stats(xs: Sequence[float]) -> dict:
+    """mean, sample sd (None for one value), min, max, n, values."""
+    n = len(xs)
+    mean = sum(xs) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else None
+    return {"mean": mean, "sd": sd, "min": min(xs), "max": max(xs), "n": n, "values": list(xs)}
+
+
+# ---- comparisons ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Comparison:
+    """A claim `a > b` (or `a ~ b`, "about as well") about two headline numbers of the same run."""
+    name: str
+    a: str
+    b: str
+    claim: str = ">"      # ">": a above b | "~": about equal (stated with the interval of a - b)
+
+
+def comparisons(names: Iterable[str]) -> list[Comparison]:
+    """Every comparison the README states, for the headline numbers a sweep has."""
+    have = set(names)
+    out = [
+        Comparison("SFT beats Direct, action mF1", "SFT action mF1", "Direct action mF1"),
+        Comparison("SFT beats Direct, reason mF1", "SFT reason mF1", "Direct reason mF1"),
+        Comparison("SFT beats the majority class, action mF1", "SFT action mF1", "majority action mF1"),
+        Comparison("SFT beats the majority class, reason mF1", "SFT reason mF1", "majority reason mF1"),
+        Comparison("fine-tuned reason-CLIP beats the pretrained CLIP, test AUROC", "CLIP test AUROC",
+                   "pretrained CLIP test AUROC"),
+        Comparison("RLOO's reward rises from its first epoch to its last", "RLOO reward, last epoch",
+                   "RLOO reward, first epoch"),
+        Comparison("RLOO raises the held-out CLIP score", "held-out CLIP score, after RLOO", "held-out CLIP score, base model"),
+        Comparison("RLOO raises specificity", "specificity, after RLOO", "specificity, base model"),
+        Comparison("stage 2 answers actions about as well as SFT (action mF1)", "stage-2 action mF1", "SFT action mF1", "~"),
+        Comparison("stage 2 beats the majority class, action mF1", "stage-2 action mF1", "majority action mF1"),
+    ]
+    models = sorted({m.group(1) for n in have if (m := re.fullmatch(r"A (.+): overall", n))}, key=_model_order)
+    if {"sft", "direct"} <= set(models):
+        out += [Comparison("A: SFT beats Direct, overall", "A sft: overall", "A direct: overall"),
+                Comparison("A: SFT beats Direct, Elo", "A sft: Elo", "A direct: Elo")]
+    if {"sft", "sft+synth"} <= set(models):
+        out.append(Comparison("A: SFT + synthetic beats SFT, overall", "A sft+synth: overall", "A sft: overall"))
+    for m in models:
+        r = re.fullmatch(r"spin-(orig|synth) r(\d+)", m)
+        if not r:
+            continue
+        start = "sft" if r.group(1) == "orig" else "sft+synth"
+        prev = start if r.group(2) == "1" else f"spin-{r.group(1)} r{int(r.group(2)) - 1}"
+        out.append(Comparison(f"A: {m} beats {prev}, overall", f"A {m}: overall", f"A {prev}: overall"))
+        if start != "sft":
+            out.append(Comparison(f"A: {m} beats sft, overall", f"A {m}: overall", "A sft: overall"))
+        out.append(Comparison(f"A: {m} beats {start}, Elo", f"A {m}: Elo", f"A {start}: Elo"))
+    return [c for c in out if c.a in have and c.b in have]
+
+
+def _model_order(m: str):
+    r = re.fullmatch(r"spin-(orig|synth) r(\d+)", m)
+    return (A_ORDER.index(m), 0, 0) if m in A_ORDER else ((len(A_ORDER), r.group(1), int(r.group(2))) if r
+                                                          else (len(A_ORDER) + 1, m, 0))
+
+
+def bootstrap_ci(xs: Sequence[float]) -> list[float]:
+    """The percentile bootstrap 95% interval of the mean of `xs` (scipy.stats.bootstrap, fixed seed)."""
+    import numpy as np
+    from scipy import stats as st
+
+    x = np.asarray(xs, dtype=float)
+    if len(x) < 2 or np.ptp(x) == 0:
+        return [float(x.mean()), float(x.mean())]
+    r = st.bootstrap((x,), np.mean, n_resamples=BOOTSTRAP["n_resamples"], confidence_level=BOOTSTRAP["confidence"],
+                     method="percentile", rng=np.random.default_rng(BOOTSTRAP["seed"]))
+    return [float(r.confidence_interval.low), float(r.confidence_interval.high)]
+
+
+def compare(per_run: Sequence[Mapping[str, float]], comps: Sequence[Comparison] | None = None) -> list[dict]:
+    """Each comparison over the runs that hold both of its numbers: the paired differences a - b, their
+    mean and bootstrap interval, and in how many runs the claim holds (">": a > b; "~": |a - b| no larger
+    than the spread of b across runs, 2 sd)."""
+    comps = comps if comps is not None else comparisons({k for r in per_run for k in r})
+    out = []
+    for c in comps:
+        pairs = [(r[c.a], r[c.b]) for r in per_run if c.a in r and c.b in r]
+        if not pairs:
+            continue
+        diffs = [a - b for a, b in pairs]
+        if c.claim == ">":
+            holds = sum(d > 0 for d in diffs)
+            within = None
+        else:
+            bs = [b for _, b in pairs]
+            within = 2 * (stats(bs)["sd"] or 0.0)
+            holds = sum(abs(d) <= within for d in diffs)
+        lo, hi = bootstrap_ci(diffs)
+        out.append({"name": c.name, "claim": c.claim, "a": c.a, "b": c.b, "diffs": diffs, "mean": sum(diffs) / len(diffs),
+                    "ci": [lo, hi], "holds": holds, "n": len(diffs), **({"within": within} if within is not None else {})})
+    return out
+
+
+def verdict(c: Mapping) -> str:
+    """`holds in 10 of 10` / `holds in 6 of 10: not a finding` / `the opposite holds in 10 of 10`."""
+    if c["holds"] == c["n"]:
+        return f"holds in {c['n']} of {c['n']} runs"
+    if c["claim"] == ">" and c["holds"] == 0:
+        return f"the opposite holds in {c['n']} of {c['n']} runs"
+    return f"holds in {c['holds']} of {c['n']} runs: not a finding"
+
+
+# ---- the bands file ------------------------------------------------------------------------------------
+def expected_path(profile: str) -> Path:
+    return EXPECTED_DIR / f"{Path(str(profile)).stem}.json"
+
+
+def _comparable(P: Mapping) -> dict:
+    """The parameters a run's numbers depend on, beyond the seed, the tracks it ran (`kit run --track B`
+    gives Track B's numbers of the same profile) and the runner's own settings."""
+    return {k: v for k, v in P.items() if k not in ("seed", "tracks", "runner", "profile")}
+
+
+def bands_from_runs(profile: str, run_records: Sequence[Mapping], made_by: Mapping) -> dict:
+    """The bands file's content from the sweep's finished runs: [{"settings": {seed, threads}, "run_dir"}]."""
+    per_run, settings, params, seconds = [], [], None, {}
+    for r in run_records:
+        rd = Path(r["run_dir"])
+        per_run.append(headline_metrics(runs.read_metrics(rd)))
+        settings.append({k: r["settings"][k] for k in ("seed", "threads") if k in r["settings"]})
+        man = runs.read_json(rd / "manifest.json", {}) or {}
+        if r.get("seconds") is not None:
+            seconds.setdefault(str(r["settings"].get("threads", "default")), []).append(r["seconds"])
+        p = _comparable(man.get("params") or {})
+        if params is None:
+            params = p
+        elif p != params:
+            raise ValueError(f"{rd}: its parameters differ from the sweep's other runs beyond the seed; "
+                             "bands pool runs of one profile only (no --grid, no per-run --set)")
+    names = [n for n in _ordered({k for r in per_run for k in r})]
+    metrics = {}
+    for n in names:
+        vals = [r[n] for r in per_run if n in r]
+        path = FIXED[n][0] if n in FIXED else None
+        metrics[n] = {**({"path": path} if path else {}), **stats(vals)}
+    return {"profile": profile, "made_by": dict(made_by), "runs": settings, "params": params,
+            "tolerance": dict(TOLERANCE), "metrics": metrics, "comparisons": compare(per_run),
+            # seconds of each whole `kit run`, by thread count (the 1-thread runs went two side by side)
+            "seconds": {t: stats(v) for t, v in seconds.items()}}
+
+
+def _ordered(names: Iterable[str]) -> list[str]:
+    names = set(names)
+    fixed = [n for n in [*FIXED, *DERIVED] if n in names]
+    a = sorted(names - set(fixed), key=lambda n: (_model_order(n[2:].rsplit(":", 1)[0]), n.rsplit(":", 1)[-1] != " overall"))
+    return fixed + a
+
+
+def write_bands(bands: Mapping, path: Path | None = None) -> Path:
+    return runs.write_json(path or expected_path(bands["profile"]), bands)
+
+
+def load_bands(profile: str, path: str | os.PathLike | None = None) -> dict | None:
+    """The profile's bands file, or None when it has none."""
+    p = Path(path) if path else expected_path(profile)
+    data = runs.read_json(p)
+    if data is None:
+        return None
+    for key in ("metrics", "tolerance", "runs"):
+        if key not in data:
+            raise ValueError(f"{p}: no '{key}' field; expected a bands file written by `kit sweep --expected`")
+    return data
+
+
+def made_by(command: str) -> dict:
+    from kit.lockfile import lock_status
+    from kit.runner import git_commit, machine
+
+    return {"command": command, **git_commit(), "lock": lock_status()["sha256"],
+            "date": _dt.date.today().isoformat(), "machine": {k: v for k, v in machine().items() if k != "threads"}}
+
+
+# ---- kit verify ----------------------------------------------------------------------------------------
+def band(m: Mapping, tol: Mapping = TOLERANCE) -> tuple[float, float]:
+    t = max(tol["sd"] * (m.get("sd") or 0.0), tol["floor"] * max(1.0, abs(m["mean"])))
+    return m["min"] - t, m["max"] + t
+
+
+def verify(run_dir: str | os.PathLike, bands: Mapping | None = None) -> dict:
+    """A run's headline numbers against its profile's bands.
+
+    Returns {"ok", "profile", "rows": [{"metric", "lo", "hi", "value", "status"}], "notes": [...]}; a row's
+    status is `inside`, `OUTSIDE`, `missing` (its stage ran and left no such number) or `not run`
+    (the run did not include its stage or track). `ok` is False when a row is OUTSIDE or missing, or
+    when the run's parameters differ from the sweep's (then no band applies)."""
+    rd = runs.resolve_run_dir(run_dir)
+    man = runs.read_json(rd / "manifest.json")
+    if man is None:
+        raise FileNotFoundError(f"{rd / 'manifest.json'}: not found; expected a run directory written by `kit run`")
+    profile = man.get("profile") or "?"
+    bands = bands if bands is not None else load_bands(profile)
+    if bands is None:
+        raise FileNotFoundError(f"{expected_path(profile)}: no reference bands for profile '{profile}'; "
+                                f"make them with `kit sweep --profile {profile} --seeds 0,1,2,3,4 --threads 1,2 --expected`")
+    notes = []
+    P = man.get("params") or {}
+    differs = sorted(_diff_keys(_comparable(P), bands.get("params") or {}))
+    if differs:
+        notes.append(f"this run's parameters differ from the reference sweep's in {', '.join(differs)}: "
+                     "the bands do not apply to it")
+    lock = (man.get("lock") or {}).get("sha256")
+    ref_lock = (bands.get("made_by") or {}).get("lock")
+    if lock and ref_lock and lock != ref_lock:
+        notes.append("made with another requirements.lock than the bands were (sha256 "
+                     f"{lock[:12]} against {ref_lock[:12]}): packages differ")
+    if (man.get("lock") or {}).get("differs"):
+        notes.append(f"installed packages differ from requirements.lock: {'; '.join(man['lock']['differs'][:5])}")
+    have = headline_metrics(runs.read_metrics(rd))
+    tracks = set(P.get("tracks") or ["A", "B"])
+    finished = {nb for nb, stage in runs.STAGES.items() if ((man.get("stages") or {}).get(stage) or {}).get("status") == "ok"}
+    rows = []
+    for name, m in bands["metrics"].items():
+        lo, hi = band(m, bands.get("tolerance") or TOLERANCE)
+        v = have.get(name)
+        track, nb = _origin(name)
+        if v is not None:
+            status = "inside" if lo <= v <= hi else "OUTSIDE"
+        else:
+            status = "missing" if (track is None or track in tracks) and nb in finished else "not run"
+        rows.append({"metric": name, "lo": lo, "hi": hi, "mean": m["mean"], "sd": m.get("sd"), "value": v, "status": status})
+    bad = [r for r in rows if r["status"] in ("OUTSIDE", "missing")]
+    return {"ok": not bad and not differs, "applies": not differs, "profile": profile, "rows": rows, "notes": notes,
+            "checked": sum(r["status"] != "not run" for r in rows), "outside": len(bad)}
+
+
+def _diff_keys(a: Mapping, b: Mapping, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, Mapping) and isinstance(y, Mapping):
+            out += _diff_keys(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+TRACK_OF_STAGE = {"clip_finetune": "B", "direct": "B", "sft_baseline": "B", "rloo": "B", "action_sft": "B",
+                  "synthesis": "A", "evaluate": None}
+NOTEBOOK_OF_STAGE = {**{stage: nb for nb, stage in runs.STAGES.items()}, "direct": "03"}
+
+
+def _origin(name: str) -> tuple[str | None, str]:
+    """(track or None for both, notebook number) of a headline number."""
+    if name in DERIVED:
+        return _origin(DERIVED[name][0])
+    if name in FIXED:
+        path = FIXED[name][0]
+        stage = path.split(".")[0]
+        track = "A" if path.startswith("evaluate.coda_lm") else TRACK_OF_STAGE.get(stage)
+        return track, NOTEBOOK_OF_STAGE[stage]
+    if name.endswith(": Elo"):
+        return "A", "07"
+    return "A", "04" if name.startswith("A spin-") else "03"
+
+
+def _fmt(x: float | None, ref: float | None = None) -> str:
+    if x is None:
+        return "-"
+    r = abs(ref if ref is not None else x)
+    return f"{x:.1f}" if r >= 10 else f"{x:.3f}"
+
+
+def verify_table(res: Mapping) -> str:
+    """The result of `verify` as a plain-text table, one line a metric, then the verdict."""
+    w = max(len(r["metric"]) for r in res["rows"]) if res["rows"] else 10
+    lines = [f"{'metric':<{w}}  {'band':>19}  {'yours':>8}  inside?", "-" * (w + 41)]
+    for r in res["rows"]:
+        lines.append(f"{r['metric']:<{w}}  {_fmt(r['lo'], r['mean']):>8} .. {_fmt(r['hi'], r['mean']):<8}  "
+                     f"{_fmt(r['value'], r['mean']):>8}  {r['status']}")
+    lines += [f"note: {n}" for n in res["notes"]]
+    verdict_line = (f"kit verify: {res['checked']} numbers checked against the {res['profile']} bands: "
+                    + ("all inside." if res["ok"] else "the bands do not apply (see the notes)." if not res["applies"]
+                       else f"{res['outside']} outside or missing."))
+    return "\n".join(lines + [verdict_line])
+
+
+# ---- the README's results section ----------------------------------------------------------------------
+BEGIN = "<!-- begin reference bands: {profile} (rendered from params/expected/{profile}.json by `kit sweep --expected`; do not edit) -->"
+END = "<!-- end reference bands: {profile} -->"
+MODEL_LABELS = {"direct": "Direct", "sft": "SFT on Train", "sft+synth": "SFT on Train + synthetic"}
+
+
+def model_label(m: str) -> str:
+    r = re.fullmatch(r"spin-(orig|synth) r(\d+)", m)
+    if r:
+        return f"SPIN from {'SFT' if r.group(1) == 'orig' else 'SFT + synthetic'}, round {r.group(2)}"
+    return MODEL_LABELS.get(m, m)
+
+
+def metric_label(name: str) -> str:
+    if name in FIXED:
+        return FIXED[name][1]
+    if name in DERIVED:
+        return DERIVED[name][2]
+    r = re.fullmatch(r"A (.+): (overall|Elo)", name)
+    if r:
+        return (f"Track A overall score (0-100), {model_label(r.group(1))}" if r.group(2) == "overall"
+                else f"Track A Elo (bootstrap median), {model_label(r.group(1))}")
+    return name
+
+
+def _signed(x: float, ref: float) -> str:
+    return ("+" if x >= 0 else "") + _fmt(x, ref)
+
+
+def readme_section(bands: Mapping) -> str:
+    """The README's results: one row per headline number (mean ± sd, min .. max, n), then every comparison
+    with its paired mean difference, bootstrap interval and in how many runs it holds."""
+    mb, prof = bands["made_by"], bands["profile"]
+    n_runs = len(bands["runs"])
+    seeds = sorted({r["seed"] for r in bands["runs"]})
+    threads = sorted({r["threads"] for r in bands["runs"] if "threads" in r})
+    lines = [BEGIN.format(profile=prof), "",
+             f"`{mb['command']}` on {mb.get('date', '?')}, commit `{(mb.get('commit') or '?')[:10]}`"
+             f"{' (with uncommitted changes)' if mb.get('dirty') else ''}, requirements.lock `{(mb.get('lock') or '?')[:12]}`, "
+             f"{(mb.get('machine') or {}).get('cpu', '?')} with {(mb.get('machine') or {}).get('cores', '?')} cores: "
+             f"{n_runs} runs (seeds {', '.join(map(str, seeds))}"
+             + (f" x {' and '.join(map(str, threads))} threads" if threads else "") + ").",
+             ]
+    secs = bands.get("seconds") or {}
+    if secs:
+        parts = [f"{t} thread{'s' if t != '1' else ''}{' (two runs side by side)' if t == '1' and len(secs) > 1 else ''}: "
+                 f"{secs[t]['mean'] / 60:.1f} min ({secs[t]['min'] / 60:.1f} .. {secs[t]['max'] / 60:.1f})"
+                 for t in sorted(secs)]
+        lines += ["", "A whole `kit run` of the sweep took, by thread count, " + "; ".join(parts) + "."]
+    lines += ["", f"| {prof} profile | mean ± sd | min .. max | n |", "|---|---|---|---|"]
+    for name, m in bands["metrics"].items():
+        sd = "" if m.get("sd") is None else f" ± {_fmt(m['sd'], m['mean'])}"
+        lines.append(f"| {metric_label(name)} | {_fmt(m['mean'])}{sd} | {_fmt(m['min'], m['mean'])} .. "
+                     f"{_fmt(m['max'], m['mean'])} | {m['n']} |")
+    comps = bands.get("comparisons") or []
+    if comps:
+        lines += ["", f"What holds, as paired differences across the {n_runs} runs (a run against itself: same seed, "
+                      "same threads), with the 95% bootstrap interval of their mean:", ""]
+        for c in comps:
+            ref = (bands["metrics"].get(c["a"]) or {}).get("mean", c["mean"])
+            what = (f"{_signed(c['mean'], ref)} [{_signed(c['ci'][0], ref)}, {_signed(c['ci'][1], ref)}]")
+            if c["claim"] == "~":
+                what += f", within ±{_fmt(c['within'], ref)} (2 sd of the second) in {c['holds']} of {c['n']} runs"
+                lines.append(f"- {c['name']}: {what}" + (": not a finding" if c["holds"] < c["n"] else "") + ".")
+            else:
+                lines.append(f"- {c['name']}: {what}, {verdict(c)}.")
+    lines += ["", END.format(profile=prof)]
+    return "\n".join(lines)
+
+
+def _markers(text: str, profile: str, path: Path) -> tuple[int, int]:
+    b, e = BEGIN.format(profile=profile), END.format(profile=profile)
+    i, j = text.find(b), text.find(e)
+    if i < 0 or j < i:
+        raise ValueError(f"{path}: no '{b}' ... '{e}' section to render the {profile} bands into")
+    return i, j + len(e)
+
+
+def update_readme(bands: Mapping, path: Path = README) -> Path:
+    """Render the bands into the README between their markers."""
+    text = path.read_text()
+    i, j = _markers(text, bands["profile"], path)
+    runs.atomic_write_text(path, text[:i] + readme_section(bands) + text[j:])
+    return path
+
+
+def readme_matches(profile: str, path: Path = README) -> bool:
+    """Whether the README's section for `profile` is exactly what its bands file renders."""
+    text = path.read_text()
+    i, j = _markers(text, profile, path)
+    return text[i:j] == readme_section(load_bands(profile))
+
+
+def conclusions_table(profile: str, *contains: str):
+    """The reference sweep's comparisons whose name contains any of `contains` (all when none), as a
+    table: the claim, the mean paired difference, its 95% bootstrap interval and in how many runs it
+    holds. Notebooks show it beside their own run's numbers; empty when the profile has no bands."""
+    import pandas as pd
+
+    bands = load_bands(profile)
+    comps = [c for c in (bands or {}).get("comparisons", [])
+             if not contains or any(s.lower() in c["name"].lower() for s in contains)]
+    return pd.DataFrame([{"comparison (a - b)": c["name"], "mean difference": c["mean"],
+                          "95% interval": f"[{_signed(c['ci'][0], c['mean'])}, {_signed(c['ci'][1], c['mean'])}]",
+                          "holds in": f"{c['holds']} of {c['n']} runs"} for c in comps])

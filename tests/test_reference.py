@@ -1,0 +1,142 @@
+"""Reference bands and `kit verify`: bands made from run directories, a run inside them, one outside, one
+with a missing number, one made with other settings; the paired comparisons; the README's results
+section is exactly what params/expected/tiny.json renders."""
+import json
+
+import pytest
+
+from kit import reference, runs
+from kit.cli import main
+from kit.params import load_profile
+
+
+def _run(tmp_path, name, *, sft, direct, stage2=None, overall=None, params=None, stages=("prepare", "sft_baseline")):
+    """A run directory as `kit run` leaves it: manifest (profile, params, finished notebooks) and metrics."""
+    rd = tmp_path / name
+    P = params or load_profile("tiny")
+    m = {"prepare": {"models": {"clip": {"retrieval_after": {"i2t_top1": 0.9}}}},
+         "sft_baseline": {"eval": {"action": {"macro_f1": sft}, "reason": {"macro_f1": sft / 2}},
+                          "majority": {"action": {"macro_f1": 0.18}, "reason": {"macro_f1": 0.0}}},
+         "direct": {"eval": {"action": {"macro_f1": direct}, "reason": {"macro_f1": 0.05}}}}
+    if stage2 is not None:
+        m["action_sft"] = {"eval": {"action": {"macro_f1": stage2}}}
+    if overall is not None:
+        m["coda_sft"] = {"coda_lm": {"name": "sft", "scores": {"overall_100": overall}}}
+        m["coda_direct"] = {"coda_lm": {"name": "direct", "scores": {"overall_100": overall - 30}}}
+    runs.write_json(rd / "metrics.json", m)
+    runs.write_json(rd / "manifest.json", {"profile": "tiny", "params": P, "lock": {"sha256": "abc"},
+                                           "stages": {s: {"status": "ok"} for s in stages}})
+    return rd
+
+
+@pytest.fixture
+def bands(tmp_path):
+    recs = [{"settings": {"seed": s, "threads": t}, "run_dir": str(_run(tmp_path, f"s{s}t{t}", sft=0.60 + 0.01 * s + 0.002 * t,
+                                                                        direct=0.02, stage2=0.55 + 0.01 * s, overall=50 + s,
+                                                                        params=load_profile("tiny", [f"seed={s}"])))}
+            for s in range(3) for t in (1, 2)]
+    return reference.bands_from_runs("tiny", recs, {"command": "kit sweep --expected", "lock": "abc"})
+
+
+def test_bands_hold_each_number_over_the_runs(bands):
+    sft = bands["metrics"]["SFT action mF1"]
+    assert sft["n"] == 6 and sft["min"] == pytest.approx(0.602) and sft["max"] == pytest.approx(0.624)
+    assert sft["path"] == "sft_baseline.eval.action.macro_f1" and len(sft["values"]) == 6
+    assert "A sft: overall" in bands["metrics"] and bands["runs"][1] == {"seed": 0, "threads": 2}
+    assert bands["params"] == reference._comparable(load_profile("tiny"))  # the seed aside
+
+
+def test_a_run_inside_its_bands_passes(tmp_path, bands, capsys):
+    rd = _run(tmp_path, "mine", sft=0.61, direct=0.02, stage2=0.56, overall=51,
+              stages=("prepare", "sft_baseline", "action_sft"))
+    res = reference.verify(rd, bands)
+    assert res["ok"], reference.verify_table(res)
+    st = {r["metric"]: r["status"] for r in res["rows"]}
+    assert st["SFT action mF1"] == "inside" and st["A sft: overall"] == "inside"
+    path = tmp_path / "bands.json"
+    runs.write_json(path, bands)
+    assert main(["verify", str(rd), "--bands", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "SFT action mF1" in out and "all inside" in out
+
+
+def test_a_number_outside_fails_naming_it(tmp_path, bands, capsys):
+    rd = _run(tmp_path, "mine", sft=0.43, direct=0.02, stage2=0.56, overall=51, stages=("prepare", "sft_baseline", "action_sft"))
+    res = reference.verify(rd, bands)
+    bad = [r for r in res["rows"] if r["status"] == "OUTSIDE"]
+    assert not res["ok"] and {r["metric"] for r in bad} == {"SFT action mF1", "SFT reason mF1"}
+    path = tmp_path / "bands.json"
+    runs.write_json(path, bands)
+    assert main(["verify", str(rd), "--bands", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "OUTSIDE" in out and "2 outside or missing" in out
+
+
+def test_a_missing_number_fails_and_a_stage_not_run_does_not(tmp_path, bands):
+    # notebook 06 finished but left no stage-2 number: missing; a Track B run has no Track A numbers: not run
+    rd = _run(tmp_path, "mine", sft=0.61, direct=0.02, stages=("prepare", "sft_baseline", "action_sft"),
+              params=load_profile("tiny", ["tracks=[B]"]))
+    res = reference.verify(rd, bands)
+    st = {r["metric"]: r["status"] for r in res["rows"]}
+    assert st["stage-2 action mF1"] == "missing" and not res["ok"]
+    assert st["A sft: overall"] == "not run"
+    rd2 = _run(tmp_path, "mine2", sft=0.61, direct=0.02, params=load_profile("tiny", ["tracks=[B]"]))  # 00, 03 only
+    res2 = reference.verify(rd2, bands)
+    assert res2["ok"] and {r["status"] for r in res2["rows"]} == {"inside", "not run"}
+
+
+def test_other_settings_get_no_verdict(tmp_path, bands, capsys):
+    rd = _run(tmp_path, "mine", sft=0.61, direct=0.02, params=load_profile("tiny", ["sft.epochs=9"]))
+    res = reference.verify(rd, bands)
+    assert not res["ok"] and any("sft.epochs" in n for n in res["notes"])
+    path = tmp_path / "bands.json"
+    runs.write_json(path, bands)
+    assert main(["verify", str(rd), "--bands", str(path)]) == 1
+    assert main(["verify", str(rd), "--bands", str(path), "--if-bands"]) == 0   # make run: said, not failed
+    assert "do not apply" in capsys.readouterr().out
+
+
+def test_verify_of_a_folder_that_is_no_run_is_one_line(tmp_path, capsys):
+    assert main(["verify", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "manifest.json: not found" in err
+
+
+def test_comparisons_are_paired_with_an_interval():
+    per_run = [{"SFT action mF1": 0.6 + d, "Direct action mF1": 0.02, "stage-2 action mF1": 0.6 + d + e,
+                "majority action mF1": 0.18}
+               for d, e in [(0.01, 0.01), (0.02, -0.01), (-0.01, 0.02), (0.0, -0.02)]]
+    comps = {c["name"]: c for c in reference.compare(per_run)}
+    c = comps["SFT beats Direct, action mF1"]
+    assert c["holds"] == c["n"] == 4 and c["ci"][0] <= c["mean"] <= c["ci"][1] and c["ci"][0] > 0.5
+    assert reference.verdict(c) == "holds in 4 of 4 runs"
+    same = comps["stage 2 answers actions about as well as SFT (action mF1)"]
+    assert same["claim"] == "~" and same["diffs"] == pytest.approx([0.01, -0.01, 0.02, -0.02])
+    assert same["ci"][0] < 0 < same["ci"][1]
+    worse = reference.compare([{"SFT action mF1": 0.1 * i, "Direct action mF1": 0.15} for i in range(4)])
+    assert reference.verdict(worse[0]) == "holds in 2 of 4 runs: not a finding"
+
+
+def test_readme_results_are_rendered_from_the_bands_file():
+    bands = reference.load_bands("tiny")
+    assert bands is not None, "params/expected/tiny.json is missing: run kit sweep ... --expected"
+    assert reference.readme_matches("tiny"), "README's results differ from params/expected/tiny.json: rerun " \
+                                             "`kit sweep --summarize runs/sweeps/tiny --expected`"
+    # every number the README states in the section is the file's (spot check: the SFT row)
+    sft = bands["metrics"]["SFT action mF1"]
+    row = f"| {reference.metric_label('SFT action mF1')} | {reference._fmt(sft['mean'])} ± "
+    assert row in reference.README.read_text()
+    assert {"mean", "sd", "min", "max", "n"} <= set(sft) and sft["n"] >= 10
+    assert {r["threads"] for r in bands["runs"]} == {1, 2}
+    assert bands["made_by"]["lock"] and bands["made_by"]["command"].startswith("kit sweep --profile tiny")
+
+
+def test_render_then_update_roundtrip(tmp_path, bands):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n" + reference.BEGIN.format(profile="tiny") + "\nold\n" + reference.END.format(profile="tiny")
+                      + "\nafter\n")
+    reference.update_readme(bands, readme)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("\nafter\n") and "\nold\n" not in text
+    assert "| SFT baseline action mF1 | 0.613 ± " in text and "holds in 6 of 6 runs" in text
+    json.dumps(bands)  # the file is plain JSON
