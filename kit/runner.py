@@ -18,6 +18,7 @@ from typing import Iterable, Mapping
 from kit import dist
 from kit import params as kparams
 from kit import runs
+from kit.lockfile import lock_status
 from kit.params import PROJECT_ROOT
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
@@ -89,6 +90,21 @@ def package_versions() -> dict:
             out[name] = None
     out["python"] = sys.version.split()[0]
     return out
+
+
+def machine() -> dict:
+    """What the numbers of a run may depend on beyond its parameters and packages: the CPU and the
+    threads its BLAS and OpenMP pools use (torch's default: one per core)."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": os.environ.get("OMP_NUM_THREADS") or "default (one per core)",
+            "platform": platform.platform()}
 
 
 def _stage_hash(P: Mapping) -> str:
@@ -192,7 +208,8 @@ def run(profile: str = "tiny", run_dir: str | None = None, only: Iterable[str] |
     manifest_path = rd / "manifest.json"
     runs.update_json(manifest_path, {
         "profile": P["profile"], "params": P, "params_hash": phash, "seed": P["seed"],
-        "git": git_commit(), "packages": package_versions(), "overrides": over,
+        "git": git_commit(), "packages": package_versions(), "lock": lock_status(), "machine": machine(),
+        "overrides": over,
         "started": _dt.datetime.now().isoformat(timespec="seconds"),
     })
     summary = {}
