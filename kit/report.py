@@ -8,7 +8,7 @@ from typing import Mapping
 
 from kit import runs
 
-# Paper B's reported numbers (shared/reference/methods.md; its poster table and sections 6.2-6.4),
+# Paper B's reported numbers (its poster table and sections 6.2-6.4),
 # as fractions. None where the paper reports nothing (N/A). The poster's "Action F1" for RFT+SFT
 # (84.12%) is the action accuracy of section 6.4; we file it under accuracy.
 PAPER_B = {

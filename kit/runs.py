@@ -1,4 +1,4 @@
-"""The run directory contract (shared/design.md): manifest.json, metrics.json, one folder per stage.
+"""The run directory contract: manifest.json, metrics.json, one folder per stage.
 
 Every write here is atomic (write a temp file in the same folder, then os.replace), and
 metrics.json is merged under a file lock, so a crash or two stages finishing together never

@@ -37,7 +37,7 @@ def test_leave_one_out_properties():
     assert torch.allclose(leave_one_out(r + 3.0), a, atol=1e-5)      # a shared offset cancels
     assert torch.allclose(a, r.shape[1] / (r.shape[1] - 1) * (r - r.mean(dim=1, keepdim=True)), atol=1e-5)
     same = torch.full((2, 4), 0.7)
-    assert torch.count_nonzero(leave_one_out(same)) == 0  # equal rewards: zero gradient (stack-notes)
+    assert torch.count_nonzero(leave_one_out(same)) == 0  # equal rewards: zero gradient
 
 
 def test_leave_one_out_skips_unscorable_like_trl():

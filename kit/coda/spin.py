@@ -8,7 +8,7 @@ directory alone.
     table1(run_dir)                              -> paper A's Table 1 on this run, paper A's numbers beside
     figures_from_run(run_dir)                    -> spin/figures/{rounds,dpo}.png
 
-SPIN, as its authors implemented it (shared/reference/methods.md): chosen = the dataset's answer,
+SPIN, as its authors implemented it: chosen = the dataset's answer,
 rejected = the model's own greedy answer; round r trains on its pairs and round r-1's, shuffled.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Datasets: the real BDD-OIA and CODA-LM layouts (shared/reference/datasets.md) and the toy world
+"""Datasets: the real BDD-OIA and CODA-LM layouts and the toy world
 that writes those same layouts, so one loader serves a user's download and the offline default.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""BDD-OIA in its original layout (shared/reference/datasets.md):
+"""BDD-OIA in its original layout:
 
     <root>/lastframe/data/<file_name>            (file_name ends in .jpg; .jpg is added if not)
     <root>/{split}_25k_images_actions.json       {"images": [{"file_name", "id"}], "annotations": [{"category"}]}

@@ -1,4 +1,4 @@
-"""CODA-LM in its original layout (shared/reference/datasets.md):
+"""CODA-LM in its original layout:
 
     <root>/val/images/*.jpg          <root>/test/images/*.jpg
     <root>/CODA-LM/Train/val_*.json  <root>/CODA-LM/Val/test_*.json

@@ -1,5 +1,5 @@
 """The toy world: a seeded procedural generator of driving scenes, written in the EXACT BDD-OIA and
-CODA-LM layouts (shared/reference/datasets.md) so that the real loaders are the ones exercised.
+CODA-LM layouts so that the real loaders are the ones exercised.
 
 A scene is a scene graph (a JSON-able dict, below); `labels(graph)` turns it into BDD-OIA's
 4 actions and 21 reasons, `caption(graph)` into a generic description that does not state the

@@ -1,6 +1,6 @@
 """Track B label metrics, computed with scikit-learn exactly as BDD-OIA's official test code does.
 
-Official definitions (shared/reference/datasets.md, paper B section 5.1):
+Official definitions (BDD-OIA's metric code, paper B section 5.1):
 - per-class F1 = `f1_score(T, P, average=None)`; **macro_f1** (mF1) = the mean of those, over ALL
   classes (4 actions, 21 reasons), present in the test split or not;
 - **f1_all** = mean over samples of `f1_score(T_j, P_j, average='samples')` (their loop runs with

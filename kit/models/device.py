@@ -32,8 +32,8 @@ def resolve_dtype(P: Mapping) -> torch.dtype:
 def trainer_precision_kwargs(P: Mapping) -> dict:
     """Keyword arguments for any TRL/transformers TrainingArguments subclass.
 
-    TRL's configs default to bf16 and gradient checkpointing; on a CPU that fails or is slower
-    (stack-notes.md), so the profile's device decides both here, in one place.
+    TRL's configs default to bf16 and gradient checkpointing; on a CPU that fails or is slower, so
+    the profile's device decides both here, in one place.
     """
     dev = resolve_device(P)
     dtype = resolve_dtype(P)

@@ -121,7 +121,7 @@ def _quant_config(P: Mapping):
 
 def _disable_cpu_4bit_repack(model) -> int:
     """bitsandbytes 0.50 on CPUs with AVX512-BF16 repacks Linear4bit weights on the first no-grad
-    forward, after which a training step fails (stack-notes.md). Turn the repacking off."""
+    forward, after which a training step fails (seen with bitsandbytes 0.50 on CPUs with AVX512-BF16). Turn the repacking off."""
     try:
         import bitsandbytes as bnb
     except ImportError:

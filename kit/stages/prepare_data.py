@@ -42,7 +42,7 @@ def run_prepare_data(P: dict, run_dir) -> dict:
             roots[name] = Path(given).expanduser().resolve()
             if not roots[name].is_dir():
                 raise DataError(f"params data.{name}_root: {roots[name]} is not a folder; expected the dataset root "
-                                "(layouts in shared/reference/datasets.md), or run the other track alone "
+                                "(layouts in kit/data/bdd_oia.py and kit/data/coda_lm.py), or run the other track alone "
                                 "(kit run --track A|B)")
     broot, croot = roots.get("bdd_oia"), roots.get("coda_lm")
     bsplits = _bdd_splits(broot) if broot else []

@@ -9,7 +9,7 @@ DPO's own curves (loss, reward margin, reward accuracy) as plain data.
 The reference model is the caller's choice (SPIN: the previous round's model):
 - full fine-tune: pass `ref_model` (a frozen copy loaded from the previous checkpoint);
 - LoRA: pass a PeftModel whose `default` adapter is the previous round's and `ref_model=None`;
-  DPOTrainer then copies that adapter to a frozen `ref` adapter (track-a-stack.md).
+  DPOTrainer then copies that adapter to a frozen `ref` adapter (TRL's `ref_adapter_name`).
 """
 from __future__ import annotations
 

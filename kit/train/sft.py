@@ -66,7 +66,7 @@ def trainer_args(cfg: Mapping, P: Mapping, out_dir: Path, n_rows: int) -> dict:
         logging_steps=int(cfg.get("logging_steps") or max(1, steps_per_epoch // 5)),
         save_strategy="epoch" if cfg.get("save_each_epoch", True) else "no",
         # truncation keeps the start (the image tokens) but may cut an image's tokens if the limit is
-        # below them (stack-notes.md): None unless a profile sets it (paper A: 2048)
+        # below them: None unless a profile sets it (paper A: 2048)
         max_length=int(cfg["max_length"]) if cfg.get("max_length") else None,
         remove_unused_columns=False,
         dataloader_num_workers=0,
