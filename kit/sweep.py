@@ -136,7 +136,7 @@ def run_sweep(profile: str = "tiny", seeds: Sequence[int] = (0,), grid: Mapping[
 
     results = {}
     if threads:  # one pool per thread count: as many runs side by side as the cores hold
-        for t in sorted(set(int(x) for x in threads)):
+        for t in sorted({int(x) for x in threads}, reverse=True):  # the most threads first, one run at a time
             todo = [c for c in combos if c["threads"] == t]
             with ThreadPoolExecutor(max_workers=max(1, cores // t)) as pool:
                 for c, r in zip(todo, pool.map(lambda c: one(c, t), todo)):
