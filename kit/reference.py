@@ -254,9 +254,8 @@ def bands_from_runs(profile: str, run_records: Sequence[Mapping], made_by: Mappi
         elif p != params:
             raise ValueError(f"{rd}: its parameters differ from the sweep's other runs beyond the seed; "
                              "bands pool runs of one profile only (no --grid, no per-run --set)")
-    names = [n for n in _ordered({k for r in per_run for k in r})]
     metrics = {}
-    for n in names:
+    for n in _ordered({k for r in per_run for k in r}):
         vals = [r[n] for r in per_run if n in r]
         path = FIXED[n][0] if n in FIXED else None
         metrics[n] = {**({"path": path} if path else {}), **stats(vals)}
