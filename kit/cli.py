@@ -38,6 +38,14 @@ def _ints(text: str | None, what: str) -> list[int]:
 def _cmd_sweep(a: argparse.Namespace) -> int:
     from kit.sweep import parse_grid, run_sweep, summarize
 
+    if a.readme:  # render only: the README's results section from the bands file as it is
+        from kit.reference import load_bands, update_readme
+
+        bands = load_bands(a.readme)
+        if bands is None:
+            raise SystemExit(f"kit sweep --readme {a.readme}: no params/expected/{a.readme}.json; make it with --expected")
+        print(f"README section rendered from params/expected/{a.readme}.json: {update_readme(bands)}")
+        return 0
     if a.summarize:
         s = summarize(a.summarize, expected=a.expected)
     else:
@@ -172,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--expected", action="store_true",
                     help="write the profile's reference bands (params/expected/<profile>.json) and render the README's "
                          "results from them (no --grid/--set/--only/--track)")
+    sw.add_argument("--readme", metavar="PROFILE", help="only render the README's results section from "
+                    "params/expected/PROFILE.json (after editing the README around it)")
     sw.set_defaults(func=_cmd_sweep)
 
     v = sub.add_parser("verify", help="a run's headline numbers against its profile's reference bands "

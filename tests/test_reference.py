@@ -120,8 +120,8 @@ def test_comparisons_are_paired_with_an_interval():
 def test_readme_results_are_rendered_from_the_bands_file():
     bands = reference.load_bands("tiny")
     assert bands is not None, "params/expected/tiny.json is missing: run kit sweep ... --expected"
-    assert reference.readme_matches("tiny"), "README's results differ from params/expected/tiny.json: rerun " \
-                                             "`kit sweep --summarize runs/sweeps/tiny --expected`"
+    assert reference.readme_matches("tiny"), "README's results differ from params/expected/tiny.json: " \
+                                             "`kit sweep --readme tiny` renders them again"
     # every number the README states in the section is the file's (spot check: the SFT row)
     sft = bands["metrics"]["SFT action mF1"]
     row = f"| {reference.metric_label('SFT action mF1')} | {reference._fmt(sft['mean'])} ± "
