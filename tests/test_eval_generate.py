@@ -92,8 +92,19 @@ def test_predict_bdd_records_and_resume(tiny, tmp_path, monkeypatch):
     assert not partial.exists()
     # another tag (a retrained model): everything is regenerated
     calls.clear()
-    G.predict_bdd(model, processor, samples, P, out, tag="m2")
+    m2 = G.predict_bdd(model, processor, samples, P, out, tag="m2")
     assert calls == [5]
+    # a crash (kill -9) while another model answers: the rerun must not return the old model's file,
+    # although the meta on disk is already the new model's
+    runs.write_jsonl(out, [{**r, "output": "old model"} for r in m2])
+    monkeypatch.setattr(G, "generate", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        G.predict_bdd(model, processor, samples, P, out, tag="m3")
+    assert not out.exists()
+    monkeypatch.setattr(G, "generate", lambda m, p, items, **k: calls.append(len(items)) or real(m, p, items, **k))
+    calls.clear()
+    m3 = G.predict_bdd(model, processor, samples, P, out, tag="m3")
+    assert calls == [5] and all(r["output"] != "old model" for r in m3)
 
 
 def test_figures_for_predictions(tmp_path):

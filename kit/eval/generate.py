@@ -92,7 +92,9 @@ def generate_records(model, processor, samples: Sequence, out_path: str | os.Pat
     Reuse and resume: a complete `out_path` whose meta (`meta` plus the ids and max_new_tokens, in
     `<stem>.meta.json`) matches is returned as is; finished records are kept in `<out_path>.partial`
     after each chunk, and a rerun with the same meta generates only the rest. Put the checkpoint
-    that answers in `meta` (e.g. as "tag") so a retrained model never reuses old answers.
+    that answers in `meta` (e.g. as "tag") so a retrained model never reuses old answers. When the
+    meta changes, the old answers are deleted before the new meta is written: a run killed after
+    that point resumes the new model's partial answers, never returns the old model's file.
 
     Under `accelerate launch` with N processes each answers its block of what is left (kit.dist),
     keeping its own `<out_path>.partial.<rank>`; the records are gathered in order on every process
@@ -121,6 +123,10 @@ def generate_records(model, processor, samples: Sequence, out_path: str | os.Pat
     mine_before = {r["id"]: r for r in runs.read_jsonl(mine_path)} if same and mine_path.exists() else {}
     dist.wait()  # every process has read the old meta before the main one replaces it
     if dist.is_main():
+        if not same:  # another model's (or settings') answers: gone before the new meta can vouch for them,
+            out_path.unlink(missing_ok=True)  # so a crash from here on never leaves them looking like ours
+            for f in partials():
+                f.unlink(missing_ok=True)
         runs.write_json(meta_path, meta)
     todo = [s for s in samples if s.id not in done]
     mine = [todo[i] for i in dist.my_share(len(todo))]
