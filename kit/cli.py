@@ -125,23 +125,42 @@ def _cmd_stage(a: argparse.Namespace) -> int:
     return 0
 
 
+def _user_cache(*parts: str) -> Path:
+    """The user's own cache folder ($XDG_CACHE_HOME or ~/.cache), not one every user of the machine shares."""
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "kit", *parts)
+
+
 def _cmd_judge_score(a: argparse.Namespace) -> int:
     from kit.data import DataError
     from kit.judge.base import make_judge
     from kit.judge.score import score_folder
 
     cfg = {"backend": a.backend, "base_url": a.base_url, "model": a.model, "prompts_dir": a.prompts_dir,
-           "cache_dir": a.cache, "concurrency": a.concurrency}
+           "cache_dir": a.cache, "concurrency": a.concurrency, "timeout": a.request_timeout,
+           "deadline_s": a.deadline, "max_consecutive_failures": a.max_consecutive_failures}
     if a.backend == "openai" and not a.cache:
-        import tempfile
-
-        cfg["cache_dir"] = str(Path(tempfile.gettempdir()) / "kit-judge-cache")
+        cfg["cache_dir"] = str(_user_cache("judge"))
     try:
-        summary = score_folder(a.pred_dir, a.reference, make_judge(cfg))
-    except (DataError, FileNotFoundError, ValueError) as e:
+        judge = make_judge(cfg)
+        summary = score_folder(a.pred_dir, a.reference, judge)
+    except (DataError, FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"kit judge score: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        where = f"; the answers had so far are cached in {cfg['cache_dir']}, a rerun asks only the rest" \
+            if cfg.get("cache_dir") else ""
+        print(f"\nkit judge score: interrupted{where}", file=sys.stderr)
+        return 130
     print(json.dumps(summary, indent=2))
+    if summary["coverage"] < 1:
+        stopped = summary["judge"].get("stopped")
+        print(f"kit judge score: coverage {summary['coverage']:.3f} < 1: {summary['judge']['failed_items']} item(s) "
+              f"not judged{f' (the judge stopped: {stopped})' if stopped else ''}; their question ids are under "
+              f"'failed' per task" + ("" if a.allow_partial else "; --allow-partial accepts a partial score"),
+              file=sys.stderr)
+        return 0 if a.allow_partial else 1
     return 0
 
 
@@ -224,8 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
     js.add_argument("--base-url", help="openai: an OpenAI-compatible endpoint (key from $OPENAI_API_KEY)")
     js.add_argument("--model", help="openai: the judge model")
     js.add_argument("--prompts-dir", help="a folder of your own prompt files (see kit/judge/prompts.py)")
-    js.add_argument("--cache", help="the judge's answer cache (default: a folder in the system temp dir)")
-    js.add_argument("--concurrency", type=int, default=8)
+    js.add_argument("--cache", help="the judge's answer cache (default: ~/.cache/kit/judge, or $XDG_CACHE_HOME/kit/judge)")
+    js.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (default: 8)")
+    js.add_argument("--request-timeout", type=float, default=60, metavar="S", help="seconds per request (default: 60)")
+    js.add_argument("--deadline", type=float, metavar="S",
+                    help="seconds for the whole scoring: then the judge stops, keeps what it judged and says so")
+    js.add_argument("--max-consecutive-failures", type=int, default=20, metavar="N",
+                    help="stop after N failed requests in a row (timeouts, 5xx, answers without a rating; default: 20)")
+    js.add_argument("--allow-partial", action="store_true",
+                    help="exit 0 when some items could not be judged (default: exit 1 whenever coverage < 1)")
     js.set_defaults(func=_cmd_judge_score)
 
     f = sub.add_parser("figures", help="regenerate every figure of a run from its files (no training)")

@@ -326,3 +326,83 @@ def test_configuration_errors(monkeypatch, tmp_path):
     j = make_judge({"backend": "openai", **ok, "cache_dir": str(tmp_path), "concurrency": 3, "max_tokens": 32})
     assert isinstance(j, OpenAIJudge) and j.describe() == {"backend": "openai", "model": "m", "base_url": ok["base_url"]}
     assert (j.concurrency, j.reask, j.max_retries, j.max_tokens, j.timeout) == (3, 2, 2, 32, 60.0)
+
+
+# ---- limits: a judge that cannot answer stops, says why, keeps what it judged ------------------------------
+def test_a_hanging_server_stops_at_the_deadline(fake, tmp_path):
+    fake.plan = lambda n: ["slow"]           # never answers within the request timeout
+    judge = judge_for(fake, tmp_path / "cache", concurrency=4, deadline_s=2.0)
+    t0 = time.monotonic()
+    res = judge.judge([rate_request(i) for i in range(40)], progress=False)
+    took = time.monotonic() - t0
+    # without the deadline: 40 items x 3 asks x 2 tries x 0.5 s over 4 workers, 30 s; with it, the deadline
+    # plus at most the one request timeout that was in flight
+    assert took < 2.0 + TIMEOUT + 1.0, took
+    assert all(r.verdict is None for r in res) and "deadline of 2 s" in judge.stats["stopped"]
+    assert sum(r.error.startswith("stopped:") for r in res) > 20 and judge.stats["failed_items"] == 40
+
+
+def test_a_failing_server_trips_the_breaker(fake, tmp_path):
+    for answer in ("500", "junk"):           # transport failures and answers without a rating alike
+        fake.log.clear()
+        fake.plan = lambda n, a=answer: [a]
+        judge = judge_for(fake, tmp_path / answer, concurrency=3, max_retries=0, max_consecutive_failures=5)
+        res = judge.judge([rate_request(i) for i in range(60)], progress=False)
+        assert "5 requests in a row failed" in judge.stats["stopped"], judge.stats
+        assert 5 <= fake.count() <= 5 + 3      # the five, plus what was in flight when the fifth failed
+        assert all(r.verdict is None for r in res) and judge.stats["requests_sent"] == fake.count()
+    # a success resets the count: failures spread between good answers never trip it
+    fake.log.clear()
+    fake.plan = lambda n: ["500", "ok"]
+    judge = judge_for(fake, tmp_path / "mixed", concurrency=1, max_retries=0, max_consecutive_failures=2)
+    res = judge.judge([rate_request(i) for i in range(6)], progress=False)
+    assert [r.verdict for r in res] == [rating(i) for i in range(6)] and judge.stats["stopped"] is None
+
+
+def test_ctrl_c_stops_sending_and_keeps_what_was_judged(fake, tmp_path):
+    import _thread
+
+    fake.delay = lambda n: 0.1
+    judge = judge_for(fake, tmp_path / "cache", concurrency=2)
+    threading.Timer(0.6, _thread.interrupt_main).start()
+    with pytest.raises(KeyboardInterrupt):
+        judge.judge([rate_request(i) for i in range(60)], progress=False)
+    sent = fake.count()
+    time.sleep(0.5)
+    assert fake.count() <= sent + 2 and sent < 30       # nothing new after the interrupt but what was in flight
+    assert judge.stats["stopped"] == "interrupted"
+    cached = len(DiskCache(tmp_path / "cache"))
+    assert cached >= 1
+    fake.log.clear()                                     # a rerun asks only what was not judged
+    judge_for(fake, tmp_path / "cache", concurrency=4).judge([rate_request(i) for i in range(60)], progress=False)
+    assert fake.count() == 60 - cached
+
+
+def test_kit_judge_score_stops_exits_non_zero_and_says_why(fake, tmp_path, capsys):
+    import shutil
+    from pathlib import Path
+
+    from kit.cli import main
+    from kit.coda import vqa
+
+    ref = tmp_path / "coda" / "CODA-LM" / "Val"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "coda_lm", tmp_path / "coda")
+    items = vqa.build_vqa(ref, {t: "q" for t in vqa.TASKS})
+    for t, its in items.items():
+        vqa.write_answers(tmp_path / "pred", t, its, [f"item-{i} {it.answer}" for i, it in enumerate(its)])
+    args = ["judge", "score", str(tmp_path / "pred"), "--reference", str(ref), "--backend", "openai",
+            "--base-url", fake.url, "--model", "judge-model", "--cache", str(tmp_path / "cache"),
+            "--request-timeout", str(TIMEOUT)]
+    fake.plan = lambda n: ["500"]
+    assert main([*args, "--max-consecutive-failures", "3"]) == 1
+    cap = capsys.readouterr()
+    assert "coverage 0.000 < 1" in cap.err and "3 requests in a row failed" in cap.err and "--allow-partial" in cap.err
+    sent = json.loads(cap.out)["judge"]["requests_sent"]    # each one the client's 3 tries of a 500
+    assert sent <= 3 + 8 and fake.count() == 3 * sent       # the three, plus what was in flight (8 at once)
+    fake.plan = lambda n: ["slow"]
+    t0 = time.monotonic()
+    assert main([*args, "--deadline", "1.5", "--allow-partial"]) == 0
+    assert time.monotonic() - t0 < 1.5 + TIMEOUT + 1.5 and "deadline of 1.5 s" in capsys.readouterr().err
+    fake.plan = lambda n: ["ok"]
+    assert main(args) == 0                               # all judged: exit 0
+    assert json.loads(capsys.readouterr().out)["coverage"] == 1

@@ -8,6 +8,8 @@
   A local server that checks no key still needs the variable set (to any dummy value).
 - `base_url` null: the client's default (`$OPENAI_BASE_URL` when set, else https://api.openai.com/v1).
 - Each answer is asked at temperature 0 (and `max_tokens` when set).
+- `timeout` bounds one request; `deadline_s` and `max_consecutive_failures` bound the whole judging
+  (kit.judge.base): a request asked near the deadline gets only the time left, without retries.
 
 What fails, and what happens then:
 
@@ -69,7 +71,8 @@ class OpenAIJudge(Judge):
     backend = "openai"
 
     def __init__(self, *, base_url=None, model=None, prompts=None, cache=None, concurrency: int = 8,
-                 reask: int = 2, timeout: float = 60, max_retries: int = 2, max_tokens=None):
+                 reask: int = 2, timeout: float = 60, max_retries: int = 2, max_tokens=None,
+                 deadline_s: float | None = None, max_consecutive_failures: int | None = None):
         if not isinstance(model, str) or not model.strip():
             raise ValueError("params judge.model: expected the judge model's name for the openai backend "
                              f"(e.g. gpt-4o-2024-05-13, or the model a local server serves), got {model!r}")
@@ -96,7 +99,8 @@ class OpenAIJudge(Judge):
                                f"still needs a dummy value, e.g. {KEY_ENV}=none). It is never read from params.")
         import openai
 
-        super().__init__(prompts=prompts, cache=cache, concurrency=concurrency, reask=reask)
+        super().__init__(prompts=prompts, cache=cache, concurrency=concurrency, reask=reask, deadline_s=deadline_s,
+                         max_consecutive_failures=max_consecutive_failures)
         self.model = model.strip()
         self.timeout = timeout
         self.max_retries = max_retries
@@ -132,8 +136,11 @@ class OpenAIJudge(Judge):
             self._count(requests_sent=-1)  # base counted a request this call does not send
             raise JudgeRequestError(f"{self._fatal} (raised by an earlier request; nothing more was sent)")
         kw = {"max_tokens": self.max_tokens} if self.max_tokens is not None else {}
+        client, left = self._client, self.time_left()
+        if left is not None and left < (1 + self.max_retries) * self.timeout:  # near the deadline: what is left
+            client = client.with_options(timeout=max(left, 0.1), max_retries=0)
         try:
-            resp = self._client.chat.completions.create(model=self.model, messages=messages, temperature=0, **kw)
+            resp = client.chat.completions.create(model=self.model, messages=messages, temperature=0, **kw)
         except openai.APITimeoutError as e:  # before APIConnectionError: it is one
             raise TransientJudgeError(f"timed out after {self.timeout:g} s ({1 + self.max_retries} tries)") from e
         except openai.APIConnectionError as e:
