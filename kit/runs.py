@@ -71,6 +71,14 @@ def _skip_write(every_rank: bool) -> bool:
     return not every_rank and not dist.is_main()
 
 
+def file_mode() -> int:
+    """The mode open() would give a new file under the process's umask (mkstemp's own is 0600, which
+    would keep a run folder from being shared with a group)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str, *, every_rank: bool = False) -> Path:
     path = Path(path)
     if _skip_write(every_rank):
@@ -78,6 +86,7 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, every_rank: bool = 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -183,13 +192,11 @@ def record_metrics(run_dir: str | os.PathLike, key: str, values: Mapping) -> dic
     return data
 
 
-def forget_metrics(run_dir: str | os.PathLike, keys: Iterable[str | tuple[str, ...]]) -> None:
-    """Drop entries from metrics.json (under the lock): a top-level key, or a tuple path to a nested
-    one. Metrics are merged, so a result a rerun no longer makes (a round a shorter run does not have,
-    a model no longer battled) would otherwise stay for later notebooks to read."""
+def forget_json(path: str | os.PathLike, keys: Iterable[str | tuple[str, ...]]) -> None:
+    """Drop entries from a JSON file (under its lock): a top-level key, or a tuple path to a nested one."""
     from kit import dist
 
-    path = resolve_run_dir(run_dir) / "metrics.json"
+    path = Path(path)
     if _skip_write(False):
         dist.wait()
         return
@@ -207,6 +214,13 @@ def forget_metrics(run_dir: str | os.PathLike, keys: Iterable[str | tuple[str, .
         if changed:
             write_json(path, data)
     dist.wait()
+
+
+def forget_metrics(run_dir: str | os.PathLike, keys: Iterable[str | tuple[str, ...]]) -> None:
+    """Drop entries from metrics.json (kit.runs.forget_json). Metrics are merged, so a result a rerun no
+    longer makes (a round a shorter run does not have, a model no longer battled) would otherwise stay
+    for later notebooks to read."""
+    forget_json(resolve_run_dir(run_dir) / "metrics.json", keys)
 
 
 def read_metrics(run_dir: str | os.PathLike) -> dict:

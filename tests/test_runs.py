@@ -39,3 +39,24 @@ def test_require_metrics_says_which_notebook(tmp_path):
         assert "notebook 02" in str(e)
     else:
         raise AssertionError
+
+
+def test_written_files_honour_the_umask(tmp_path):
+    """A run folder can be shared with a group: the atomic writers give new files the mode open() would
+    (mkstemp alone makes them 0600)."""
+    import os
+    import stat
+
+    from PIL import Image
+
+    from kit.data.toyworld import _save_jpeg
+
+    old = os.umask(0o002)
+    try:
+        runs.write_json(tmp_path / "m.json", {"a": 1})
+        runs.write_jsonl(tmp_path / "p.jsonl", [{"a": 1}])
+        _save_jpeg(Image.new("RGB", (4, 4)), tmp_path / "img.jpg", 90)
+    finally:
+        os.umask(old)
+    for name in ("m.json", "p.jsonl", "img.jpg"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o664, name

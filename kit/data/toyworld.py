@@ -415,7 +415,10 @@ def _settings_hash(d: Mapping) -> str:
 
 def _save_jpeg(img, path: Path, quality: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    from kit.runs import file_mode
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, file_mode())
     os.close(fd)
     try:
         img.save(tmp, format="JPEG", quality=quality)

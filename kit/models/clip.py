@@ -167,6 +167,7 @@ def save_clip(bundle: ClipBundle, out_dir: str | os.PathLike, extra: Mapping[str
         model_cfg.pop("init_logit_bias", None)
     state = {k: v.detach().to("cpu").contiguous() for k, v in bundle.model.state_dict().items()}
     fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{WEIGHTS_FILE}.", suffix=".tmp")
+    os.fchmod(fd, runs.file_mode())
     os.close(fd)
     try:
         save_file(state, tmp)

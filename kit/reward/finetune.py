@@ -349,7 +349,8 @@ def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair]
     start_epoch = 1
 
     last = out / "last.pt"
-    state = torch.load(last, map_location=bundle.device, weights_only=False) if last.exists() else None
+    # tensors, numbers, strings and containers only: nothing in a run folder is unpickled as code
+    state = torch.load(last, map_location=bundle.device, weights_only=True) if last.exists() else None
     if state and state.get("key") == h:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
