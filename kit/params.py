@@ -4,12 +4,26 @@
 schema. A profile may only set keys that base.yaml declares, with a value of the same type (an int
 where a float is declared is fine; a key declared `null` takes any value). Mistakes fail with the
 key, the file and what was expected, so a typo in a 2-hour GPU run fails in the first second.
+
+A key's values can be narrowed further by a rule at the start of its comment in base.yaml,
+`key: default  # [rule] what it means`:
+
+    [> 0]   [>= 2]   [> 0, <= 1]   [0 .. 1]       numbers (finite; both ends of `..` included)
+    [auto | cpu | cuda]                            one of these values
+    [null | >= 1]                                  alternatives; `null` makes the key nullable
+    [each >= 1]   [each A | B]                     every item of a list, every value of a mapping
+
+A key whose default is not null may not be set to null unless its rule says `null`. The rules are
+checked as each profile layer and the overrides are merged, so `--set rloo.k=1` fails at once
+naming the key, the value and the rule.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -87,6 +101,82 @@ def _check(value: Any, default: Any, key: str, source: str) -> None:
                           f"got {_type_name(value)} {value!r}")
 
 
+_KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_]\w*):(?P<rest>.*)$")
+_RULE = re.compile(r"#\s*\[(?P<rule>[^\]]+)\]")
+_CMP = re.compile(r"^(>=|<=|>|<)\s*(\S+)$")
+_OPS = {">": lambda a, b: a > b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b, "<=": lambda a, b: a <= b}
+
+
+@functools.lru_cache(maxsize=None)
+def rules(path: Path | None = None) -> dict[str, str]:
+    """{dotted key: rule} from base.yaml's `key: default  # [rule] ...` annotations."""
+    text = (path or PARAMS_DIR / f"{BASE}.yaml").read_text()
+    out, stack = {}, []
+    for line in text.splitlines():
+        m = _KEY_LINE.match(line)
+        if not m:
+            continue
+        indent = len(m["indent"])
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, m["key"]))
+        r = _RULE.search(m["rest"])
+        if r:
+            out[".".join(k for _, k in stack)] = r["rule"].strip()
+    return out
+
+
+def _rule_for(key: str) -> tuple[str | None, bool]:
+    """(rule, applies to the value itself) for a dotted key: its own rule, or its parent's `each` rule."""
+    R = rules()
+    if key in R:
+        return R[key], True
+    parent = key.rsplit(".", 1)[0] if "." in key else None
+    if parent in R and R[parent].startswith("each "):
+        return R[parent][5:], True
+    return None, False
+
+
+def _allows(alt: str, v: Any) -> bool:
+    """Whether `v` satisfies one alternative of a rule (a literal, `null`, comparisons or a range)."""
+    if alt == "null":
+        return v is None
+    if ".." in alt:
+        lo, hi = (float(x) for x in alt.split(".."))
+        return _number(v) and lo <= v <= hi
+    cmps = [_CMP.match(c.strip()) for c in alt.split(",")]
+    if all(cmps):
+        return _number(v) and all(_OPS[m.group(1)](v, float(m.group(2))) for m in cmps)
+    return v == _yaml(alt) and not isinstance(v, bool) or (isinstance(v, str) and v == alt)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_rule(value: Any, default: Any, key: str, source: str) -> None:
+    rule, _ = _rule_for(key)
+    if value is None:
+        if default is None or (rule and "null" in [a.strip() for a in rule.split("|")]):
+            return
+        like = f"keys {', '.join(list(default)[:5])}, ..." if isinstance(default, dict) else f"like {default!r}"
+        raise ParamsError(f"{source}: key '{key}' may not be null; expected "
+                          + (f"[{rule}]" if rule else f"{_type_name(default)} ({like})"))
+    if not rule:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ParamsError(f"{source}: key '{key}' got {value!r}; expected a finite number")
+        return
+    each = rule.startswith("each ")
+    body = rule[5:] if each else rule
+    items = (list(value.values()) if isinstance(value, Mapping) else value) if each else [value]
+    if each and not isinstance(items, (list, tuple)):
+        raise ParamsError(f"{source}: key '{key}' got {value!r}; expected a list or mapping whose items are [{body}]")
+    for item in items:
+        if not any(_allows(alt.strip(), item) for alt in body.split("|")):
+            what = f"an item {item!r}" if each else repr(value)
+            raise ParamsError(f"{source}: key '{key}' got {what}; expected [{rule}] (params/base.yaml)")
+
+
 def _merge(base: dict, over: Mapping, schema: dict | None, source: str, prefix: str = "") -> dict:
     out = copy.deepcopy(base)
     for k, v in over.items():
@@ -97,9 +187,12 @@ def _merge(base: dict, over: Mapping, schema: dict | None, source: str, prefix: 
         sub = schema.get(k) if schema is not None else None
         if isinstance(sub, dict) and isinstance(v, Mapping):
             out[k] = _merge(out.get(k) or {}, v, sub, source, f"{key}.")
+            if schema is not None and _rule_for(key)[0]:
+                _check_rule(out[k], sub, key, source)
         else:
             if schema is not None:
                 _check(v, sub, key, source)
+                _check_rule(v, sub, key, source)
             out[k] = copy.deepcopy(v)
     return out
 

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from kit import params as kp
-from kit.params import ParamsError
+from kit.params import ParamsError, load_profile
 
 
 def test_every_profile_resolves():
@@ -143,3 +143,41 @@ def test_deepspeed_builds_its_config_from_zero_files_and_paper_settings(tmp_path
         assert "optimizer" not in hf.config and "scheduler" not in hf.config
     assert (args.learning_rate, args.adam_beta2, args.weight_decay) == (cfg["lr"], cfg["adam_beta2"], cfg["weight_decay"])
     assert (args.learning_rate, args.adam_beta2, args.weight_decay) == (1e-6, 0.95, 0.1)  # paper A, Section 3
+
+
+@pytest.mark.parametrize("override, message", [
+    ("seed=-5", "key 'seed' got -5; expected [>= 0]"),                                    # a bound
+    ("sft.lr=-1", "key 'sft.lr' got -1; expected [> 0]"),
+    ("sft.lr=.nan", "key 'sft.lr' got nan; expected [> 0]"),                              # NaN fails every comparison
+    ("rloo.top_p=1.5", "key 'rloo.top_p' got 1.5; expected [> 0, <= 1]"),                 # two bounds
+    ("data.toy.corner_case_rate=2", "key 'data.toy.corner_case_rate' got 2; expected [0 .. 1]"),  # a range
+    ("rloo.k=1", "key 'rloo.k' got 1; expected [>= 2]"),
+    ("precision=fp8", "key 'precision' got 'fp8'; expected [auto | fp32 | bf16 | fp16]"),  # choices
+    ("device=tpu", "key 'device' got 'tpu'; expected [auto | cpu | cuda]"),
+    ("models.quantization=3bit", "expected [null | 4bit | 8bit]"),
+    ("sft.epochs=null", "key 'sft.epochs' may not be null; expected [> 0]"),              # not nullable
+    ("data=null", "key 'data' may not be null; expected a mapping (keys bdd_oia_root"),
+    ("tracks=[A, C]", "key 'tracks' got an item 'C'; expected [each A | B]"),             # each item of a list
+    ("data.toy.splits={train: 0}", "key 'data.toy.splits.train' got 0; expected [>= 1]"),  # each value of a mapping
+    ("sft.max_steps=0", "key 'sft.max_steps' got 0; expected [null | >= 1]"),
+])
+def test_bad_values_fail_naming_key_value_and_rule(override, message):
+    with pytest.raises(ParamsError) as e:
+        load_profile("tiny", [override])
+    assert message in str(e.value) and str(e.value).startswith("overrides: ")
+
+
+def test_rules_allow_what_they_declare(tmp_path, capsys):
+    from kit.cli import main
+    from kit.params import rules
+
+    assert len(rules()) > 150 and rules()["rloo.k"] == ">= 2"
+    P = load_profile("tiny", ["sft.max_steps=null", "spin.prompts_per_round=null", "clip_finetune.logit_bias=null",
+                              "models.quantization=4bit", "data.toy.splits={train: 1, val: 1, test: 1}", "tracks=[B]"])
+    assert P["sft"]["max_steps"] is None and P["models"]["quantization"] == "4bit"
+    for profile in ("tiny", "smolvlm", "paper-rloo", "paper-iterative"):
+        load_profile(profile)   # every shipped profile keeps the rules
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("extends: tiny\nrloo:\n  k: 1\n")
+    assert main(["params", "show", str(bad)]) == 2
+    assert f"{bad}: key 'rloo.k' got 1; expected [>= 2]" in capsys.readouterr().err
