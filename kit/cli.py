@@ -11,13 +11,13 @@ from kit.stages import STAGE_FUNCTIONS
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
-    from kit.runner import StageFailed, run
+    from kit.runner import RunInUse, StageFailed, run
 
     try:
         out = run(profile=a.profile, run_dir=a.run_dir, only=a.only.split(",") if a.only else None,
                   overrides=a.set, force=a.force, log_output=a.log_output, track=a.track,
                   launcher=a.launcher, config_file=a.config_file)
-    except StageFailed as e:
+    except (StageFailed, RunInUse) as e:
         print(f"kit run: {e}", file=sys.stderr)
         return 1
     if a.report:  # what ran and what was skipped, for `kit sweep`
@@ -102,9 +102,23 @@ def _cmd_data_check(a: argparse.Namespace) -> int:
 
 
 def _cmd_figures(a: argparse.Namespace) -> int:
+    from kit.data import DataError
     from kit.figures import figures_from_run
+    from kit.runs import read_metrics, resolve_run_dir
 
-    paths = figures_from_run(a.run_dir)
+    rd = resolve_run_dir(a.run_dir)
+    if not (rd / "metrics.json").is_file():
+        print(f"kit figures: {rd / 'metrics.json'}: not found; expected a run directory written by kit run",
+              file=sys.stderr)
+        return 1
+    try:
+        read_metrics(rd)  # a corrupt metrics.json is named here, whichever figure would read it first
+        paths = figures_from_run(rd)
+    except (DataError, FileNotFoundError, ValueError, KeyError) as e:
+        print(f"kit figures: {e}" + ("" if a.debug else " (--debug shows the traceback)"), file=sys.stderr)
+        if a.debug:
+            raise
+        return 1
     for p in paths:
         print(p)
     print(f"{len(paths)} figures written", file=sys.stderr)
@@ -255,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     js.set_defaults(func=_cmd_judge_score)
 
     f = sub.add_parser("figures", help="regenerate every figure of a run from its files (no training)")
-    f.add_argument("run_dir")
+    f.add_argument("run_dir", help="a run directory written by kit run, e.g. runs/tiny")
+    f.add_argument("--debug", action="store_true", help="show the traceback of an error")
     f.set_defaults(func=_cmd_figures)
     return ap
 

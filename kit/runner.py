@@ -6,7 +6,9 @@ before with the same resolved parameters (its marker `<stage>/.stage.json` holds
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import importlib.metadata as md
 import os
 import subprocess
@@ -200,12 +202,52 @@ def run(profile: str = "tiny", run_dir: str | None = None, only: Iterable[str] |
     ppath = kparams.find_profile(profile)
     nb_profile = P["profile"] if ppath.parent == kparams.PARAMS_DIR else str(ppath)
     rd = runs.resolve_run_dir(run_dir or f"runs/{P['profile']}")
-    (rd / "notebooks").mkdir(parents=True, exist_ok=True)
     nbs = list_notebooks(only, P["tracks"])
     # a notebook done by another number of processes is not done: its results differ
     phash = _stage_hash({**P, "processes": n_proc} if n_proc and n_proc > 1 else P)
     over = kparams.parse_overrides(overrides)
+    if not force and nbs and all(is_done(rd, stage_of(nb), phash, rd / "notebooks" / nb.name) for nb in nbs):
+        # nothing to do: nothing is written either (a finished run folder may be read-only, or in use)
+        for i, nb in enumerate(nbs, 1):
+            print(f"[{i}/{len(nbs)}] {nb.name}: done before with the same parameters, skipped (--force reruns it)")
+        return {"run_dir": str(rd), "stages": {stage_of(nb): "skipped" for nb in nbs}}
+    (rd / "notebooks").mkdir(parents=True, exist_ok=True)
+    with run_lock(rd):
+        return _run(nbs, P, rd, phash, over, nb_profile, force, log_output, launcher, config_file, n_proc)
+
+
+class RunInUse(RuntimeError):
+    """Another `kit run` holds the run folder."""
+
+
+@contextlib.contextmanager
+def run_lock(rd: Path):
+    """One `kit run` at a time per run folder: a second one stops at once, naming the holder's pid (two
+    would train into the same checkpoints). The lock is the OS's (flock): a killed holder frees it."""
+    path = rd / ".kit-run.lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            raise RunInUse(f"{rd}: another kit run (pid {holder}) is running in this run folder; wait for it, "
+                           "or give this one another --run-dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _run(nbs, P, rd, phash, over, nb_profile, force, log_output, launcher, config_file, n_proc) -> dict:
     manifest_path = rd / "manifest.json"
+    runs.forget_json(manifest_path, ["overrides", "finished"])  # this run's, not merged with an earlier run's
     runs.update_json(manifest_path, {
         "profile": P["profile"], "params": P, "params_hash": phash, "seed": P["seed"],
         "git": git_commit(), "packages": package_versions(), "lock": lock_status(), "machine": machine(),
@@ -240,24 +282,37 @@ def _run_notebooks(nbs, P, rd, phash, over, nb_profile, force, log_output, launc
             summary[stage] = "skipped"
             continue
         print(f"{head} -> {executed}", flush=True)
-        runs.update_json(manifest_path, {"stages": {stage: {"status": "running", "notebook": str(executed)}}})
+        runs.update_json(manifest_path, {"stages": {stage: {"status": "running", "notebook": str(executed),
+                                                            "seconds": None}}})
+        # not done until it finishes: a kill -9 or Ctrl-C from here on leaves the notebook to run again
+        runs.write_json(rd / stage / ".stage.json", {"status": "running", "params_hash": None})
+        # executed into a side file, so the last finished copy stays until this one finishes
+        running = rd / "notebooks" / ".running" / nb.name
+        running.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         try:
             if launcher:
                 launch_stages(nb, P, nb_profile, rd, over, config_file)
             source = for_tracks(nb, P["tracks"], rd / "notebooks" / ".source" / nb.name)
             pm.execute_notebook(
-                str(source), str(executed), parameters={"profile": nb_profile, "run_dir": str(rd), "overrides": over},
+                str(source), str(running), parameters={"profile": nb_profile, "run_dir": str(rd), "overrides": over},
                 cwd=str(NOTEBOOKS_DIR), kernel_name="python3", progress_bar=True, log_output=log_output,
                 execution_timeout=int(P["runner"]["execution_timeout"]),
             )
-        except Exception as err:  # papermill raises PapermillExecutionError; anything else is as fatal
+        except BaseException as err:  # papermill raises PapermillExecutionError; Ctrl-C is KeyboardInterrupt
             secs = round(time.time() - t0, 1)
-            runs.update_json(manifest_path, {"stages": {stage: {"status": "failed", "seconds": secs}}})
-            runs.write_json(rd / stage / ".stage.json", {"status": "failed", "params_hash": phash})
-            raise (err if isinstance(err, StageFailed) else StageFailed(_failure_message(nb, executed, err))) from None
+            status = "failed" if isinstance(err, Exception) else "interrupted"
+            failed = executed.with_name(f"{executed.stem}.{status}.ipynb")
+            if running.exists():
+                os.replace(running, failed)
+            runs.update_json(manifest_path, {"stages": {stage: {"status": status, "seconds": secs, "notebook": str(failed)}}})
+            runs.write_json(rd / stage / ".stage.json", {"status": status, "params_hash": phash})
+            if status == "interrupted":
+                raise
+            raise (err if isinstance(err, StageFailed) else StageFailed(_failure_message(nb, failed, err))) from None
+        os.replace(running, executed)
         secs = round(time.time() - t0, 1)
-        runs.update_json(manifest_path, {"stages": {stage: {"status": "ok", "seconds": secs}}})
+        runs.update_json(manifest_path, {"stages": {stage: {"status": "ok", "seconds": secs, "notebook": str(executed)}}})
         runs.write_json(rd / stage / ".stage.json", {"status": "ok", "params_hash": phash, "seconds": secs,
                                                      "notebook": str(executed)})
         print(f"{head}: ok in {secs:.0f} s", flush=True)

@@ -1,5 +1,6 @@
 """The papermill runner on two small real notebooks: order, skip on rerun, failure report."""
 import json
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -70,9 +71,48 @@ def test_failure_names_notebook_cell_and_output(nbdir, tmp_path):
     with pytest.raises(runner.StageFailed) as e:
         runner.run("tiny", str(rd))
     msg = str(e.value)
-    assert "05_rloo.ipynb" in msg and "reward went nowhere" in msg and str(rd / "notebooks" / "05_rloo.ipynb") in msg
+    assert "05_rloo.ipynb" in msg and "reward went nowhere" in msg and str(rd / "notebooks" / "05_rloo.failed.ipynb") in msg
     man = json.loads((rd / "manifest.json").read_text())
     assert man["stages"]["rloo"]["status"] == "failed" and man["stages"]["prepare"]["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_an_interrupted_notebook_is_not_done_and_keeps_the_last_finished_copy(nbdir, tmp_path, monkeypatch):
+    """Ctrl-C (or kill -9) while a notebook runs: the rerun with the same settings runs it again, the last
+    finished executed copy stays until a new one finishes, and the manifest says what happened."""
+    import papermill
+
+    rd = tmp_path / "run"
+    runner.run("tiny", str(rd))
+    good = (rd / "notebooks" / "03_sft_baseline.ipynb").read_text()
+    real = papermill.execute_notebook
+
+    def ctrl_c(source, out, **kw):  # the kernel ran a while and wrote part of its notebook, then Ctrl-C
+        if "03_" in str(source):
+            Path(out).write_text("{}")
+            raise KeyboardInterrupt
+        return real(source, out, **kw)
+
+    monkeypatch.setattr(papermill, "execute_notebook", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run("tiny", str(rd), only=["03"], force=True)
+    assert (rd / "notebooks" / "03_sft_baseline.ipynb").read_text() == good
+    assert (rd / "notebooks" / "03_sft_baseline.interrupted.ipynb").read_text() == "{}"
+    man = json.loads((rd / "manifest.json").read_text())
+    assert man["stages"]["sft_baseline"]["status"] == "interrupted" and "finished" not in man
+    monkeypatch.setattr(papermill, "execute_notebook", real)
+    out = runner.run("tiny", str(rd))          # same settings: 00 is done, the interrupted 03 runs again
+    assert out["stages"] == {"prepare": "skipped", "sft_baseline": "ok"}
+    assert runs.read_metrics(rd)["sft_baseline"]["count"] == 2
+
+    # a kill -9 leaves no chance to mark anything: the marker written before the notebook started says
+    # it is not done
+    runs.write_json(rd / "sft_baseline" / ".stage.json", {"status": "running", "params_hash": None})
+    assert runner.run("tiny", str(rd))["stages"]["sft_baseline"] == "ok"
+    # the manifest holds this run's overrides only, not an earlier run's merged in
+    runner.run("tiny", str(rd), overrides=["sft.epochs=3"], only=["00"])
+    runner.run("tiny", str(rd), overrides=["seed=4"], only=["00"])
+    assert json.loads((rd / "manifest.json").read_text())["overrides"] == {"seed": 4}
 
 
 def test_only_rejects_unknown_numbers(nbdir):
@@ -147,3 +187,37 @@ def test_launcher_needs_a_config_file_with_a_process_count(tmp_path):
     with pytest.raises(SystemExit, match="num_processes"):
         runner.launched_processes(bad)
     assert runner.launched_processes(PROJECT_ROOT / "params" / "accelerate" / "zero2.yaml") == 8
+
+
+@pytest.mark.slow
+def test_one_kit_run_per_run_folder_and_a_finished_rerun_writes_nothing(nbdir, tmp_path):
+    rd = tmp_path / "run"
+    runner.run("tiny", str(rd))
+    # every notebook done: the rerun skips them all without writing a byte (a finished run folder
+    # handed out read-only, or one another run is using, can be rerun to check it)
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in rd.rglob("*")}
+    out = runner.run("tiny", str(rd))
+    assert out["stages"] == {"prepare": "skipped", "sft_baseline": "skipped"}
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in rd.rglob("*")} == before
+    # something to do while another kit run holds the folder: refused at once, naming its pid
+    import os
+
+    with runner.run_lock(rd):
+        with pytest.raises(runner.RunInUse, match=f"pid {os.getpid()}"):
+            runner.run("tiny", str(rd), overrides=["seed=3"])
+    assert runs.read_metrics(rd)["prepare"]["seed"] == 0          # nothing ran
+    runner.run("tiny", str(rd), overrides=["seed=3"])               # the lock is free again
+    assert runs.read_metrics(rd)["prepare"]["seed"] == 3
+
+
+def test_kit_figures_says_what_is_wrong_in_one_line(tmp_path, capsys):
+    from kit.cli import main
+
+    assert main(["figures", str(tmp_path / "nothing")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "metrics.json: not found" in err
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text("{not json")
+    assert main(["figures", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "invalid JSON at line 1" in err

@@ -44,45 +44,45 @@ BASE = ["data.toy.splits={train: 48, val: 16, test: 16}", "pretrain.clip_epochs=
 
 @pytest.mark.slow
 def test_two_seed_sweep_summary_rerun_and_a_failure(tmp_path, capsys):
-    # a 2-value grid x 2 seeds: data.toy.balance=nope passes the profile's type check and fails at the
-    # start of notebook 00 (its combinations are reported, the others still finish)
+    # a 2-value grid x 2 seeds: a BDD-OIA root that is no folder passes the profile's checks and fails at
+    # the start of notebook 00 (its combinations are reported, the others still finish)
     sd = tmp_path / "sweep"
-    grid = {"data.toy.balance": ["nope", "uniform"]}
+    grid = {"data.bdd_oia_root": [str(tmp_path / "no-BDD-OIA"), None]}
     rec = run_sweep("tiny", [0, 1], grid, only=["00"], track="B", sweep_dir=sd, base=BASE)
     names = [r["name"] for r in rec["runs"]]
-    ok = ["data.toy.balance=uniform__seed=0", "data.toy.balance=uniform__seed=1"]
-    bad = ["data.toy.balance=nope__seed=0", "data.toy.balance=nope__seed=1"]
+    ok = [combo_name({"data.bdd_oia_root": None, "seed": s}) for s in (0, 1)]
+    bad = [combo_name({"data.bdd_oia_root": str(tmp_path / "no-BDD-OIA"), "seed": s}) for s in (0, 1)]
+    assert ok == ["data.bdd_oia_root=null__seed=0", "data.bdd_oia_root=null__seed=1"]
     assert sorted(names) == sorted(ok + bad)
     by = {r["name"]: r for r in rec["runs"]}
     assert [by[n]["status"] for n in ok] == ["ok", "ok"] and [by[n]["status"] for n in bad] == ["failed", "failed"]
     assert all("00_prepare" in by[n]["error"] for n in bad)
     s = rec["summary"]
     assert sorted(f["name"] for f in s["failed"]) == sorted(bad)
-    g = s["groups"]["data.toy.balance=uniform"]
+    g = s["groups"]["data.bdd_oia_root=null"]
     for metric in ("pretrained CLIP retrieval top-1", "pretrained VLM caption loss"):
         values = [all_metrics(runs.read_metrics(sd / n))[metric] for n in ok]
         assert g[metric]["n"] == 2 and g[metric]["values"] == values
         assert g[metric]["mean"] == pytest.approx(statistics.mean(values))
         assert g[metric]["sd"] == pytest.approx(statistics.stdev(values))
     assert values[0] != values[1]  # the seed reaches the runs
-    assert "pretrained VLM caption loss" not in s["groups"].get("data.toy.balance=nope", {})
+    assert len(s["groups"]) == 1
     assert (sd / "summary.md").read_text().count("pretrained VLM caption loss") == 1
     assert (sd / "figures" / "pretrained_VLM_caption_loss.png").is_file()
 
     # a rerun of what finished does no work: every notebook is skipped
-    again = run_sweep("tiny", [0, 1], {"data.toy.balance": ["uniform"]}, only=["00"], track="B", sweep_dir=sd,
-                      base=BASE)
+    again = run_sweep("tiny", [0, 1], {"data.bdd_oia_root": [None]}, only=["00"], track="B", sweep_dir=sd, base=BASE)
     assert [r["notebooks"] for r in again["runs"]] == [{"prepare": "skipped"}] * 2
     # --summarize rebuilds the same numbers from files alone (every run directory of the sweep folder)
     (sd / "summary.json").unlink()
-    assert summarize(sd)["groups"]["data.toy.balance=uniform"] == g
+    assert summarize(sd)["groups"]["data.bdd_oia_root=null"] == g
     assert json.loads((sd / "summary.json").read_text())["command"].startswith("kit sweep --profile tiny --seeds 0,1")
 
     # the runs of one grid point become reference bands, and kit verify finds a run of them inside
     recs = [r for r in again["runs"]]
     bands = reference.bands_from_runs("tiny", recs, reference.made_by("kit sweep (test)"))
     assert bands["metrics"]["pretrained CLIP retrieval top-1"]["values"] == g["pretrained CLIP retrieval top-1"]["values"]
-    assert bands["made_by"]["lock"] and bands["params"]["data"]["toy"]["balance"] == "uniform"
+    assert bands["made_by"]["lock"] and bands["params"]["data"]["toy"]["splits"] == {"train": 48, "val": 16, "test": 16}
     res = reference.verify(sd / ok[0], bands)
     assert res["ok"] and {r["status"] for r in res["rows"]} == {"inside"}, reference.verify_table(res)
 
