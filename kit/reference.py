@@ -21,7 +21,7 @@ The README's results section is rendered from the bands file (`readme_section`),
 """
 from __future__ import annotations
 
-import datetime as _dt
+import json
 import math
 import os
 import re
@@ -162,16 +162,15 @@ def comparisons(names: Iterable[str]) -> list[Comparison]:
                 Comparison("A: SFT beats Direct, Elo", "A sft: Elo", "A direct: Elo")]
     if {"sft", "sft+synth"} <= set(models):
         out.append(Comparison("A: SFT + synthetic beats SFT, overall", "A sft+synth: overall", "A sft: overall"))
-    for m in models:
+    for m in models:  # each SPIN round against the model its variant started from, and against SFT
         r = re.fullmatch(r"spin-(orig|synth) r(\d+)", m)
         if not r:
             continue
         start = "sft" if r.group(1) == "orig" else "sft+synth"
-        prev = start if r.group(2) == "1" else f"spin-{r.group(1)} r{int(r.group(2)) - 1}"
-        out.append(Comparison(f"A: {m} beats {prev}, overall", f"A {m}: overall", f"A {prev}: overall"))
+        out.append(Comparison(f"A: {m} beats {start}, overall", f"A {m}: overall", f"A {start}: overall"))
+        out.append(Comparison(f"A: {m} beats {start}, Elo", f"A {m}: Elo", f"A {start}: Elo"))
         if start != "sft":
             out.append(Comparison(f"A: {m} beats sft, overall", f"A {m}: overall", "A sft: overall"))
-        out.append(Comparison(f"A: {m} beats {start}, Elo", f"A {m}: Elo", f"A {start}: Elo"))
     return [c for c in out if c.a in have and c.b in have]
 
 
@@ -288,12 +287,22 @@ def load_bands(profile: str, path: str | os.PathLike | None = None) -> dict | No
     return data
 
 
-def made_by(command: str) -> dict:
-    from kit.lockfile import lock_status
-    from kit.runner import git_commit, machine
+def made_by(command: str, run_dirs: Sequence[str | os.PathLike]) -> dict:
+    """What made the runs, from their manifests (not from the process that summarizes them): the commit
+    (and whether it had uncommitted changes), the lock, the machine and the day the first run started."""
+    mans = [runs.read_json(Path(d) / "manifest.json", {}) or {} for d in run_dirs]
 
-    return {"command": command, **git_commit(), "lock": lock_status()["sha256"],
-            "date": _dt.date.today().isoformat(), "machine": {k: v for k, v in machine().items() if k != "threads"}}
+    def one(values: list, what: str):
+        vals = sorted({json.dumps(v, sort_keys=True) for v in values})
+        if len(vals) > 1:
+            raise ValueError(f"the sweep's runs were made with different {what}s ({len(vals)}); bands pool one only")
+        return json.loads(vals[0]) if vals else None
+
+    git = [m.get("git") or {} for m in mans]
+    return {"command": command, "commit": one([g.get("commit") for g in git], "commit"),
+            "dirty": any(g.get("dirty") for g in git), "lock": one([(m.get("lock") or {}).get("sha256") for m in mans], "lock"),
+            "date": min((m.get("started") or "?")[:10] for m in mans) if mans else None,
+            "machine": one([{k: v for k, v in (m.get("machine") or {}).items() if k != "threads"} for m in mans], "machine")}
 
 
 # ---- kit verify ----------------------------------------------------------------------------------------

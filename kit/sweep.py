@@ -195,7 +195,7 @@ def summarize(sweep_dir: str | os.PathLike, *, expected: bool = False) -> dict:
             raise SystemExit(f"kit sweep --expected: {len(failed)} run(s) failed or the sweep has a grid; "
                              "the bands need every run of the profile as it is")
         bands = reference.bands_from_runs(Path(str(rec["profile"])).stem, rec["runs"],
-                                          reference.made_by(summary["command"]))
+                                          reference.made_by(summary["command"], [r["run_dir"] for r in rec["runs"]]))
         summary["expected"] = str(reference.write_bands(bands))
         summary["readme"] = str(reference.update_readme(bands))
     return summary

@@ -80,9 +80,10 @@ def test_two_seed_sweep_summary_rerun_and_a_failure(tmp_path, capsys):
 
     # the runs of one grid point become reference bands, and kit verify finds a run of them inside
     recs = [r for r in again["runs"]]
-    bands = reference.bands_from_runs("tiny", recs, reference.made_by("kit sweep (test)"))
+    bands = reference.bands_from_runs("tiny", recs, reference.made_by("kit sweep (test)", [r["run_dir"] for r in recs]))
     assert bands["metrics"]["pretrained CLIP retrieval top-1"]["values"] == g["pretrained CLIP retrieval top-1"]["values"]
-    assert bands["made_by"]["lock"] and bands["params"]["data"]["toy"]["splits"] == {"train": 48, "val": 16, "test": 16}
+    assert bands["made_by"]["lock"] == runs.read_json(sd / ok[0] / "manifest.json")["lock"]["sha256"]
+    assert bands["made_by"]["commit"] and bands["params"]["data"]["toy"]["splits"] == {"train": 48, "val": 16, "test": 16}
     res = reference.verify(sd / ok[0], bands)
     assert res["ok"] and {r["status"] for r in res["rows"]} == {"inside"}, reference.verify_table(res)
 
