@@ -88,6 +88,15 @@ def _cmd_params_show(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_params_explain(a: argparse.Namespace) -> int:
+    from kit.params import explain, load_profile
+
+    P = load_profile(a.profile, a.set)
+    text = explain(a.keys, P)
+    print(text)
+    return 0
+
+
 def _cmd_data_check(a: argparse.Namespace) -> int:
     from kit.data import DataError
     from kit.data.check import check_dataset
@@ -198,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_cmd_run)
 
     sw = sub.add_parser("sweep", help="kit run over seeds and a grid of settings; the spread of every headline number")
-    sw.add_argument("--profile", default="tiny")
+    sw.add_argument("--profile", default="tiny", help="profile name in params/ or a YAML path (default: tiny)")
     sw.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
     sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                     help="a setting and its values, e.g. rloo.beta=0,0.02,0.05 (repeatable: the grid is their product)")
@@ -229,23 +238,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("params", help="profiles")
     psub = p.add_subparsers(dest="pcmd", required=True)
     ps = psub.add_parser("show", help="print the resolved profile")
-    ps.add_argument("profile")
-    ps.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ps.add_argument("profile", help="profile name in params/ or a YAML path, e.g. tiny")
+    ps.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override, e.g. sft.epochs=3")
     ps.set_defaults(func=_cmd_params_show)
+    pe = psub.add_parser("explain", help="what keys mean: base.yaml's comment and rule, the default and the profile's value")
+    pe.add_argument("keys", nargs="+", metavar="KEY", help="dotted keys, e.g. rloo.beta, or a section, e.g. rloo")
+    pe.add_argument("--profile", default="tiny", help="whose value to show (default: tiny)")
+    pe.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override, e.g. sft.epochs=3")
+    pe.set_defaults(func=_cmd_params_explain)
 
     d = sub.add_parser("data", help="datasets")
     dsub = d.add_subparsers(dest="dcmd", required=True)
     dc = dsub.add_parser("check", help="validate a dataset in its original layout; print a JSON summary")
-    dc.add_argument("dataset", choices=["bdd-oia", "coda-lm"])
-    dc.add_argument("root")
+    dc.add_argument("dataset", choices=["bdd-oia", "coda-lm"], help="which dataset's layout to check")
+    dc.add_argument("root", help="the dataset's folder, e.g. /data/BDD-OIA")
     dc.add_argument("--split", required=True, help="bdd-oia: train/val/test; coda-lm: Train/Val/Test/Mini")
     dc.set_defaults(func=_cmd_data_check)
 
     st = sub.add_parser("stage", help="run one stage function without its notebook (e.g. under accelerate launch)")
     st.add_argument("name", help=", ".join(STAGE_FUNCTIONS))
-    st.add_argument("--profile", default="tiny")
-    st.add_argument("--run-dir")
-    st.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    st.add_argument("--profile", default="tiny", help="profile name in params/ or a YAML path (default: tiny)")
+    st.add_argument("--run-dir", help="run directory (default: runs/<profile>)")
+    st.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override, e.g. sft.epochs=3")
     st.set_defaults(func=_cmd_stage)
 
     j = sub.add_parser("judge", help="the CODA-LM judge")
@@ -253,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     js = jsub.add_parser("score", help="score a CODA-LM submission folder; print a JSON summary per task")
     js.add_argument("pred_dir", help="folder with {general_perception,region_perception,driving_suggestion}_answer.jsonl")
     js.add_argument("--reference", required=True, help="the CODA-LM JSON folder answered, e.g. CODA-LM/Mini")
-    js.add_argument("--backend", default="rubric", choices=["rubric", "openai"])
+    js.add_argument("--backend", default="rubric", choices=["rubric", "openai"],
+                    help="rubric: the offline stand-in (no model) | openai: any OpenAI-compatible endpoint")
     js.add_argument("--base-url", help="openai: an OpenAI-compatible endpoint (key from $OPENAI_API_KEY)")
     js.add_argument("--model", help="openai: the judge model")
     js.add_argument("--prompts-dir", help="a folder of your own prompt files (see kit/judge/prompts.py)")

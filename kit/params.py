@@ -126,6 +126,45 @@ def rules(path: Path | None = None) -> dict[str, str]:
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def comments(path: Path | None = None) -> dict[str, str]:
+    """{dotted key: its comment in base.yaml} (the comment on its line and the comment lines under it,
+    or the comment lines just above a section)."""
+    lines = (path or PARAMS_DIR / f"{BASE}.yaml").read_text().splitlines()
+    out, stack, last = {}, [], None
+    for line in lines:
+        m = _KEY_LINE.match(line)
+        if m:
+            indent = len(m["indent"])
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            stack.append((indent, m["key"]))
+            last = ".".join(k for _, k in stack)
+            c = m["rest"].split(" #", 1)[1].strip() if " #" in m["rest"] else ""
+            out[last] = c
+        elif line.strip().startswith("#") and last is not None:
+            out[last] = (out[last] + " " + line.strip().lstrip("#").strip()).strip()
+    return out
+
+
+def explain(keys, P: Mapping) -> str:
+    """Each key's (or section's keys') comment and rule from base.yaml, default and value in `P`."""
+    base = load_profile(BASE)
+    C = comments()
+    rows = []
+    for key in keys:
+        found = [k for k in C if k == key or k.startswith(key + ".")]
+        if not found:
+            raise ParamsError(f"params explain: no key '{key}' in params/base.yaml (sections: {', '.join(sorted(base)[:20])})")
+        for k in found:
+            default, value = get(base, k), get(P, k)
+            if isinstance(default, dict):
+                continue
+            rows.append(f"{k}: {value!r}" + ("" if value == default else f"   (default {default!r})")
+                        + (f"\n    {C[k]}" if C[k] else ""))
+    return "\n".join(rows)
+
+
 def _rule_for(key: str) -> tuple[str | None, bool]:
     """(rule, applies to the value itself) for a dotted key: its own rule, or its parent's `each` rule."""
     R = rules()

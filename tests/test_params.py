@@ -181,3 +181,16 @@ def test_rules_allow_what_they_declare(tmp_path, capsys):
     bad.write_text("extends: tiny\nrloo:\n  k: 1\n")
     assert main(["params", "show", str(bad)]) == 2
     assert f"{bad}: key 'rloo.k' got 1; expected [>= 2]" in capsys.readouterr().err
+
+
+def test_params_explain_gives_comment_rule_default_and_value(capsys):
+    from kit.cli import main
+
+    assert main(["params", "explain", "rloo.beta", "sft.epochs", "--set", "sft.epochs=3"]) == 0
+    out = capsys.readouterr().out
+    assert "rloo.beta: 0.05\n    [>= 0] KL coefficient to the reference policy" in out
+    assert "sft.epochs: 3   (default 6)" in out
+    assert main(["params", "explain", "judge"]) == 0          # a section: every key in it
+    assert "judge.deadline_s: None" in capsys.readouterr().out
+    assert main(["params", "explain", "rloo.betta"]) == 2
+    assert "no key 'rloo.betta'" in capsys.readouterr().err
