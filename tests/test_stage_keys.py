@@ -56,7 +56,7 @@ def _metrics(rd, stage):
     return runs.read_metrics(rd)[stage]
 
 
-def test_keyed_training_trains_once_per_key(tmp_path):
+def test_keyed_training_trains_once_per_key(tmp_path, capsys):
     # (the key itself: tests/test_coda_track_a.py::test_stage_key_follows_settings_and_upstream_content)
     from kit.stages.key import keyed_training, marked_key
 
@@ -65,10 +65,13 @@ def test_keyed_training_trains_once_per_key(tmp_path):
     def train(out):
         calls.append(out)
         (out / "final").mkdir(exist_ok=True)
-        return {"checkpoint": str(out / "final"), "loss": len(calls)}
+        return {"checkpoint": str(out / "final"), "loss": len(calls), "steps": 12}
 
-    a = keyed_training(tmp_path / "ck", "k1", train)
-    b = keyed_training(tmp_path / "ck", "k1", train)
+    a = keyed_training(tmp_path / "ck", "k1", train, stage="sft_baseline")
+    assert "reused" not in capsys.readouterr().out
+    b = keyed_training(tmp_path / "ck", "k1", train, stage="sft_baseline")
+    said = capsys.readouterr().out                 # a reuse says so, with when and how long it trained
+    assert said.startswith("sft_baseline: reused the training of key k1 (") and ", 12 steps)" in said
     c = keyed_training(tmp_path / "ck", "k2", train)
     assert (a["reused"], b["reused"], c["reused"]) == (False, True, False) and len(calls) == 2
     assert b["loss"] == a["loss"] and Path(c["checkpoint"]).parent.name == "k2"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -114,11 +115,17 @@ def keyed_training(parent: str | os.PathLike, key: str, train: Callable[[Path], 
     checkpoints) and returns a result with "checkpoint"; the result is saved as train_result.json and
     the checkpoint marked with the key. A later call with the same key returns the saved result
     ("reused": True); any other key trains afresh in its own folder."""
+    from kit.dist import is_main, num_processes, wait
+
     out = keyed_dir(parent, key)
     done = read_json(out / RESULT_FILE)
     if done and done.get("checkpoint") and marked_key(done["checkpoint"]) == key:
+        if is_main():  # say so: a rerun that trains nothing should not look like one that trained
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime((out / RESULT_FILE).stat().st_mtime))
+            steps = f", {done['steps']} steps" if done.get("steps") else ""
+            print(f"{info.get('stage', Path(parent).parent.name)}: reused the training of key {key} "
+                  f"({out}, trained {when}{steps}); a changed setting trains afresh", flush=True)
         return {**done, "key": key, "reused": True}
-    from kit.dist import is_main, num_processes, wait
 
     res = {**train(out), "processes": num_processes()}  # how many processes trained it
     if is_main():  # under several processes, one writes
