@@ -1,9 +1,10 @@
-"""The `kit` command: run the notebooks (once, or swept over seeds and settings), show a profile, check a
-dataset, redraw figures."""
+"""The `kit` command: run the notebooks (once, or swept over seeds and settings), check a run against its
+profile's reference bands, show and explain a profile, check a dataset, score with the judge, redraw figures."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -150,8 +151,6 @@ def _cmd_stage(a: argparse.Namespace) -> int:
 
 def _user_cache(*parts: str) -> Path:
     """The user's own cache folder ($XDG_CACHE_HOME or ~/.cache), not one every user of the machine shares."""
-    import os
-
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "kit", *parts)
 
 
