@@ -302,7 +302,8 @@ def made_by(command: str, run_dirs: Sequence[str | os.PathLike]) -> dict:
     return {"command": command, "commit": one([g.get("commit") for g in git], "commit"),
             "dirty": any(g.get("dirty") for g in git), "lock": one([(m.get("lock") or {}).get("sha256") for m in mans], "lock"),
             "date": min((m.get("started") or "?")[:10] for m in mans) if mans else None,
-            "machine": one([{k: v for k, v in (m.get("machine") or {}).items() if k != "threads"} for m in mans], "machine")}
+            "machine": one([{k: v for k, v in (m.get("machine") or {}).items() if k != "threads"} for m in mans], "machine"),
+            "packages": one([{k: v for k, v in (m.get("packages") or {}).items() if k != "kit"} for m in mans], "package set")}
 
 
 # ---- kit verify ----------------------------------------------------------------------------------------
@@ -333,11 +334,12 @@ def verify(run_dir: str | os.PathLike, bands: Mapping | None = None) -> dict:
     if differs:
         notes.append(f"this run's parameters differ from the reference sweep's in {', '.join(differs)}: "
                      "the bands do not apply to it")
-    lock = (man.get("lock") or {}).get("sha256")
-    ref_lock = (bands.get("made_by") or {}).get("lock")
-    if lock and ref_lock and lock != ref_lock:
-        notes.append("made with another requirements.lock than the bands were (sha256 "
-                     f"{lock[:12]} against {ref_lock[:12]}): packages differ")
+    # the packages the numbers depend on (the manifest's tracked ones), not the lock file's bytes: a
+    # development tool added to the lock changes no number
+    ref_pk, pk = (bands.get("made_by") or {}).get("packages") or {}, man.get("packages") or {}
+    other = [f"{k} {pk.get(k)} (bands: {v})" for k, v in sorted(ref_pk.items()) if pk and pk.get(k) != v]
+    if other:
+        notes.append(f"made with other packages than the bands were: {', '.join(other)}")
     if (man.get("lock") or {}).get("differs"):
         notes.append(f"installed packages differ from requirements.lock: {'; '.join(man['lock']['differs'][:5])}")
     have = headline_metrics(runs.read_metrics(rd))

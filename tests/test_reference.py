@@ -10,7 +10,8 @@ from kit.cli import main
 from kit.params import load_profile
 
 
-def _run(tmp_path, name, *, sft, direct, stage2=None, overall=None, params=None, stages=("prepare", "sft_baseline")):
+def _run(tmp_path, name, *, sft, direct, stage2=None, overall=None, params=None, stages=("prepare", "sft_baseline"),
+         torch_version="2.14.1"):
     """A run directory as `kit run` leaves it: manifest (profile, params, finished notebooks) and metrics."""
     rd = tmp_path / name
     P = params or load_profile("tiny")
@@ -25,6 +26,7 @@ def _run(tmp_path, name, *, sft, direct, stage2=None, overall=None, params=None,
         m["coda_direct"] = {"coda_lm": {"name": "direct", "scores": {"overall_100": overall - 30}}}
     runs.write_json(rd / "metrics.json", m)
     runs.write_json(rd / "manifest.json", {"profile": "tiny", "params": P, "lock": {"sha256": "abc"},
+                                           "packages": {"torch": torch_version, "kit": "0.1.0"},
                                            "stages": {s: {"status": "ok"} for s in stages}})
     return rd
 
@@ -35,7 +37,7 @@ def bands(tmp_path):
                                                                         direct=0.02, stage2=0.55 + 0.01 * s, overall=50 + s,
                                                                         params=load_profile("tiny", [f"seed={s}"])))}
             for s in range(3) for t in (1, 2)]
-    return reference.bands_from_runs("tiny", recs, {"command": "kit sweep --expected", "lock": "abc"})
+    return reference.bands_from_runs("tiny", recs, reference.made_by("kit sweep --expected", [r["run_dir"] for r in recs]))
 
 
 def test_bands_hold_each_number_over_the_runs(bands):
@@ -83,6 +85,13 @@ def test_a_missing_number_fails_and_a_stage_not_run_does_not(tmp_path, bands):
     rd2 = _run(tmp_path, "mine2", sft=0.61, direct=0.02, params=load_profile("tiny", ["tracks=[B]"]))  # 00, 03 only
     res2 = reference.verify(rd2, bands)
     assert res2["ok"] and {r["status"] for r in res2["rows"]} == {"inside", "not run"}
+
+
+def test_other_packages_are_named(tmp_path, bands):
+    rd = _run(tmp_path, "mine", sft=0.61, direct=0.02, stage2=0.56, overall=51,
+              stages=("prepare", "sft_baseline", "action_sft"), torch_version="2.15.0")
+    res = reference.verify(rd, bands)
+    assert res["ok"] and res["notes"] == ["made with other packages than the bands were: torch 2.15.0 (bands: 2.14.1)"]
 
 
 def test_other_settings_get_no_verdict(tmp_path, bands, capsys):
