@@ -43,8 +43,7 @@ def setup(profile: str = "tiny", run_dir: str = "runs/tiny", overrides: Mapping 
     Returns (params, run_dir). The notebook's stage folder is created if `stage` is given.
     """
     P = kparams.load_profile(profile, overrides or {})
-    rd = runs.resolve_run_dir(run_dir)
-    rd.mkdir(parents=True, exist_ok=True)
+    rd = runs.ensure_run_dir(run_dir)
     if stage:
         runs.stage_dir(rd, stage)
     seed_everything(int(P["seed"]))

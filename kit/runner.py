@@ -211,7 +211,7 @@ def run(profile: str = "tiny", run_dir: str | None = None, only: Iterable[str] |
         for i, nb in enumerate(nbs, 1):
             print(f"[{i}/{len(nbs)}] {nb.name}: done before with the same parameters, skipped (--force reruns it)")
         return {"run_dir": str(rd), "stages": {stage_of(nb): "skipped" for nb in nbs}}
-    (rd / "notebooks").mkdir(parents=True, exist_ok=True)
+    (runs.ensure_run_dir(rd) / "notebooks").mkdir(exist_ok=True)
     with run_lock(rd):
         return _run(nbs, P, rd, phash, over, nb_profile, force, log_output, launcher, config_file, n_proc)
 

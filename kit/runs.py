@@ -4,6 +4,11 @@ Every write here is atomic (write a temp file in the same folder, then os.replac
 metrics.json is merged under a file lock, so a crash or two stages finishing together never
 leaves a half-written or clobbered file.
 
+A run folder can be copied, moved or handed out: every JSON and JSONL file written here inside a run
+folder stores the paths that lie inside that folder as `<run>/...`, and the readers here turn them
+back into paths under the folder the file is in now (`portable`, `local`). Nothing a moved or copied
+run reads points back at where it was made; paths outside it (a user's data root) stay as given.
+
 Under `accelerate launch` with several processes (kit.dist) every process computes the same values
 and only the main one writes them: the writers here return without writing on the others, unless
 told `every_rank=True` (a process's own partial results). metrics.json's writers are a barrier too,
@@ -42,10 +47,54 @@ def resolve_run_dir(run_dir: str | os.PathLike) -> Path:
     return (p if p.is_absolute() else PROJECT_ROOT / p).resolve()
 
 
+RUN_MARK = ".kit-run"      # an empty file that marks a run folder's top (the files in it are the run's)
+RUN_TOKEN = "<run>"         # how a path inside the run folder is written in its JSON files
+
+
+def ensure_run_dir(run_dir: str | os.PathLike) -> Path:
+    """The run folder, created and marked as one."""
+    rd = resolve_run_dir(run_dir)
+    rd.mkdir(parents=True, exist_ok=True)
+    if not (rd / RUN_MARK).exists():
+        (rd / RUN_MARK).touch()
+    return rd
+
+
 def stage_dir(run_dir: str | os.PathLike, stage: str) -> Path:
-    d = resolve_run_dir(run_dir) / stage
+    d = ensure_run_dir(run_dir) / stage
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def run_root(path: str | os.PathLike) -> Path | None:
+    """The run folder a file lies in (the nearest folder above it holding the run mark, a manifest or
+    metrics.json), or None."""
+    for d in Path(path).resolve().parents:
+        if (d / RUN_MARK).exists() or (d / "manifest.json").exists() or (d / "metrics.json").exists():
+            return d
+    return None
+
+
+def _map_strings(obj: Any, fn) -> Any:
+    if isinstance(obj, str):
+        return fn(obj)
+    if isinstance(obj, Mapping):
+        return {k: _map_strings(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_map_strings(v, fn) for v in obj]
+    return obj
+
+
+def portable(obj: Any, root: Path) -> Any:
+    """`obj` with every string that is a path inside `root` written as `<run>/...`."""
+    r = str(root)
+    return _map_strings(obj, lambda s: RUN_TOKEN + s[len(r):] if s == r or s.startswith(r + os.sep) else s)
+
+
+def local(obj: Any, root: Path) -> Any:
+    """`obj` with every `<run>/...` string turned into the path under `root` (the inverse of portable)."""
+    r = str(root)
+    return _map_strings(obj, lambda s: r + s[len(RUN_TOKEN):] if s.startswith(RUN_TOKEN) else s)
 
 
 def figures_dir(run_dir: str | os.PathLike, stage: str) -> Path:
@@ -118,7 +167,14 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     return path
 
 
+def _plain(obj: Any) -> Any:
+    """`obj` as JSON values (numpy numbers, tensors and paths converted)."""
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
 def write_json(path: str | os.PathLike, obj: Any, *, every_rank: bool = False) -> Path:
+    root = run_root(path)
+    obj = portable(_plain(obj), root) if root else obj
     return atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n", every_rank=every_rank)
 
 
@@ -127,13 +183,16 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
     if not path.exists():
         return default
     try:
-        return json.loads(path.read_text())
+        obj = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    root = run_root(path)
+    return local(obj, root) if root else obj
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping], *, every_rank: bool = False) -> Path:
-    lines = [json.dumps(r, default=_json_default) for r in records]
+    root = run_root(path)
+    lines = [json.dumps(portable(_plain(r), root) if root else r, default=_json_default) for r in records]
     return atomic_write_text(path, "".join(line + "\n" for line in lines), every_rank=every_rank)
 
 
@@ -146,7 +205,8 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
                     out.append(json.loads(line))
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}:{i}: invalid JSON record: {e.msg}") from None
-    return out
+    root = run_root(path)
+    return local(out, root) if root else out
 
 
 @contextlib.contextmanager

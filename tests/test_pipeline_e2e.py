@@ -164,6 +164,33 @@ def test_kit_figures_redraws_without_training(run_dir):
     assert {p: p.stat().st_mtime_ns for p in weights} == before, "kit figures must not touch any model"
 
 
+def test_a_copied_or_moved_run_reads_only_itself(run_dir, tmp_path):
+    """A finished run folder handed out or moved to another disk: with the original gone, its figures are
+    redrawn, a rerun skips every notebook, and a notebook run again there finds its results under the new
+    path (stage 2 reads stage 1's checkpoint from metrics.json); no JSON file in it names the old place."""
+    import shutil
+
+    from kit.cli import main
+
+    moved = tmp_path / "elsewhere" / "tiny"
+    shutil.copytree(run_dir, moved)
+    away = run_dir.with_name(run_dir.name + ".away")
+    run_dir.rename(away)
+    try:
+        leaks = [str(p.relative_to(moved)) for p in moved.rglob("*") if p.suffix in (".json", ".jsonl")
+                 and str(run_dir) in p.read_text(errors="replace")]
+        assert not leaks, leaks[:10]
+        assert main(["figures", str(moved)]) == 0
+        assert set(runner.run("tiny", str(moved), only=NOTEBOOKS, overrides=OVERRIDES)["stages"].values()) == {"skipped"}
+        out = runner.run("tiny", str(moved), only=["06"], overrides=OVERRIDES, force=True)
+        assert out["stages"] == {"action_sft": "ok"}
+        m = runs.read_metrics(moved)["action_sft"]
+        assert m["reused"] and m["checkpoint"].startswith(str(moved.resolve()))
+        assert m["stage1_checkpoint"].startswith(str(moved.resolve()))
+    finally:
+        away.rename(run_dir)
+
+
 def test_notebook_runs_alone_with_plain_papermill_from_elsewhere(run_dir, tmp_path):
     nb = runner.NOTEBOOKS_DIR / "07_evaluate_and_figures.ipynb"
     out = tmp_path / "07.ipynb"

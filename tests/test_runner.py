@@ -221,3 +221,46 @@ def test_kit_figures_says_what_is_wrong_in_one_line(tmp_path, capsys):
     assert main(["figures", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "invalid JSON at line 1" in err
+
+
+SLOW_CELL = """
+import time
+from pathlib import Path
+from kit.notebook import setup
+from kit.runs import record_metrics
+P, RUN = setup(profile, run_dir, overrides, stage="sft_baseline")
+(RUN / "sft_baseline" / "started").write_text("1")
+time.sleep(float(__import__("os").environ.get("KIT_TEST_SLEEP", "0")))
+record_metrics(RUN, "sft_baseline", {"finished": True, "seed": P["seed"]})
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_in_the_middle_of_a_notebook_then_a_rerun(nbdir, tmp_path):
+    """A real `kill -9` of `kit run` and its kernel while notebook 03 runs: the rerun with the same settings
+    skips 00, runs 03 again and ends as an uninterrupted run does."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _nb(nbdir / "03_sft_baseline.ipynb", SLOW_CELL)
+    rd = tmp_path / "run"
+    code = ("import sys; from kit import runner; runner.NOTEBOOKS_DIR = __import__('pathlib').Path(sys.argv[1]); "
+            "runner.run('tiny', sys.argv[2])")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(nbdir), str(rd)], start_new_session=True,
+                            env={**os.environ, "KIT_TEST_SLEEP": "60"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while not (rd / "sft_baseline" / "started").exists():
+        assert time.time() - t0 < 120 and proc.poll() is None, "notebook 03 never started"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)                 # the runner and the kernel it started
+    proc.wait()
+    assert "finished" not in (runs.read_metrics(rd).get("sft_baseline") or {})
+    assert not (rd / "notebooks" / "03_sft_baseline.ipynb").exists()
+    out = runner.run("tiny", str(rd))
+    assert out["stages"] == {"prepare": "skipped", "sft_baseline": "ok"}
+    assert runs.read_metrics(rd)["sft_baseline"]["finished"] is True
+    man = json.loads((rd / "manifest.json").read_text())
+    assert man["stages"]["sft_baseline"]["status"] == "ok" and man["finished"] >= man["started"]

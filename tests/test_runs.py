@@ -60,3 +60,27 @@ def test_written_files_honour_the_umask(tmp_path):
         os.umask(old)
     for name in ("m.json", "p.jsonl", "img.jpg"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o664, name
+
+
+def test_paths_inside_a_run_folder_are_stored_portably(tmp_path):
+    """A run folder can be moved: its JSON files hold `<run>/...` for paths inside it, read back under the
+    folder the file is in now; a path outside it stays as it is."""
+    import shutil
+
+    rd = runs.ensure_run_dir(tmp_path / "a" / "run")
+    ckpt = rd / "sft_baseline" / "checkpoints" / "k1" / "final"
+    runs.record_metrics(rd, "sft_baseline", {"checkpoint": str(ckpt), "data": "/data/BDD-OIA", "n": 3})
+    runs.write_jsonl(rd / "sft_baseline" / "predictions.jsonl", [{"id": "x", "image_paths": [str(rd / "img.jpg")]}])
+    assert json.loads((rd / "metrics.json").read_text())["sft_baseline"]["checkpoint"] == \
+        "<run>/sft_baseline/checkpoints/k1/final"
+    assert "<run>/img.jpg" in (rd / "sft_baseline" / "predictions.jsonl").read_text()
+    moved = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(rd, moved)
+    shutil.rmtree(tmp_path / "a")
+    m = runs.read_metrics(moved)["sft_baseline"]
+    assert m == {"checkpoint": str(moved.resolve() / "sft_baseline" / "checkpoints" / "k1" / "final"),
+                 "data": "/data/BDD-OIA", "n": 3}
+    assert runs.read_jsonl(moved / "sft_baseline" / "predictions.jsonl")[0]["image_paths"] == [str(moved.resolve() / "img.jpg")]
+    # a file outside any run folder is written as given
+    runs.write_json(tmp_path / "plain.json", {"p": str(moved)})
+    assert json.loads((tmp_path / "plain.json").read_text()) == {"p": str(moved)}
