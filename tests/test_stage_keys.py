@@ -20,7 +20,9 @@ MINI = {
     "pretrain.clip_epochs": 1, "pretrain.vlm_epochs": 1, "pretrain.vlm_show": 2, "pretrain.vlm_caption_tokens": 8,
     "clip_finetune.epochs": 1, "clip_finetune.splits": {"train": 40, "val": 16, "test": 16},
     "clip_finetune.compare_targets": False, "clip_finetune.table_samples": 4,
-    "sft.epochs": 1, "sft.max_steps": 2, "sft.logging_steps": 1, "eval.max_new_tokens": 8,
+    # two steps, no warm-up: with the profile's warmup_ratio the first of two steps has lr 0, and a
+    # changed lr would log the same losses
+    "sft.epochs": 1, "sft.max_steps": 2, "sft.warmup_ratio": 0.0, "sft.logging_steps": 1, "eval.max_new_tokens": 8,
     "rloo.train_samples": 4, "rloo.epochs": 1, "rloo.k": 2, "rloo.max_new_tokens": 4, "rloo.eval_samples": 4,
     "rloo.describe_train_samples": 4, "rloo.variance_prompts": 1, "rloo.variance_repeats": 2,
     "action_sft.epochs": 1, "action_sft.max_new_tokens": 4,
