@@ -237,6 +237,22 @@ def _comparable(P: Mapping) -> dict:
     return {k: v for k, v in P.items() if k not in ("seed", "tracks", "runner", "profile")}
 
 
+def _reused(obj) -> bool:
+    if isinstance(obj, Mapping):
+        return obj.get("reused") is True or any(_reused(v) for v in obj.values())
+    return isinstance(obj, list) and any(_reused(v) for v in obj)
+
+
+def run_seconds(manifest: Mapping, metrics: Mapping) -> float | None:
+    """A whole run's time: its notebooks' seconds from its manifest (so a sweep that resumed a run, or
+    reran it and skipped every notebook, still counts the time the work took), or None where a stage
+    reused a training made by an earlier, interrupted invocation (its time would not be the work's)."""
+    stages = (manifest or {}).get("stages") or {}
+    if not stages or _reused(metrics) or any(v.get("seconds") is None for v in stages.values()):
+        return None
+    return round(sum(v["seconds"] for v in stages.values()), 1)
+
+
 def bands_from_runs(profile: str, run_records: Sequence[Mapping], made_by: Mapping) -> dict:
     """The bands file's content from the sweep's finished runs: [{"settings": {seed, threads}, "run_dir"}]."""
     per_run, settings, params, seconds = [], [], None, {}
@@ -245,8 +261,9 @@ def bands_from_runs(profile: str, run_records: Sequence[Mapping], made_by: Mappi
         per_run.append(headline_metrics(runs.read_metrics(rd)))
         settings.append({k: r["settings"][k] for k in ("seed", "threads") if k in r["settings"]})
         man = runs.read_json(rd / "manifest.json", {}) or {}
-        if r.get("seconds") is not None:
-            seconds.setdefault(str(r["settings"].get("threads", "default")), []).append(r["seconds"])
+        secs = run_seconds(man, runs.read_metrics(rd))
+        if secs is not None:
+            seconds.setdefault(str(r["settings"].get("threads", "default")), []).append(secs)
         p = _comparable(man.get("params") or {})
         if params is None:
             params = p
@@ -260,7 +277,8 @@ def bands_from_runs(profile: str, run_records: Sequence[Mapping], made_by: Mappi
         metrics[n] = {**({"path": path} if path else {}), **stats(vals)}
     return {"profile": profile, "made_by": dict(made_by), "runs": settings, "params": params,
             "tolerance": dict(TOLERANCE), "metrics": metrics, "comparisons": compare(per_run),
-            # seconds of each whole `kit run`, by thread count (the 1-thread runs went two side by side)
+            # seconds of each whole `kit run` (its notebooks, run_seconds), by thread count (the 1-thread
+            # runs went two side by side)
             "seconds": {t: stats(v) for t, v in seconds.items()}}
 
 
@@ -457,9 +475,12 @@ def readme_section(bands: Mapping) -> str:
     secs = {t: v for t, v in (bands.get("seconds") or {}).items() if t.isdigit()}
     if secs:  # the runs with the most threads ran one at a time, as `make run` does (the others side by side)
         t = max(secs, key=int)
-        lines += ["", f"A whole `kit run` of the sweep with {t} threads, one run at a time, took "
-                      f"{secs[t]['mean'] / 60:.1f} min on average ({secs[t]['min'] / 60:.1f} to "
-                      f"{secs[t]['max'] / 60:.1f}, {secs[t]['n']} runs), set-up not included."]
+        s = secs[t]
+        took = (f"{s['mean'] / 60:.1f} min (1 run; the others reused a training, so their time says nothing)"
+                if s["n"] == 1 else
+                f"{s['mean'] / 60:.1f} min on average ({s['min'] / 60:.1f} to {s['max'] / 60:.1f}, {s['n']} runs)")
+        lines += ["", f"A whole `kit run` of the sweep with {t} threads, one run at a time, took {took}, "
+                      "set-up not included."]
     lines += ["", f"| {prof} profile | mean ± sd | min .. max | n |", "|---|---|---|---|"]
     for name, m in bands["metrics"].items():
         sd = "" if m.get("sd") is None else f" ± {_fmt(m['sd'], m['mean'])}"

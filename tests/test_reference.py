@@ -48,6 +48,14 @@ def test_bands_hold_each_number_over_the_runs(bands):
     assert bands["params"] == reference._comparable(load_profile("tiny"))  # the seed aside
 
 
+def test_a_runs_time_is_its_notebooks_unless_it_reused_an_earlier_training():
+    man = {"stages": {"prepare": {"status": "ok", "seconds": 100.0}, "sft_baseline": {"status": "ok", "seconds": 50.5}}}
+    assert reference.run_seconds(man, {"sft_baseline": {"reused": False}}) == 150.5
+    # resumed after an interruption: its training came from the earlier invocation, its time is not the work's
+    assert reference.run_seconds(man, {"spin": {"original": {"round_1": {"train": {"reused": True}}}}}) is None
+    assert reference.run_seconds({"stages": {"prepare": {"status": "ok"}}}, {}) is None
+
+
 def test_a_run_inside_its_bands_passes(tmp_path, bands, capsys):
     rd = _run(tmp_path, "mine", sft=0.61, direct=0.02, stage2=0.56, overall=51,
               stages=("prepare", "sft_baseline", "action_sft"))
@@ -135,8 +143,12 @@ def test_readme_results_are_rendered_from_the_bands_file():
     sft = bands["metrics"]["SFT action mF1"]
     row = f"| {reference.metric_label('SFT action mF1')} | {reference._fmt(sft['mean'])} ± "
     assert row in reference.README.read_text()
-    assert {"mean", "sd", "min", "max", "n"} <= set(sft) and sft["n"] >= 10
+    # at least two seeds, each with one and two threads, and every band over all of the runs (the
+    # README's first line of the section says how many; more seeds narrow the bands)
+    assert {"mean", "sd", "min", "max", "n"} <= set(sft) and sft["n"] == len(bands["runs"]) >= 4
+    assert len({r["seed"] for r in bands["runs"]}) >= 2
     assert {r["threads"] for r in bands["runs"]} == {1, 2}
+    assert all(m["n"] == len(bands["runs"]) for m in bands["metrics"].values())
     assert bands["made_by"]["lock"] and bands["made_by"]["command"].startswith("kit sweep --profile tiny")
 
 
