@@ -74,7 +74,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _requests():
-    from kit.judge.base import JudgeRequest
+    from kit.judge.request import JudgeRequest
 
     return [JudgeRequest("rate", TASKS[i % 3], reference=f"Reference of item-{i}: a truck ahead in the left lane.",
                          prediction=f"Prediction of item-{i}: a truck ahead.") for i in range(N_ITEMS)]

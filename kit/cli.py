@@ -156,7 +156,7 @@ def _user_cache(*parts: str) -> Path:
 
 def _cmd_judge_score(a: argparse.Namespace) -> int:
     from kit.data import DataError
-    from kit.judge.base import make_judge
+    from kit.judge.factory import make_judge
     from kit.judge.score import score_folder
 
     cfg = {"backend": a.backend, "base_url": a.base_url, "model": a.model, "prompts_dir": a.prompts_dir,

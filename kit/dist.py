@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, MutableMapping, Sequence
 
 _solo = False  # inside on_main: the main process works alone, as if it were the only one
 # set by `kit run --launcher accelerate` for the notebooks that follow each launch: how many processes
-# made the results they reuse (kit.stages.key puts that number in the keys)
+# made the results they reuse (kit.keys puts that number in the keys)
 KEY_PROCESSES = "KIT_KEY_PROCESSES"
 
 

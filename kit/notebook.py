@@ -1,11 +1,10 @@
 """What every notebook does after its parameters cell: resolve the profile, seed, find the run."""
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Mapping
 
 from kit import params as kparams
 from kit import runs
@@ -18,22 +17,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-@contextlib.contextmanager
-def isolated_rng() -> Iterator[None]:
-    """Run a diagnostic without touching the global RNGs (python, numpy, torch and its CUDA devices):
-    whatever it samples, the training that follows draws the same numbers as without it."""
-    import numpy as np
-    import torch
-
-    py, npy = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
-        try:
-            yield
-        finally:
-            random.setstate(py)
-            np.random.set_state(npy)
 
 
 def setup(profile: str = "tiny", run_dir: str = "runs/tiny", overrides: Mapping | list[str] | None = None,

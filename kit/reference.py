@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from kit import runs
-from kit.params import PARAMS_DIR, PROJECT_ROOT, load_profile
+from kit.params import PARAMS_DIR, PROJECT_ROOT
 
 EXPECTED_DIR = PARAMS_DIR / "expected"
 README = PROJECT_ROOT / "README.md"

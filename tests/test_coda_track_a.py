@@ -6,14 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from kit.coda import vqa
+from kit.data import coda_vqa
 from kit.data import DataError
 from kit.judge import score as S
-from kit.judge.base import Judge, JudgeRequest, make_judge
+from kit.judge.base import Judge
+from kit.judge.factory import make_judge
+from kit.judge.request import JudgeRequest
 from kit.judge.parse import parse_rating, parse_verdict
 
 FIX = Path(__file__).parent / "fixtures" / "coda_lm"
-Q = {t: f"question of {t}" for t in vqa.TASKS}
+Q = {t: f"question of {t}" for t in coda_vqa.TASKS}
 
 
 @pytest.fixture
@@ -24,7 +26,7 @@ def coda(tmp_path):
 
 
 def test_vqa_in_the_converters_order(coda):
-    items = vqa.build_vqa(coda / "CODA-LM" / "Train", Q, images=True)
+    items = coda_vqa.build_vqa(coda / "CODA-LM" / "Train", Q, images=True)
     gp, rp, ds = items["general_perception"], items["region_perception"], items["driving_suggestion"]
     assert [it.question_id for it in gp] == [0, 1] and [it.image for it in gp] == ["val/images/0001.jpg", "val/images/0002.jpg"]
     assert gp[0].answer == "A road with a car and cones." and ds[0].answer == "Slow down."
@@ -38,7 +40,7 @@ def test_vqa_in_the_converters_order(coda):
 def test_region_image_has_the_red_box(coda):
     from PIL import Image
 
-    it = vqa.build_vqa(coda / "CODA-LM" / "Train", Q, images=True)["region_perception"][0]
+    it = coda_vqa.build_vqa(coda / "CODA-LM" / "Train", Q, images=True)["region_perception"][0]
     assert it.image_path == coda / it.image and it.image_path.is_file()
     with Image.open(it.image_path) as im, Image.open(coda / "val/images/0001.jpg") as orig:
         boxed, plain = im.convert("RGB"), orig.convert("RGB")
@@ -49,29 +51,29 @@ def test_region_image_has_the_red_box(coda):
 
 
 def test_official_questions_replace_the_kits(coda, tmp_path):
-    items = vqa.build_vqa(coda / "CODA-LM" / "Train", Q)
+    items = coda_vqa.build_vqa(coda / "CODA-LM" / "Train", Q)
     anno = tmp_path / "vqa_anno"
     anno.mkdir()
     for t, its in items.items():
         (anno / f"{t}.jsonl").write_text("".join(json.dumps({"question_id": i.question_id, "image": i.image,
                                                              "question": f"official {t}"}) + "\n" for i in its))
-    new = vqa.official_questions(items, anno)
+    new = coda_vqa.official_questions(items, anno)
     assert {i.question for i in new["region_perception"]} == {"official region_perception"}
     (anno / "general_perception.jsonl").write_text(json.dumps({"question_id": 0, "image": "x.jpg", "question": "q"}) + "\n")
     with pytest.raises(DataError, match=r"general_perception.jsonl: question_id 0: expected image 'val/images/0001.jpg'"):
-        vqa.official_questions(items, anno)
+        coda_vqa.official_questions(items, anno)
 
 
 def test_submission_round_trip_and_errors(coda, tmp_path):
-    items = vqa.build_vqa(coda / "CODA-LM" / "Train", Q)
+    items = coda_vqa.build_vqa(coda / "CODA-LM" / "Train", Q)
     for t, its in items.items():
-        vqa.write_answers(tmp_path, t, its, [f"answer {i}" for i in range(len(its))])
-    rows = vqa.read_answers(tmp_path)
-    assert list(rows["general_perception"][1]) == list(vqa.SUBMISSION_FIELDS)
+        coda_vqa.write_answers(tmp_path, t, its, [f"answer {i}" for i in range(len(its))])
+    rows = coda_vqa.read_answers(tmp_path)
+    assert list(rows["general_perception"][1]) == list(coda_vqa.SUBMISSION_FIELDS)
     assert rows["region_perception"][2]["answer"] == "answer 2"
     (tmp_path / "driving_suggestion_answer.jsonl").write_text('{"question_id": 0, "image": "a", "question": "q"}\n')
     with pytest.raises(DataError, match=r"driving_suggestion_answer.jsonl:1: missing field\(s\) \['answer'\]"):
-        vqa.read_answers(tmp_path)
+        coda_vqa.read_answers(tmp_path)
     with pytest.raises(DataError, match=r"missing question_id \[1\]"):
         S.pair_up("general_perception", items["general_perception"], rows["general_perception"][:1], "f.jsonl")
 
@@ -111,11 +113,11 @@ def _official_mean(outputs):
 
 
 def test_scores_equal_the_official_aggregation_and_count_what_failed(coda, tmp_path):
-    items = vqa.build_vqa(coda / "CODA-LM" / "Train", Q)
+    items = coda_vqa.build_vqa(coda / "CODA-LM" / "Train", Q)
     script = {}
     for t, its in items.items():
         answers = [f"{t} answer {i}" for i in range(len(its))]
-        vqa.write_answers(tmp_path, t, its, answers)
+        coda_vqa.write_answers(tmp_path, t, its, answers)
         for i, a in enumerate(answers):
             script[a] = f"ok. Rating: [[{3 + i}]]"
     script["region_perception answer 1"] = "no number here"       # fails after the re-ask
@@ -129,7 +131,7 @@ def test_scores_equal_the_official_aggregation_and_count_what_failed(coda, tmp_p
     assert rp["score"] == pytest.approx(_official_mean([script[f"region_perception answer {i}"] for i in range(3)]))
     assert rp["per_class"]["vehicle"]["score"] == 3 and rp["per_class"]["traffic_cone"]["judged"] == 0
     assert rp["per_class"]["miscellaneous"]["score"] == 5  # the dog of val_0002
-    assert summary["overall_100"] == pytest.approx(sum(summary[t]["score_100"] for t in vqa.TASKS) / 3)
+    assert summary["overall_100"] == pytest.approx(sum(summary[t]["score_100"] for t in coda_vqa.TASKS) / 3)
     assert judged["region_perception"][1]["error"].startswith("unparsable")
 
 
@@ -187,7 +189,7 @@ def test_user_prompt_files_replace_the_kits(tmp_path):
 
 
 def test_stage_key_follows_settings_and_upstream_content(tmp_path):
-    from kit.stages.key import artifact_id, mark, stage_key
+    from kit.keys import artifact_id, mark, stage_key
 
     model = tmp_path / "model"
     model.mkdir()
@@ -205,9 +207,9 @@ def test_stage_key_follows_settings_and_upstream_content(tmp_path):
 def test_kit_judge_score_cli(coda, tmp_path, capsys):
     from kit.cli import main
 
-    items = vqa.build_vqa(coda / "CODA-LM" / "Val", Q)
+    items = coda_vqa.build_vqa(coda / "CODA-LM" / "Val", Q)
     for t, its in items.items():
-        vqa.write_answers(tmp_path / "pred", t, its, [it.answer for it in its])   # the references themselves
+        coda_vqa.write_answers(tmp_path / "pred", t, its, [it.answer for it in its])   # the references themselves
     assert main(["judge", "score", str(tmp_path / "pred"), "--reference", str(coda / "CODA-LM" / "Val")]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) >= {"general_perception", "region_perception", "driving_suggestion", "overall_100"}

@@ -196,7 +196,8 @@ def test_rloo_samples_pair_each_prompt_with_its_own_completions_and_rewards(two_
     _, two, _ = two_runs
     from kit.notebook import setup
     from kit.reward import load_reward
-    from kit.stages.rloo import frames_of, load_samples, work_dir
+    from kit.rl.results import work_dir
+    from kit.stages.rloo import frames_of, load_samples
 
     P, rd = setup("tiny", two, _sets())
     by_id = {s.id: s for s in load_samples(P, rd, "train")}

@@ -15,7 +15,8 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
-from kit.judge.base import JudgeRequest, TransientJudgeError, make_judge
+from kit.judge.factory import make_judge
+from kit.judge.request import JudgeRequest, TransientJudgeError
 from kit.judge.cache import DiskCache
 from kit.judge.openai_judge import JudgeRequestError, OpenAIJudge
 
@@ -383,13 +384,13 @@ def test_kit_judge_score_stops_exits_non_zero_and_says_why(fake, tmp_path, capsy
     from pathlib import Path
 
     from kit.cli import main
-    from kit.coda import vqa
+    from kit.data import coda_vqa
 
     ref = tmp_path / "coda" / "CODA-LM" / "Val"
     shutil.copytree(Path(__file__).parent / "fixtures" / "coda_lm", tmp_path / "coda")
-    items = vqa.build_vqa(ref, {t: "q" for t in vqa.TASKS})
+    items = coda_vqa.build_vqa(ref, {t: "q" for t in coda_vqa.TASKS})
     for t, its in items.items():
-        vqa.write_answers(tmp_path / "pred", t, its, [f"item-{i} {it.answer}" for i, it in enumerate(its)])
+        coda_vqa.write_answers(tmp_path / "pred", t, its, [f"item-{i} {it.answer}" for i, it in enumerate(its)])
     args = ["judge", "score", str(tmp_path / "pred"), "--reference", str(ref), "--backend", "openai",
             "--base-url", fake.url, "--model", "judge-model", "--cache", str(tmp_path / "cache"),
             "--request-timeout", str(TIMEOUT)]

@@ -85,7 +85,7 @@ def test_rloo_reward_rises_and_stage2_evaluated(run_dir):
 
 
 def test_track_a_sft_beats_direct_in_scores_and_battles(run_dir):
-    from kit.coda.vqa import TASKS, read_answers
+    from kit.data.coda_vqa import TASKS, read_answers
 
     m = runs.read_metrics(run_dir)
     direct, sft = m["coda_direct"]["coda_lm"]["scores"], m["coda_sft"]["coda_lm"]["scores"]

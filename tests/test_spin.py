@@ -8,7 +8,7 @@ import pytest
 
 from kit import runs
 from kit.coda.spin import build_pairs, mix_rounds, sample_items
-from kit.coda.vqa import VqaItem
+from kit.data.coda_vqa import VqaItem
 
 
 def _item(task, qid, answer):
@@ -72,7 +72,7 @@ def _sft_run(rd, **extra):
     03's SFT on it (3 steps): what notebook 04 starts from."""
     import torch
 
-    from kit.coda.vqa import vqa_for
+    from kit.data.coda_vqa import vqa_for
     from kit.data import toyworld
     from kit.models.tiny_vlm import build_tiny_vlm
     from kit.models.vlm import tiny_vlm_dir

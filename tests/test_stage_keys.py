@@ -1,4 +1,4 @@
-"""One rule for reuse (kit.stages.key), stage by stage, on a miniature toy run: a stage reuses a
+"""One rule for reuse (kit.keys), stage by stage, on a miniature toy run: a stage reuses a
 saved result only under the same key; a changed setting or a changed upstream model trains afresh
 in its own folder; and the same seed and the same inputs give the same metrics.
 
@@ -60,7 +60,7 @@ def _metrics(rd, stage):
 
 def test_keyed_training_trains_once_per_key(tmp_path, capsys):
     # (the key itself: tests/test_coda_track_a.py::test_stage_key_follows_settings_and_upstream_content)
-    from kit.stages.key import keyed_training, marked_key
+    from kit.keys import keyed_training, marked_key
 
     calls = []
 

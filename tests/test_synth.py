@@ -303,7 +303,7 @@ def test_resume_after_a_crash_redoes_only_missing_chunks(tmp_path, clip):
     split = coda_lm.load_split(out, "Train")
     assert len(split.samples) == 6
     assert sum(len(s.regions) for s in split.samples) == sum(len(r["objects"]) for r in recs if r["output"])
-    from kit.coda.vqa import build_vqa
+    from kit.data.coda_vqa import build_vqa
 
     items = build_vqa(out / "CODA-LM" / "Train", {t: "q" for t in ("general_perception", "region_perception",
                                                                     "driving_suggestion")}, images=True)

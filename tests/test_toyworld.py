@@ -2,9 +2,7 @@
 layouts (read back by the real loaders), generation is deterministic, fast and resumable."""
 from __future__ import annotations
 
-import copy
 import hashlib
-import random
 from pathlib import Path
 
 import pytest

@@ -20,23 +20,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kit import runs  # noqa: E402
-from kit.coda.vqa import TASKS  # noqa: E402
+from kit.coda.paper import PAPER_A_FINAL_TASKS, PAPER_A_TABLE1  # noqa: E402
+from kit.coda.results import evaluated_models  # noqa: E402
+from kit.coda.spin import rounds_of  # noqa: E402
+from kit.data.coda_vqa import TASKS  # noqa: E402
 from kit.data.coda_lm import CLASSES  # noqa: E402
 
 SUB = "coda_figures"
 TASK_LABEL = {"general_perception": "general\nperception", "region_perception": "region\nperception",
               "driving_suggestion": "driving\nsuggestion", "overall": "overall"}
-# Paper A, Table 1: overall CODA-LM score (0-100, GPT judge, real data) per base model and method
-PAPER_A_TABLE1 = {"LLaVA-Next-8B": {"Direct": 30.33, "SFT": 40.24, "Ours w/ 30k": 49.79, "Ours w/ 200k": 54.13},
-                  "CogVLM2-19B": {"Direct": 39.43, "SFT": 50.43, "Ours w/ 30k": 57.99, "Ours w/ 200k": 60.84},
-                  "MiniCPM-V-8B": {"Direct": 42.67, "SFT": 60.90, "Ours w/ 30k": 63.12, "Ours w/ 200k": 71.87}}
-PAPER_A_FINAL_TASKS = {"general_perception": 54.41, "region_perception": 83.01, "driving_suggestion": 71.76}
-
-
-def _models(run_dir) -> dict:
-    from kit.stages.coda_evaluate import evaluated_models
-
-    return evaluated_models(run_dir)
 
 
 def plot_scores(models: dict, path: Path) -> Path:
@@ -184,15 +176,13 @@ def plot_validity(rows: list[dict], validity: dict, path: Path) -> Path:
 def headline_models(run_dir, models: dict) -> dict:
     """The models of the bar charts and the example panel: all but SPIN's intermediate rounds (the
     rounds figure of notebook 04 shows every round; the battles and Elo keep every model)."""
-    from kit.coda.spin import rounds_of
-
     inner = {r["name"] for rows in rounds_of(run_dir).values() for r in rows[1:-1]}
     return {n: e for n, e in models.items() if n not in inner}
 
 
 def figures_from_run(run_dir) -> list[Path]:
     rd = runs.resolve_run_dir(run_dir)
-    models = _models(rd)
+    models = evaluated_models(rd)
     if not models:
         return []
     out = runs.stage_dir(rd, "evaluate") / SUB

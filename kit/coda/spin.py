@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from kit import runs
-from kit.coda.vqa import TASKS, VqaItem
+from kit.coda.paper import PAPER_A_TABLE1
+from kit.coda.results import evaluated_models
+from kit.data.coda_vqa import TASKS, VqaItem
 
 STAGE = "spin"
 VARIANTS = {  # variant -> (the notebook 03 stage it starts from, model name prefix, Table 1 row)
@@ -102,8 +104,6 @@ def table1(run_dir):
     three tasks and the overall score on 0-100) with paper A's overall scores beside it (pandas)."""
     import pandas as pd
 
-    from kit.coda.figures import PAPER_A_TABLE1
-    from kit.stages.coda_evaluate import evaluated_models
 
     models = evaluated_models(run_dir)
     rounds = rounds_of(run_dir)
@@ -134,7 +134,6 @@ def plot_rounds(run_dir, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from kit.stages.coda_evaluate import evaluated_models
 
     rounds = rounds_of(run_dir)
     models = evaluated_models(run_dir)

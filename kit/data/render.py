@@ -14,7 +14,6 @@ of the ego lane, and obstacles in the ego lane stand large in the lower centre.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from PIL import Image, ImageDraw
 

@@ -108,7 +108,7 @@ REASON_PATTERNS: dict[int, list[str]] = {
 # is reason 0 before the bare "traffic light" of reason 3 can see it, "car in front turning left"
 # is reason 14 before the bare "car" of reason 5 can).
 REASON_FALLBACK: dict[int, list[str]] = {
-    3: [rf"(?:traffic lights?|traffic signals?|stoplights?|stop lights?)(?! (?:is |are )?green)"],
+    3: [r"(?:traffic lights?|traffic signals?|stoplights?|stop lights?)(?! (?:is |are )?green)"],
     4: [r"signs?"],
     6: [_PERSON],
     7: [_RIDER],

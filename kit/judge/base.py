@@ -25,59 +25,12 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
-from kit.judge.parse import parse_rating, parse_verdict
-
-TASKS = ("general_perception", "region_perception", "driving_suggestion")
-
-
-@dataclass(frozen=True)
-class JudgeRequest:
-    """What is judged. `kind` "rate": `prediction` against `reference`; "pair": `answer_a` against
-    `answer_b`, with `reference` as the reference answer."""
-    kind: str
-    task: str
-    reference: str
-    prediction: str | None = None
-    answer_a: str | None = None
-    answer_b: str | None = None
-    question: str = ""
-
-    def __post_init__(self):
-        if self.kind not in ("rate", "pair"):
-            raise ValueError(f"JudgeRequest.kind: expected 'rate' or 'pair', got {self.kind!r}")
-        if self.task not in TASKS:
-            raise ValueError(f"JudgeRequest.task: expected one of {', '.join(TASKS)}, got {self.task!r}")
-        if self.kind == "rate" and self.prediction is None:
-            raise ValueError("JudgeRequest: kind 'rate' needs a prediction")
-        if self.kind == "pair" and (self.answer_a is None or self.answer_b is None):
-            raise ValueError("JudgeRequest: kind 'pair' needs answer_a and answer_b")
-
-
-@dataclass
-class JudgeResult:
-    verdict: int | str | None      # rating 1-10 ("rate"), "A" | "B" | "C" ("pair"); None: failed
-    text: str | None               # the judge's last answer
-    attempts: int = 0              # requests sent for this item (0: answered from the cache)
-    cached: bool = False
-    error: str | None = None       # why it failed, when verdict is None
-    usage: dict = field(default_factory=dict)  # prompt_tokens, completion_tokens of the answer kept
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-
-class TransientJudgeError(RuntimeError):
-    """A request that failed after the backend's own retries (timeout, 429, 5xx, connection)."""
-
-
-def parse(request: JudgeRequest, text: str | None):
-    return parse_rating(text) if request.kind == "rate" else parse_verdict(text)
-
+from kit.judge.prompts import load_prompts, messages_for
+from kit.judge.request import JudgeRequest, JudgeResult, TransientJudgeError, parse
 
 class Judge:
     """Base class of the backends. Subclasses set `backend`, `model` and implement `_ask`."""
@@ -88,8 +41,6 @@ class Judge:
 
     def __init__(self, *, prompts=None, cache=None, concurrency: int = 1, reask: int = 2,
                  deadline_s: float | None = None, max_consecutive_failures: int | None = None):
-        from kit.judge.prompts import load_prompts
-
         for name, v in (("deadline_s", deadline_s), ("max_consecutive_failures", max_consecutive_failures)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
                 raise ValueError(f"params judge.{name}: expected a number > 0 or null (no limit), got {v!r}")
@@ -147,8 +98,6 @@ class Judge:
         return {"backend": self.backend, "model": self.model, "messages": messages}
 
     def judge_one(self, request: JudgeRequest) -> JudgeResult:
-        from kit.judge.prompts import messages_for
-
         messages = messages_for(request, self.prompts)
         key = self.cache_key(messages) if self.cache is not None else None
         if key is not None:
@@ -224,32 +173,3 @@ class Judge:
                     raise
                 pool.shutdown()
         return out  # type: ignore[return-value]
-
-
-def make_judge(cfg: Mapping, run_dir=None) -> Judge:
-    """The judge the profile's `judge:` section names (backend rubric | openai)."""
-    from kit.judge.prompts import load_prompts
-
-    backend = str(cfg.get("backend") or "rubric")
-    prompts = load_prompts(cfg.get("prompts_dir"))
-    if backend == "rubric":
-        from kit.judge.rubric import RubricJudge
-
-        return RubricJudge(prompts=prompts)
-    if backend == "openai":
-        from kit.judge.cache import DiskCache
-        from kit.judge.openai_judge import OpenAIJudge
-
-        cache_dir = cfg.get("cache_dir")
-        if not cache_dir:
-            if run_dir is None:
-                raise ValueError("params judge.cache_dir: expected a folder for the judge's cache (or a run directory)")
-            from kit.runs import resolve_run_dir
-
-            cache_dir = resolve_run_dir(run_dir) / "judge_cache"
-        return OpenAIJudge(base_url=cfg.get("base_url"), model=cfg.get("model"), prompts=prompts,
-                           cache=DiskCache(cache_dir), concurrency=int(cfg.get("concurrency") or 8),
-                           reask=int(cfg.get("reask", 2)), timeout=float(cfg.get("timeout") or 60),
-                           max_retries=int(cfg.get("max_retries", 2)), max_tokens=cfg.get("max_tokens"),
-                           deadline_s=cfg.get("deadline_s"), max_consecutive_failures=cfg.get("max_consecutive_failures"))
-    raise ValueError(f"params judge.backend: expected 'rubric' or 'openai', got {backend!r}")

@@ -12,8 +12,9 @@ from __future__ import annotations
 from itertools import combinations
 from typing import Mapping, Sequence
 
-from kit.coda.vqa import VqaItem
-from kit.judge.base import Judge, JudgeRequest
+from kit.data.coda_vqa import VqaItem
+from kit.judge.base import Judge
+from kit.judge.request import JudgeRequest
 
 
 def run_battles(judge: Judge, answers: Mapping[str, Mapping[str, Sequence[str]]],

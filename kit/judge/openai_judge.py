@@ -35,7 +35,8 @@ import os
 import threading
 from urllib.parse import urlsplit, urlunsplit
 
-from kit.judge.base import Judge, JudgeRequest, TransientJudgeError
+from kit.judge.base import Judge
+from kit.judge.request import JudgeRequest, TransientJudgeError
 
 KEY_ENV = "OPENAI_API_KEY"
 

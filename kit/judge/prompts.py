@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kit.judge.base import TASKS, JudgeRequest
+from kit.judge.request import TASKS, JudgeRequest
 
 KIT_PROMPTS = Path(__file__).resolve().parent / "texts"
 FIELDS = {"rate": ("reference", "prediction"), "pair": ("question", "reference", "answer_a", "answer_b")}

@@ -16,7 +16,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from kit.judge.base import Judge, JudgeRequest
+from kit.judge.base import Judge
+from kit.judge.request import JudgeRequest
 
 # word -> (class, canonical noun); multiword phrases first (they are matched before single words)
 _LEXICON: dict[str, tuple[str, str]] = {}

@@ -16,10 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from kit.coda.vqa import TASKS, VqaItem, build_vqa, read_answers
+from kit.data.coda_vqa import TASKS, VqaItem, build_vqa, read_answers
 from kit.data import DataError
 from kit.data.coda_lm import CLASSES, region_class
-from kit.judge.base import Judge, JudgeRequest
+from kit.judge.base import Judge
+from kit.judge.request import JudgeRequest
 
 
 def pair_up(task: str, refs: Sequence[VqaItem], rows: Sequence[Mapping], where: str) -> list[tuple[VqaItem, Mapping]]:

@@ -16,7 +16,8 @@ import re
 from pathlib import Path
 
 from kit.data.coda_lm import GENERAL_KEYS
-from kit.judge.base import Judge, JudgeRequest
+from kit.judge.base import Judge
+from kit.judge.request import JudgeRequest
 
 _FLIPS = [(r"\bSlow down and stop\b", "Keep moving forward"), (r"\bKeep moving forward\b", "Slow down and stop"),
           (r"\bTurn left\b", "Turn right"), (r"\bTurn right\b", "Turn left"),

@@ -14,7 +14,6 @@ The tokenizer is open_clip's bundled BPE (it ships inside the package, so it wor
 from __future__ import annotations
 
 import copy
-import json
 import os
 import tempfile
 from dataclasses import dataclass, field

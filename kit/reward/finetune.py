@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from kit import dist, runs
+from kit.keys import mark, marked_key, stage_key
 from kit.models.clip import ClipBundle, encode_text, save_clip
 from kit.reward.pairs import Pair, swap_left_right
 
@@ -283,10 +284,8 @@ FINETUNE_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "pla
 
 def finetune_key(train: Sequence[Pair], val: Sequence[Pair], cfg: Mapping, *, seed: int,
                  upstream: Mapping[str, str], truths: Mapping[str, Sequence[str]] | None = None) -> str:
-    """The stage key (kit.stages.key) of one fine-tune: its settings, its pairs, and `upstream`, the
-    identities of the starting CLIP and of the images (kit.stages.key.artifact_id / samples_id)."""
-    from kit.stages.key import stage_key
-
+    """The stage key (kit.keys) of one fine-tune: its settings, its pairs, and `upstream`, the
+    identities of the starting CLIP and of the images (kit.keys.artifact_id / samples_id)."""
     settings = {"cfg": {k: cfg.get(k) for k in FINETUNE_KEYS}, "seed": seed, "augment": BatchAugment.VERSION,
                 "train": [(p.id, p.text, p.label) for p in train], "val": [(p.id, p.text, p.label) for p in val]}
     if cfg.get("in_batch_negatives"):  # the in-batch labels come from the train images' true texts
@@ -310,8 +309,6 @@ def finetune_clip(bundle: ClipBundle, train: Sequence[Pair], val: Sequence[Pair]
     gets the same result; the main one scores the validation pairs and writes the files.
     """
     from tqdm.auto import tqdm
-
-    from kit.stages.key import mark, marked_key
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -163,7 +163,7 @@ def _rloo_figures(rd: Path) -> list[Path]:
     sd = rd / "rloo"
     out = sd / "figures"
     paths: list[Path] = []
-    from kit.stages.rloo import work_dir
+    from kit.rl.results import work_dir
 
     m = runs.read_metrics(rd).get("rloo") or {}
     work = work_dir(rd)  # this run's training (its key's folder)

@@ -14,14 +14,29 @@ coordinates is used, scaled so the trace estimate stays unbiased.
 """
 from __future__ import annotations
 
+import contextlib
+import random
 import time
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from kit.notebook import isolated_rng
 from kit.rl.advantages import BASELINES, compute_advantages
+
+
+@contextlib.contextmanager
+def isolated_rng() -> Iterator[None]:
+    """Run a diagnostic without touching the global RNGs (python, numpy, torch and its CUDA devices):
+    whatever it samples, the training that follows draws the same numbers as without it."""
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
 
 
 def _flat_grad(loss: torch.Tensor, params: list[torch.nn.Parameter], index: torch.Tensor | None) -> torch.Tensor:

@@ -104,7 +104,7 @@ def run_action_sft(P: Mapping, run_dir) -> dict:
     from kit.models.vlm import load_vlm, vlm_settings
     from kit.reward import load_reward
     from kit.stages.rloo import load_samples
-    from kit.stages.key import artifact_id, keyed_training, samples_id, stage_key
+    from kit.keys import artifact_id, keyed_training, samples_id, stage_key
     from kit.train.sft import train_sft
 
     run_dir = runs.resolve_run_dir(run_dir)

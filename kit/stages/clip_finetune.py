@@ -39,7 +39,7 @@ def run_clip_finetune(P: Mapping, run_dir) -> dict:
     from kit.reward.finetune import ImageStore, clone_bundle, finetune_clip, finetune_key, score_pairs
     from kit.reward.judge import binary_metrics, similarity_table
     from kit.reward.pairs import make_pairs, true_texts
-    from kit.stages.key import artifact_id, keyed_dir, samples_id
+    from kit.keys import artifact_id, keyed_dir, samples_id
 
     t0 = time.perf_counter()
     rd = runs.resolve_run_dir(run_dir)

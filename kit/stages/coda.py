@@ -10,7 +10,7 @@ SFTTrainer (kit.train.sft) on the three tasks of CODA-LM Train. Each evaluated m
 `metrics[stage]["coda_lm"] = {"name", "predictions", "scores", "key"}`, which is how notebook 07
 finds every Track A model for the battles.
 
-Reuse follows the stage key (kit.stages.key): training lives in `checkpoints/<key>/` (resumed only
+Reuse follows the stage key (kit.keys): training lives in `checkpoints/<key>/` (resumed only
 there); answers are regenerated unless their meta holds the same key.
 """
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Mapping
 
 from kit import dist, runs
-from kit.coda.vqa import TASKS, VqaItem, vqa_for, write_answers
-from kit.stages.key import artifact_id, keyed_training, stage_key
+from kit.data.coda_vqa import TASKS, VqaItem, vqa_for, write_answers
+from kit.keys import artifact_id, keyed_training, stage_key
 
 DIRECT, SFT, SFT_SYNTH = "coda_direct", "coda_sft", "coda_sft_synth"
 MODEL_NAMES = {DIRECT: "direct", SFT: "sft", SFT_SYNTH: "sft+synth"}
@@ -83,7 +83,7 @@ def generate_submission(model, processor, items: Mapping[str, list[VqaItem]], P:
 def score_model(P: Mapping, run_dir, stage: str, name: str, refs: Mapping[str, list[VqaItem]], key: str,
                 judge=None) -> dict:
     """Judge a stage's submission folder; judgments in `<stage>/judge/<task>.jsonl`, scores in metrics."""
-    from kit.judge.base import make_judge
+    from kit.judge.factory import make_judge
     from kit.judge.score import judge_submission
 
     sd = runs.stage_dir(run_dir, stage)

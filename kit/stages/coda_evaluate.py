@@ -16,19 +16,11 @@ import time
 from typing import Mapping
 
 from kit import runs
-from kit.coda.vqa import TASKS, read_answers
+from kit.coda.paper import PAPER_A_TABLE1
+from kit.coda.results import evaluated_models
+from kit.data.coda_vqa import TASKS, read_answers
 
 STAGE = "evaluate"
-
-
-def evaluated_models(run_dir) -> dict[str, dict]:
-    """{model name: its metrics `coda_lm` entry} for every Track A model of the run, in stage order."""
-    out = {}
-    for stage, m in runs.read_metrics(run_dir).items():
-        entry = m.get("coda_lm") if isinstance(m, dict) else None
-        if entry and entry.get("scores") and entry.get("name"):
-            out[entry["name"]] = {**entry, "stage": stage}
-    return out
 
 
 def scores_table(run_dir):
@@ -44,7 +36,7 @@ def scores_table(run_dir):
 
 
 def run_coda_evaluate(P: Mapping, run_dir) -> dict:
-    from kit.judge.base import make_judge
+    from kit.judge.factory import make_judge
     from kit.judge.battles import run_battles
     from kit.judge.elo import elo_summary
     from kit.judge.validity import perturbation_study
@@ -99,7 +91,6 @@ def synthetic_gain_table(run_dir):
     minus Ours w/ 30k) per base model (pandas)."""
     import pandas as pd
 
-    from kit.coda.figures import PAPER_A_TABLE1
 
     models = evaluated_models(run_dir)
     rows = []

@@ -20,7 +20,7 @@ from kit.params import params_hash
 from kit.reward.clip_reward import CLIPReward
 from kit.reward.finetune import _adamw, _DataParallel, _Forward
 from kit.reward.pairs import swap_left_right
-from kit.stages.key import mark, processes
+from kit.keys import mark, processes
 
 
 def _load_items(root: Path, split: str, max_samples: int | None = None):

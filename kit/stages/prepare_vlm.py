@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 from kit import dist, runs
 from kit.labels import DESCRIBE_PROMPT
 from kit.params import params_hash
-from kit.stages.key import mark, processes
+from kit.keys import mark, processes
 
 STAGE = "prepare"
 SUB = "vlm_pretrain"

@@ -23,6 +23,7 @@ from typing import Mapping, Sequence
 
 from kit import dist, runs
 from kit.labels import DESCRIBE_PROMPT
+from kit.rl.results import work_dir
 
 STAGE = "rloo"
 
@@ -66,12 +67,12 @@ def describe(model, processor, samples: Sequence, P: Mapping, reward, out_path: 
 
 
 def rloo_key(P: Mapping, run_dir, baseline: str, train: Sequence, reward) -> str:
-    """Stage 1's key (kit.stages.key): the rloo section (its baseline as trained), seed, prompt, model
+    """Stage 1's key (kit.keys): the rloo section (its baseline as trained), seed, prompt, model
     and reward settings, and the identities of the base VLM, the reward model and the training
     frames. What does not change the training (how many samples are described afterwards, the
     other baselines to compare) is left out."""
     from kit.models.vlm import resolve_vlm_path, vlm_settings
-    from kit.stages.key import artifact_id, samples_id, stage_key
+    from kit.keys import artifact_id, samples_id, stage_key
 
     R = {k: v for k, v in P["rloo"].items() if k not in ("eval_samples", "describe_train_samples", "compare_baselines")}
     C = P.get("clip_finetune") or {}
@@ -88,7 +89,7 @@ def _train_one(P: Mapping, run_dir: Path, train: Sequence, reward, baseline: str
     from kit.models.vlm import load_vlm, lora_config
     from kit.rl.rloo import per_epoch, rloo_rows, train_rloo
     from kit.rl.variance import gradient_variance
-    from kit.stages.key import keyed_training
+    from kit.keys import keyed_training
 
     R = P["rloo"]
     rows = rloo_rows(train, P)
@@ -113,13 +114,6 @@ def _train_one(P: Mapping, run_dir: Path, train: Sequence, reward, baseline: str
     return keyed_training(runs.stage_dir(run_dir, STAGE) / "checkpoints", key, train_it, stage=STAGE)
 
 
-def work_dir(run_dir) -> Path:
-    """The folder of this run's stage-1 training (reward_log.jsonl, samples.jsonl, variance.json, final/)."""
-    rd = runs.resolve_run_dir(run_dir)
-    w = (runs.read_metrics(rd).get(STAGE) or {}).get("work_dir")
-    return Path(w) if w else rd / STAGE
-
-
 def run_rloo(P: Mapping, run_dir) -> dict:
     """Stage 1 (paper B Eq. 1, Algorithm 2): RLOO against the CLIP reward; then greedy descriptions
     of the train and eval splits by the trained model, scored by the reward's clip_score/match."""
@@ -128,7 +122,7 @@ def run_rloo(P: Mapping, run_dir) -> dict:
     from kit.models.vlm import load_vlm, resolve_vlm_path
     from kit.reward import load_reward
     from kit.reward.judge import clip_summary
-    from kit.stages.key import artifact_id
+    from kit.keys import artifact_id
 
     run_dir = runs.resolve_run_dir(run_dir)
     sd = runs.stage_dir(run_dir, STAGE)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from kit import dist, runs
 from kit.labels import ACTIONS, ANSWER_PROMPT, REASONS, format_answer
-from kit.stages.key import artifact_id, keyed_training, samples_id, stage_key
+from kit.keys import artifact_id, keyed_training, samples_id, stage_key
 
 STAGE = "sft_baseline"
 DIRECT = "direct"
@@ -108,7 +108,7 @@ def run_sft_baseline(P: Mapping, run_dir) -> dict:
     test = _split(P, run_dir, split)
 
     # 1. train once per key (settings + base model + training data): a rerun with the same key resumes
-    #    or reuses, anything else trains afresh in its own folder (kit.stages.key)
+    #    or reuses, anything else trains afresh in its own folder (kit.keys)
     cfg = sft_config(P)
     base = resolve_vlm_path(P, run_dir)
     key = stage_key({"sft": cfg, "prompt": ANSWER_PROMPT, **vlm_settings(P)},

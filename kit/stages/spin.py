@@ -33,10 +33,10 @@ from typing import Mapping
 
 from kit import dist, runs
 from kit.coda import spin as S
-from kit.coda.vqa import TASKS, VqaItem, read_answers, vqa_for
+from kit.data.coda_vqa import TASKS, VqaItem, read_answers, vqa_for
 from kit.params import params_hash
 from kit.stages.coda import data_id
-from kit.stages.key import artifact_id, keyed_dir, keyed_training, mark, marked_key, stage_key
+from kit.keys import artifact_id, keyed_dir, keyed_training, mark, marked_key, stage_key
 
 
 def dpo_config(P: Mapping) -> dict:
@@ -157,7 +157,7 @@ def _round_battles(P, run_dir, rd: Path, judge, refs, names: dict[str, str]) -> 
 
 def run_spin(P: Mapping, run_dir, variant: str) -> dict:
     """Every round of one variant (see the module docstring); returns the variant's summary."""
-    from kit.judge.base import make_judge
+    from kit.judge.factory import make_judge
     from kit.models.vlm import load_vlm, lora_config, vlm_settings
     from kit.stages.coda import current_sft_key, evaluate_model, split_items
     from kit.train.dpo import train_dpo

@@ -18,7 +18,7 @@ from typing import Mapping
 
 from kit import dist, runs
 from kit.params import params_hash
-from kit.stages.key import artifact_id, keyed_dir, mark, marked_key, stage_key
+from kit.keys import artifact_id, keyed_dir, mark, marked_key, stage_key
 
 STAGE = "synthesis"
 
@@ -160,7 +160,7 @@ def run_synthesis(P: Mapping, run_dir, *, captioner=None, stage: str = STAGE, bu
     entry = {"card": card, "data_root": str(out_root), "key": key}
     hidden = quality.hidden_pool(coda_lm_root(P, run_dir))
     if hidden is not None:
-        from kit.judge.base import make_judge
+        from kit.judge.factory import make_judge
 
         judge = make_judge(P["judge"], run_dir)
         entry["quality"] = {"named_objects": quality.named_object_scores(records, hidden),

@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 from tqdm.auto import tqdm
 
 from kit import runs
-from kit.coda.vqa import TASKS
+from kit.data.coda_vqa import TASKS
 from kit.data import DataError
 from kit.data.coda_lm import CLASSES, GENERAL_KEYS, SUMMARY_KEY, region_class
 from kit.synth.writer import place

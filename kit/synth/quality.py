@@ -80,7 +80,7 @@ def answer_quality(records: Sequence[Mapping], hidden: Mapping[str, Mapping], ju
                    progress: bool = True) -> dict:
     """Per task: items judged, mean rating (0-100) of the synthetic answers against the hidden truth,
     the truth's own rating, and the share of synthetic answers rated at least as high as the truth."""
-    from kit.judge.base import JudgeRequest
+    from kit.judge.request import JudgeRequest
 
     items: dict[str, list[tuple[str, str]]] = {t: [] for t in ("general_perception", "region_perception",
                                                                   "driving_suggestion")}

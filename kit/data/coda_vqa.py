@@ -54,7 +54,7 @@ class VqaItem:
         from PIL import Image
 
         if self.image_path is None:
-            raise DataError(f"{self.id}: built without images (kit.coda.vqa.build_vqa(..., images=True) makes them)")
+            raise DataError(f"{self.id}: built without images (kit.data.coda_vqa.build_vqa(..., images=True) makes them)")
         with Image.open(self.image_path) as im:
             return im.convert("RGB")
 
