@@ -169,3 +169,27 @@ def test_action_sft_follows_stage1_and_is_deterministic(rd):
     assert not fresh["reused"] and fresh["key"] == a["key"]
     assert fresh["eval"]["action"] == a["eval"]["action"] and fresh["eval"]["n"] == a["eval"]["n"]
     assert [x["loss"] for x in fresh["train_loss"]] == pytest.approx([x["loss"] for x in a["train_loss"]], rel=1e-5)
+
+
+def test_action_sft_answers_test_with_the_epoch_that_scored_best_on_val(rd):
+    from kit.stages.action_sft import run_action_sft
+    from kit.stages.clip_finetune import run_clip_finetune
+    from kit.stages.rloo import run_rloo
+
+    run_clip_finetune(P(), rd)
+    run_rloo(P(), rd)
+    m = run_action_sft(P(action_sft__epochs=3), rd)
+    curve = m["val_curve"]
+    assert [r["epoch"] for r in curve] == [1, 2, 3] and all(0 <= r["val_action_mF1"] <= 1 for r in curve)
+    best = max(curve, key=lambda r: (r["val_action_mF1"], r["step"]))
+    chosen = m["trained_checkpoint"] if best is curve[-1] else best["checkpoint"]
+    assert m["checkpoint"] == chosen and Path(chosen).is_dir()
+    # test was answered by that checkpoint, and each epoch's val answers are kept for a rerun
+    assert Path(chosen).name in runs.read_json(rd / "action_sft" / "predictions.meta.json")["tag"]
+    assert sorted(p.name for p in (rd / "action_sft" / "val").glob("checkpoint-*.jsonl")) == \
+        sorted(f"{Path(r['checkpoint']).name}.jsonl" for r in curve)
+    again = run_action_sft(P(action_sft__epochs=3), rd)
+    assert again["reused"] and again["val_curve"] == curve and again["eval"] == m["eval"]
+    # the paper's way: the last epoch, no val scoring
+    last = run_action_sft(P(action_sft__epochs=3, action_sft__select_checkpoint="last"), rd)
+    assert last["val_curve"] == [] and last["checkpoint"] == m["trained_checkpoint"]
