@@ -136,3 +136,22 @@ def test_figures_for_predictions(tmp_path):
     assert all(p.parent == rd / "sft_baseline" / "figures" for p in again)
     with pytest.raises(FileNotFoundError, match="predictions"):
         figures_for_predictions(tmp_path / "nope.jsonl", tmp_path / "f", "x")
+
+
+def test_train_loss_figure_marks_the_checkpoint_val_chose(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from kit.eval import figures
+
+    loss = [{"step": s, "epoch": s / 10, "loss": 1 / s} for s in range(1, 31)]
+    val = [{"step": 10, "value": 0.4}, {"step": 20, "value": 0.7}, {"step": 30, "value": 0.6}]
+    drawn, save = {}, figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, path: (drawn.setdefault("fig", fig), save(fig, path))[1])
+    p = figures.plot_train_loss(loss, tmp_path / "loss.png", "Stage 2", val=val, val_label="val action mF1",
+                                chosen_step=20)
+    assert p.is_file()
+    ax, bx = drawn["fig"].axes
+    assert list(bx.lines[0].get_xdata()) == [10, 20, 30] and bx.get_ylabel() == "val action mF1"
+    star = bx.collections[0].get_offsets()
+    assert star.tolist() == [[20, 0.7]]  # the star sits on the chosen checkpoint's val score
+    plt.close("all")

@@ -212,14 +212,27 @@ def figures_for_predictions(pred_path: str | os.PathLike, out_dir: str | os.Path
             plot_examples(recs, out / "examples.png", title)]
 
 
-def plot_train_loss(train_loss: Sequence[Mapping], path: Path, title: str) -> Path:
+def plot_train_loss(train_loss: Sequence[Mapping], path: Path, title: str, *, val: Sequence[Mapping] = (),
+                    val_label: str = "", chosen_step: int | None = None) -> Path:
+    """The training loss per logged step; with `val` ({step, value} per checkpoint), that score on a
+    second axis and a star on the checkpoint chosen by it (`chosen_step`)."""
     steps = [p["step"] for p in train_loss]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, [p["loss"] for p in train_loss], marker=".", color=GT_COLOR)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (answer tokens)")
-    ax.set_title(f"{title}: training loss", fontsize=11)
+    ax.set_title(f"{title}: training loss" + (f" and {val_label}" if val else ""), fontsize=11)
     ax.grid(alpha=0.3)
+    if val:
+        bx = ax.twinx()
+        bx.plot([v["step"] for v in val], [v["value"] for v in val], marker="o", color=PRED_COLOR, label=val_label)
+        best = [v for v in val if v["step"] == chosen_step]
+        if best:
+            bx.scatter([chosen_step], [best[0]["value"]], marker="*", s=220, color=PRED_COLOR, edgecolor="k",
+                       zorder=5, label="chosen (answers test)")
+        bx.set_ylabel(val_label, color=PRED_COLOR)
+        bx.set_ylim(0, 1)
+        bx.legend(fontsize=8, loc="center right")
     fig.tight_layout()
     return _save(fig, path)
 

@@ -252,7 +252,11 @@ def _action_sft_figures(rd: Path) -> list[Path]:
                       plot_examples(recs, sd / "figures" / "examples.png", title)]
     m = runs.read_metrics(rd).get("action_sft") or {}
     if m.get("train_loss"):
-        paths.append(plot_train_loss(m["train_loss"], sd / "figures" / "train_loss.png", "Stage 2 (action SFT)"))
+        curve = m.get("val_curve") or []
+        chosen = max(curve, key=lambda r: (r["val_action_mF1"], r["step"]))["step"] if curve else None
+        paths.append(plot_train_loss(m["train_loss"], sd / "figures" / "train_loss.png", "Stage 2 (action SFT)",
+                                     val=[{"step": r["step"], "value": r["val_action_mF1"]} for r in curve],
+                                     val_label="val action mF1", chosen_step=chosen))
     return paths
 
 
