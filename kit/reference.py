@@ -238,8 +238,10 @@ def _comparable(P: Mapping) -> dict:
 
 
 def _reused(obj) -> bool:
+    """Whether any stage's metrics say it reused or resumed a training made by an earlier invocation."""
     if isinstance(obj, Mapping):
-        return obj.get("reused") is True or any(_reused(v) for v in obj.values())
+        return (obj.get("reused") is True or obj.get("resumed") is True or bool(obj.get("resumed_from"))
+                or any(_reused(v) for v in obj.values()))
     return isinstance(obj, list) and any(_reused(v) for v in obj)
 
 
@@ -473,8 +475,8 @@ def readme_section(bands: Mapping) -> str:
              + (f" x {' and '.join(map(str, threads))} threads" if threads else "") + ").",
              ]
     secs = {t: v for t, v in (bands.get("seconds") or {}).items() if t.isdigit()}
-    if secs:  # the runs with the most threads ran one at a time, as `make run` does (the others side by side)
-        t = max(secs, key=int)
+    t = str(max(threads)) if threads else None
+    if t in secs:  # the runs with the most threads ran one at a time, as `make run` does (the others side by side)
         s = secs[t]
         took = (f"{s['mean'] / 60:.1f} min (1 run; the others reused a training, so their time says nothing)"
                 if s["n"] == 1 else

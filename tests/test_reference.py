@@ -53,6 +53,9 @@ def test_a_runs_time_is_its_notebooks_unless_it_reused_an_earlier_training():
     assert reference.run_seconds(man, {"sft_baseline": {"reused": False}}) == 150.5
     # resumed after an interruption: its training came from the earlier invocation, its time is not the work's
     assert reference.run_seconds(man, {"spin": {"original": {"round_1": {"train": {"reused": True}}}}}) is None
+    assert reference.run_seconds(man, {"sft_baseline": {"train": {"resumed_from": "<run>/x/checkpoint-50"}}}) is None
+    assert reference.run_seconds(man, {"clip_finetune": {"resumed": True}}) is None
+    assert reference.run_seconds(man, {"sft_baseline": {"resumed_from": None, "resumed": False}}) == 150.5
     assert reference.run_seconds({"stages": {"prepare": {"status": "ok"}}}, {}) is None
 
 
