@@ -81,7 +81,8 @@ def image_for(root: Path, json_path: Path) -> Path:
     return root / prefix / "images" / f"{num}.jpg"
 
 
-def parse_file(root: Path, path: Path) -> CodaSample:
+def read_annotation(path: Path) -> dict:
+    """One per-image CODA-LM JSON file, checked to hold the three tasks' fields."""
     d = read_json_file(path)
     if not isinstance(d, dict):
         raise DataError(f"{path}: expected a JSON object with 'general_perception', 'region_perception', "
@@ -89,6 +90,11 @@ def parse_file(root: Path, path: Path) -> CodaSample:
     for key in ("general_perception", "region_perception", "driving_suggestion"):
         if key not in d:
             raise DataError(f"{path}: missing field '{key}'")
+    return d
+
+
+def parse_file(root: Path, path: Path) -> CodaSample:
+    d = read_annotation(path)
     gp = d["general_perception"]
     if not isinstance(gp, dict):
         raise DataError(f"{path}: field 'general_perception': expected an object")

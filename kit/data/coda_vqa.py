@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from kit.data import DataError
-from kit.data.bdd_oia import read_json_file
+from kit.data.coda_lm import read_annotation
 
 TASKS = ("general_perception", "region_perception", "driving_suggestion")
 SUBMISSION_FIELDS = ("question_id", "image", "question", "answer")
@@ -57,17 +57,6 @@ class VqaItem:
             raise DataError(f"{self.id}: built without images (kit.data.coda_vqa.build_vqa(..., images=True) makes them)")
         with Image.open(self.image_path) as im:
             return im.convert("RGB")
-
-
-def _read_json(path: Path) -> dict:
-    d = read_json_file(path)
-    if not isinstance(d, dict):
-        raise DataError(f"{path}: expected a JSON object with 'general_perception', 'region_perception', "
-                        "'driving_suggestion'")
-    for key in ("general_perception", "region_perception", "driving_suggestion"):
-        if key not in d:
-            raise DataError(f"{path}: missing field '{key}'")
-    return d
 
 
 def _names(json_name: str) -> tuple[str, str]:
@@ -101,7 +90,7 @@ def build_vqa(json_dir, questions: Mapping[str, str], *, with_answers: bool = Tr
     out: dict[str, list[VqaItem]] = {t: [] for t in TASKS}
     for name in files:
         path = json_dir / name
-        d = _read_json(path)
+        d = read_annotation(path)
         prefix, num = _names(name)
         img_rel = os.path.join(prefix, "images", f"{num}.jpg")
         img_path = root / img_rel if images else None
