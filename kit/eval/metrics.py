@@ -127,3 +127,9 @@ def majority_labels(label_rows) -> list[int]:
     if M.ndim != 2 or M.shape[0] == 0:
         raise ValueError(f"majority_labels: expected a non-empty (n_samples, n_labels) matrix, got shape {M.shape}")
     return [int(v) for v in (M.mean(axis=0) > 0.5)]
+
+
+def best_on_val(curve: Sequence[Mapping], score: str = "val_action_mF1") -> Mapping:
+    """The checkpoint of `curve` ({step, `score`, ...} per checkpoint) with the highest val score; ties
+    go to the later step (the longer-trained model)."""
+    return max(curve, key=lambda r: (r[score], r["step"]))

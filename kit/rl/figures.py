@@ -236,6 +236,7 @@ def plot_actions(recs: Sequence[Mapping], path: Path, title: str) -> Path:
 
 def _action_sft_figures(rd: Path) -> list[Path]:
     from kit.eval.figures import plot_action_confusion, plot_examples, plot_train_loss
+    from kit.eval.metrics import best_on_val
 
     sd = rd / "action_sft"
     paths: list[Path] = []
@@ -253,7 +254,7 @@ def _action_sft_figures(rd: Path) -> list[Path]:
     m = runs.read_metrics(rd).get("action_sft") or {}
     if m.get("train_loss"):
         curve = m.get("val_curve") or []
-        chosen = max(curve, key=lambda r: (r["val_action_mF1"], r["step"]))["step"] if curve else None
+        chosen = best_on_val(curve)["step"] if curve else None
         paths.append(plot_train_loss(m["train_loss"], sd / "figures" / "train_loss.png", "Stage 2 (action SFT)",
                                      val=[{"step": r["step"], "value": r["val_action_mF1"]} for r in curve],
                                      val_label="val action mF1", chosen_step=chosen))

@@ -108,7 +108,7 @@ def select_on_val(P: Mapping, run_dir: Path, key: str, final) -> tuple[str, list
     checkpoint on val and keeps the best; test is answered once, by that model. Its answers on val are
     kept per checkpoint (`action_sft/val/`), so a rerun asks nothing again.
     """
-    from kit.eval.metrics import track_b_metrics
+    from kit.eval.metrics import best_on_val, track_b_metrics
     from kit.keys import artifact_id
     from kit.models.vlm import load_vlm
     from kit.stages.rloo import load_samples
@@ -128,7 +128,7 @@ def select_on_val(P: Mapping, run_dir: Path, key: str, final) -> tuple[str, list
         curve.append({"epoch": epoch, "step": int(c.name.rsplit("-", 1)[1]), "checkpoint": str(c),
                       "val_action_mF1": track_b_metrics(recs)["action"]["macro_f1"]})
         del model
-    best = max(curve, key=lambda r: (r["val_action_mF1"], r["step"]))
+    best = best_on_val(curve)
     # the last epoch is the finished training's own final/ (the folder marked with the key)
     return (str(final) if best is curve[-1] else best["checkpoint"]), curve
 
@@ -241,7 +241,9 @@ def summary_table(run_dir):
            "unparseable": e.get("unparseable"), "n": e.get("n")}
     curve = (runs.read_metrics(run_dir).get(STAGE) or {}).get("val_curve") or []
     if curve:  # the epoch that answered test, chosen on val (action_sft.select_checkpoint)
-        best = max(curve, key=lambda r: (r["val_action_mF1"], r["step"]))
+        from kit.eval.metrics import best_on_val
+
+        best = best_on_val(curve)
         row.update({"epoch chosen on val": best["epoch"], "epochs trained": len(curve),
                     "val action mF1": best["val_action_mF1"]})
     return pd.DataFrame([row], index=["stage 2"]).T.round(4)
