@@ -47,12 +47,15 @@ def _cmd_sweep(a: argparse.Namespace) -> int:
             raise SystemExit(f"kit sweep --readme {a.readme}: no params/expected/{a.readme}.json; make it with --expected")
         print(f"README section rendered from params/expected/{a.readme}.json: {update_readme(bands)}")
         return 0
+    if a.extend and not a.expected:
+        raise SystemExit("kit sweep --extend: expected --expected too (it adds runs to the reference bands)")
     if a.summarize:
-        s = summarize(a.summarize, expected=a.expected)
+        s = summarize(a.summarize, expected=a.expected, extend=a.extend)
     else:
         rec = run_sweep(a.profile, _ints(a.seeds, "--seeds"), parse_grid(a.grid),
                         only=a.only.split(",") if a.only else None, track=a.track, sweep_dir=a.sweep_dir,
-                        jobs=a.jobs, base=a.set, threads=_ints(a.threads, "--threads"), expected=a.expected)
+                        jobs=a.jobs, base=a.set, threads=_ints(a.threads, "--threads"), expected=a.expected,
+                        extend=a.extend)
         s = rec["summary"]
     print((Path(s["sweep_dir"]) / "summary.md").read_text())
     if s.get("expected"):
@@ -221,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--expected", action="store_true",
                     help="write the profile's reference bands (params/expected/<profile>.json) and render the README's "
                          "results from them (no --grid/--set/--only/--track)")
+    sw.add_argument("--extend", action="store_true",
+                    help="with --expected: add this sweep's runs to the bands the file already holds (same parameters, "
+                         "lock and machine; at least one of its runs rerun here, which must give its numbers to the digit)")
     sw.add_argument("--readme", metavar="PROFILE", help="only render the README's results section from "
                     "params/expected/PROFILE.json (after editing the README around it)")
     sw.set_defaults(func=_cmd_sweep)

@@ -7,7 +7,9 @@
      "runs": [{"seed", "threads"}...], "params": the resolved profile (seed aside),
      "tolerance": {"sd": 2, "floor": 0.01},
      "metrics": {name: {"path", "mean", "sd", "min", "max", "n", "values"}},
-     "comparisons": [{"name", "claim", "a", "b", "diffs", "mean", "ci", "holds", "n", ...}]}
+     "comparisons": [{"name", "claim", "a", "b", "diffs", "mean", "ci", "holds", "n", ...}],
+     "per_run": [{"seed", "threads", "seconds", "metrics": {name: value}}...],
+     "extended_by": [made_by of each later `--extend` sweep, with the runs it "added" and "reproduced"]}
 
 `kit verify RUN_DIR` compares a run's headline numbers with its profile's bands: a number is inside
 when it lies within [min - t, max + t], t = max(2 sd, 0.01 x max(1, |mean|)) (sd over the sweep's
@@ -257,31 +259,96 @@ def run_seconds(manifest: Mapping, metrics: Mapping) -> float | None:
 
 def bands_from_runs(profile: str, run_records: Sequence[Mapping], made_by: Mapping) -> dict:
     """The bands file's content from the sweep's finished runs: [{"settings": {seed, threads}, "run_dir"}]."""
-    per_run, settings, params, seconds = [], [], None, {}
+    per_run, params = [], None
     for r in run_records:
         rd = Path(r["run_dir"])
-        per_run.append(headline_metrics(runs.read_metrics(rd)))
-        settings.append({k: r["settings"][k] for k in ("seed", "threads") if k in r["settings"]})
         man = runs.read_json(rd / "manifest.json", {}) or {}
-        secs = run_seconds(man, runs.read_metrics(rd))
-        if secs is not None:
-            seconds.setdefault(str(r["settings"].get("threads", "default")), []).append(secs)
+        metrics = runs.read_metrics(rd)
+        per_run.append({**{k: r["settings"][k] for k in ("seed", "threads") if k in r["settings"]},
+                        "seconds": run_seconds(man, metrics), "metrics": headline_metrics(metrics)})
         p = _comparable(man.get("params") or {})
         if params is None:
             params = p
         elif p != params:
             raise ValueError(f"{rd}: its parameters differ from the sweep's other runs beyond the seed; "
                              "bands pool runs of one profile only (no --grid, no per-run --set)")
+    return _assemble(profile, per_run, params, dict(made_by))
+
+
+def _assemble(profile: str, per_run: Sequence[Mapping], params: Mapping, made_by: Mapping, **extra) -> dict:
+    """Every band and comparison from the runs' headline numbers (`per_run`, kept in the file so that
+    a later sweep can add runs to it: extend_bands)."""
     metrics = {}
-    for n in _ordered({k for r in per_run for k in r}):
-        vals = [r[n] for r in per_run if n in r]
+    for n in _ordered({k for r in per_run for k in r["metrics"]}):
+        vals = [r["metrics"][n] for r in per_run if n in r["metrics"]]
         path = FIXED[n][0] if n in FIXED else None
         metrics[n] = {**({"path": path} if path else {}), **stats(vals)}
-    return {"profile": profile, "made_by": dict(made_by), "runs": settings, "params": params,
-            "tolerance": dict(TOLERANCE), "metrics": metrics, "comparisons": compare(per_run),
+    seconds: dict[str, list] = {}
+    for r in per_run:
+        if r.get("seconds") is not None:
+            seconds.setdefault(str(r.get("threads", "default")), []).append(r["seconds"])
+    return {"profile": profile, "made_by": dict(made_by), **extra,
+            "runs": [{k: r[k] for k in ("seed", "threads") if k in r} for r in per_run], "params": params,
+            "tolerance": dict(TOLERANCE), "metrics": metrics, "comparisons": compare([r["metrics"] for r in per_run]),
             # seconds of each whole `kit run` (its notebooks, run_seconds), by thread count (the 1-thread
             # runs went two side by side)
-            "seconds": {t: stats(v) for t, v in seconds.items()}}
+            "seconds": {t: stats(v) for t, v in seconds.items()},
+            "per_run": [dict(r) for r in per_run]}
+
+
+def _per_run(bands: Mapping) -> list[dict]:
+    """The bands' runs with their headline numbers; a file written before `per_run` was kept gives them
+    back from each metric's values (in the order of `runs`, when every metric has one per run)."""
+    if "per_run" in bands:
+        return [dict(r) for r in bands["per_run"]]
+    n = len(bands["runs"])
+    if any(m["n"] != n or len(m.get("values") or []) != n for m in bands["metrics"].values()):
+        raise ValueError("the bands file has metrics that not every run gave, and no per_run: their runs cannot be "
+                         "told apart; make the bands anew (kit sweep --expected without --extend)")
+    return [{**r, "seconds": None, "metrics": {k: m["values"][i] for k, m in bands["metrics"].items()}}
+            for i, r in enumerate(bands["runs"])]
+
+
+def _label(r: Mapping) -> str:
+    return f"seed {r['seed']}" + (f" with {r['threads']} thread{'s' if r['threads'] != 1 else ''}" if "threads" in r else "")
+
+
+def extend_bands(old: Mapping, new: Mapping, where: str | os.PathLike = "the bands file") -> dict:
+    """`old` (the profile's bands) with the runs of `new` (a later sweep's bands) added: `kit sweep
+    --expected --extend`, so that seeds can be added on another day, in another session, at another
+    commit. Allowed only where the numbers are the same experiment: the same resolved parameters,
+    lock, package versions and kind of machine, and at least one run of `new` that `old` already
+    holds (same seed and threads) giving every headline number to the digit, which shows that this
+    commit on this machine reproduces the bands. Raises ValueError naming what differs."""
+    differs = _diff_keys(new["params"] or {}, old.get("params") or {})
+    if differs:
+        raise ValueError(f"{where}: the new runs' parameters differ from the bands' in {', '.join(differs[:5])}; "
+                         "make the bands anew (kit sweep --expected without --extend)")
+    mo, mn = old.get("made_by") or {}, new.get("made_by") or {}
+    for what, said in (("lock", "requirements.lock"), ("packages", "set of package versions"), ("machine", "kind of machine")):
+        if mo.get(what) != mn.get(what):
+            raise ValueError(f"{where}: the new runs were made with another {said} ({mn.get(what)}) than the bands "
+                             f"({mo.get(what)}); make the bands anew (kit sweep --expected without --extend)")
+    old_runs, new_runs = _per_run(old), _per_run(new)
+    key = lambda r: (r["seed"], r.get("threads"))  # noqa: E731
+    held = {key(r): r for r in old_runs}
+    again = [r for r in new_runs if key(r) in held]
+    if not again:
+        raise ValueError(f"{where}: --extend needs at least one run the bands already hold (e.g. seed "
+                         f"{old_runs[0]['seed']}, {old_runs[0].get('threads', 'default')} threads) among the new ones, "
+                         "to show that this commit and machine reproduce them")
+    for r in again:
+        a, b = held[key(r)]["metrics"], r["metrics"]
+        for name in sorted(set(a) | set(b)):
+            x, y = a.get(name), b.get(name)
+            if x is None or y is None or not math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12):
+                raise ValueError(f"{where}: {_label(r)} gives {name} = {y} here and {x} in the bands: this commit or "
+                                 "machine does not reproduce them; make the bands anew (kit sweep --expected without --extend)")
+    added = [r for r in new_runs if key(r) not in held]
+    step = {**mn, "added": [{k: r[k] for k in ("seed", "threads") if k in r} for r in added],
+            "reproduced": [{k: r[k] for k in ("seed", "threads") if k in r} for r in again]}
+    return _assemble(old["profile"], old_runs + added, old["params"], mo,
+                     extended_by=[*(old.get("extended_by") or []), step])
 
 
 def _ordered(names: Iterable[str]) -> list[str]:
@@ -307,9 +374,16 @@ def load_bands(profile: str, path: str | os.PathLike | None = None) -> dict | No
     return data
 
 
+def _commits(manifest: Mapping) -> list[str]:
+    """The commits a run's notebooks ran at (per stage; a run resumed after a new commit has several)."""
+    per_stage = {v.get("commit") for v in ((manifest.get("stages") or {}).values()) if v.get("commit")}
+    return sorted(per_stage) if per_stage else [c for c in [(manifest.get("git") or {}).get("commit")] if c]
+
+
 def made_by(command: str, run_dirs: Sequence[str | os.PathLike]) -> dict:
     """What made the runs, from their manifests (not from the process that summarizes them): the commit
-    (and whether it had uncommitted changes), the lock, the machine and the day the first run started."""
+    (and whether it had uncommitted changes; `commits` when the notebooks ran at several), the lock,
+    the machine and the day the first run started."""
     mans = [runs.read_json(Path(d) / "manifest.json", {}) or {} for d in run_dirs]
 
     def one(values: list, what: str):
@@ -319,7 +393,9 @@ def made_by(command: str, run_dirs: Sequence[str | os.PathLike]) -> dict:
         return json.loads(vals[0]) if vals else None
 
     git = [m.get("git") or {} for m in mans]
-    return {"command": command, "commit": one([g.get("commit") for g in git], "commit"),
+    commits = sorted({c for m in mans for c in _commits(m)})
+    return {"command": command, "commit": commits[0] if len(commits) == 1 else None,
+            **({"commits": commits} if len(commits) > 1 else {}),
             "dirty": any(g.get("dirty") for g in git), "lock": one([(m.get("lock") or {}).get("sha256") for m in mans], "lock"),
             "date": min((m.get("started") or "?")[:10] for m in mans) if mans else None,
             "machine": one([{k: v for k, v in (m.get("machine") or {}).items() if k != "threads"} for m in mans], "machine"),
@@ -460,6 +536,16 @@ def _signed(x: float, ref: float) -> str:
     return ("+" if x >= 0 else "") + _fmt(x, ref)
 
 
+def _made_text(mb: Mapping) -> str:
+    commits = mb.get("commits") or [mb.get("commit") or "?"]
+    return (f"`{mb['command']}` on {mb.get('date', '?')}, commit{'s' if len(commits) > 1 else ''} "
+            + ", ".join(f"`{c[:10]}`" for c in commits) + (" (with uncommitted changes)" if mb.get("dirty") else ""))
+
+
+def _runs_text(rs: Sequence[Mapping]) -> str:
+    return f"{len(rs)} run{'s' if len(rs) != 1 else ''} ({'; '.join(_label(r) for r in rs)})"
+
+
 def readme_section(bands: Mapping) -> str:
     """The README's results: one row per headline number (mean ± sd, min .. max, n), then every comparison
     with its paired mean difference, bootstrap interval and in how many runs it holds."""
@@ -467,9 +553,11 @@ def readme_section(bands: Mapping) -> str:
     n_runs = len(bands["runs"])
     seeds = sorted({r["seed"] for r in bands["runs"]})
     threads = sorted({r["threads"] for r in bands["runs"] if "threads" in r})
+    made = [_made_text(mb)] + [f"{_made_text(x)}, adding {_runs_text(x['added'])} and rerunning "
+                               f"{_runs_text(x['reproduced'])} of the earlier sweep, which gave every headline number "
+                               "to the digit" for x in bands.get("extended_by") or []]
     lines = [BEGIN.format(profile=prof), "",
-             f"`{mb['command']}` on {mb.get('date', '?')}, commit `{(mb.get('commit') or '?')[:10]}`"
-             f"{' (with uncommitted changes)' if mb.get('dirty') else ''}, requirements.lock `{(mb.get('lock') or '?')[:12]}`, "
+             "; then ".join(made) + (". R" if len(made) > 1 else ", r") + f"equirements.lock `{(mb.get('lock') or '?')[:12]}`, "
              f"{(mb.get('machine') or {}).get('cpu', '?')} with {(mb.get('machine') or {}).get('cores', '?')} cores: "
              f"{n_runs} runs (seeds {', '.join(map(str, seeds))}"
              + (f" x {' and '.join(map(str, threads))} threads" if threads else "") + ").",

@@ -273,6 +273,7 @@ def _run_notebooks(nbs, P, rd, phash, over, nb_profile, force, log_output, launc
     import papermill as pm
 
     manifest_path = rd / "manifest.json"
+    commit = git_commit()["commit"]  # per stage: a resumed run's notebooks may have run at other commits
     for i, nb in enumerate(nbs, 1):
         stage = stage_of(nb)
         executed = rd / "notebooks" / nb.name
@@ -312,7 +313,8 @@ def _run_notebooks(nbs, P, rd, phash, over, nb_profile, force, log_output, launc
             raise (err if isinstance(err, StageFailed) else StageFailed(_failure_message(nb, failed, err))) from None
         os.replace(running, executed)
         secs = round(time.time() - t0, 1)
-        runs.update_json(manifest_path, {"stages": {stage: {"status": "ok", "seconds": secs, "notebook": str(executed)}}})
+        runs.update_json(manifest_path, {"stages": {stage: {"status": "ok", "seconds": secs, "notebook": str(executed),
+                                                            "commit": commit}}})
         runs.write_json(rd / stage / ".stage.json", {"status": "ok", "params_hash": phash, "seconds": secs,
                                                      "notebook": str(executed)})
         print(f"{head}: ok in {secs:.0f} s", flush=True)

@@ -3,7 +3,7 @@ per combination, the spread of every headline number, and the paired comparisons
 
     kit sweep --profile tiny --seeds 0,1,2 [--threads 1,2] [--grid rloo.beta=0,0.02,0.05 ...] [--only 03,05]
               [--track A] [--sweep-dir runs/sweeps/NAME] [--jobs N] [--set KEY=VALUE ...] [--expected]
-    kit sweep --summarize runs/sweeps/NAME [--expected]
+    kit sweep --summarize runs/sweeps/NAME [--expected [--extend]]
 
 Each combination is one `kit run` (papermill, as everywhere) in `<sweep dir>/<settings>/`, in a
 process of its own, so a failure is reported and the others go on. `--threads 1,2` runs every
@@ -18,7 +18,11 @@ went; `summary.json`, `summary.md` and `figures/<metric>.png` hold mean, standar
 max and n of every number per grid point (seeds and thread counts pooled) and each comparison of
 kit.reference as paired differences with a bootstrap interval, rebuilt by `--summarize` from the run
 directories alone. `--expected` (no grid) writes those numbers as the profile's reference bands,
-`params/expected/<profile>.json`, and renders the README's results section from them.
+`params/expected/<profile>.json`, and renders the README's results section from them; with
+`--extend` it adds the sweep's runs to the bands that file already holds (kit.reference.extend_bands:
+the same parameters, lock and machine, and one of its runs rerun to the digit), so the seeds of the
+bands can be run on different days. A call in a sweep folder of the same profile and settings adds
+its runs to those the folder holds (`sweep.json` lists every call).
 """
 from __future__ import annotations
 
@@ -107,7 +111,8 @@ def _run_one(profile: str, run_dir: Path, settings: Mapping, base: Sequence[str]
 
 def run_sweep(profile: str = "tiny", seeds: Sequence[int] = (0,), grid: Mapping[str, Sequence] | None = None,
               *, only: Sequence[str] | None = None, track: str | None = None, sweep_dir: str | os.PathLike | None = None,
-              jobs: int = 1, base: Sequence[str] = (), threads: Sequence[int] = (), expected: bool = False) -> dict:
+              jobs: int = 1, base: Sequence[str] = (), threads: Sequence[int] = (), expected: bool = False,
+              extend: bool = False) -> dict:
     """Run every combination (see the module docstring); returns the sweep record with its summary."""
     grid = dict(grid or {})
     if expected and (grid or base or only or track):
@@ -123,7 +128,14 @@ def run_sweep(profile: str = "tiny", seeds: Sequence[int] = (0,), grid: Mapping[
     record = {"profile": str(profile), "seeds": [int(s) for s in seeds], "threads": [int(t) for t in threads] or None,
               "grid": grid, "only": list(only or []) or None, "track": track, "base": list(base), "jobs": jobs,
               "runs": []}
-    runs.write_json(sd / SWEEP_FILE, record)
+    record["calls"] = [_command(record)]
+    # the folder's earlier calls with the same profile and settings (other seeds or thread counts) stay in it
+    earlier = runs.read_json(sd / SWEEP_FILE) or {}
+    same = all(earlier.get(k) == record[k] for k in ("profile", "grid", "only", "track", "base"))
+    kept = [r for r in earlier.get("runs") or [] if r.get("name") not in {combo_name(c) for c in combos}] if same else []
+    if kept:
+        record["calls"] = [*(earlier.get("calls") or [_command(earlier)]), *record["calls"]]
+    runs.write_json(sd / SWEEP_FILE, {**record, "runs": kept})
 
     def one(c, per_job_threads):
         name = combo_name(c)
@@ -145,9 +157,9 @@ def run_sweep(profile: str = "tiny", seeds: Sequence[int] = (0,), grid: Mapping[
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             for c, r in zip(combos, pool.map(lambda c: one(c, None if jobs == 1 else max(1, cores // jobs)), combos)):
                 results[combo_name(c)] = r
-    record["runs"] = [results[combo_name(c)] for c in combos]
+    record["runs"] = kept + [results[combo_name(c)] for c in combos]
     runs.write_json(sd / SWEEP_FILE, record)
-    record["summary"] = summarize(sd, expected=expected)
+    record["summary"] = summarize(sd, expected=expected, extend=extend)
     return record
 
 
@@ -160,9 +172,10 @@ def _command(rec: Mapping) -> str:
                                     *([f"--track {rec['track']}"] if rec.get("track") else [])])
 
 
-def summarize(sweep_dir: str | os.PathLike, *, expected: bool = False) -> dict:
+def summarize(sweep_dir: str | os.PathLike, *, expected: bool = False, extend: bool = False) -> dict:
     """summary.json, summary.md and figures/ from the sweep's run directories (files only); with
-    `expected`, also the profile's reference bands (kit.reference) and the README's results section."""
+    `expected`, also the profile's reference bands (kit.reference) and the README's results section;
+    with `extend` too, the bands file's runs and these together (kit.reference.extend_bands)."""
     sd = runs.resolve_run_dir(sweep_dir)
     rec = runs.read_json(sd / SWEEP_FILE)
     if not rec:
@@ -186,7 +199,9 @@ def summarize(sweep_dir: str | os.PathLike, *, expected: bool = False) -> dict:
                "groups": {g: {k: {**reference.stats(v), "seeds": seeds_of[g][k]} for k, v in m.items()}
                           for g, m in per_group.items()},
                "comparisons": {g: reference.compare(rs) for g, rs in runs_of.items()},
-               "failed": failed, "command": _command(rec) + (" --expected" if expected else "")}
+               "failed": failed,
+               "command": " ; ".join(rec.get("calls") or [_command(rec)]) + (" --expected" if expected else "")
+               + (" --extend" if extend else "")}
     runs.write_json(sd / "summary.json", summary)
     runs.atomic_write_text(sd / "summary.md", summary_markdown(summary))
     plot_summary(summary, sd / "figures")
@@ -194,8 +209,18 @@ def summarize(sweep_dir: str | os.PathLike, *, expected: bool = False) -> dict:
         if failed or rec["grid"] or len(summary["groups"]) != 1:
             raise SystemExit(f"kit sweep --expected: {len(failed)} run(s) failed or the sweep has a grid; "
                              "the bands need every run of the profile as it is")
-        bands = reference.bands_from_runs(Path(str(rec["profile"])).stem, rec["runs"],
+        profile = Path(str(rec["profile"])).stem
+        bands = reference.bands_from_runs(profile, rec["runs"],
                                           reference.made_by(summary["command"], [r["run_dir"] for r in rec["runs"]]))
+        if extend:
+            old = reference.load_bands(profile)
+            if old is None:
+                raise SystemExit(f"kit sweep --extend: {reference.expected_path(profile)} does not exist; "
+                                 "make the bands first (--expected without --extend)")
+            try:
+                bands = reference.extend_bands(old, bands, reference.expected_path(profile))
+            except ValueError as e:
+                raise SystemExit(f"kit sweep --extend: {e}") from None
         summary["expected"] = str(reference.write_bands(bands))
         summary["readme"] = str(reference.update_readme(bands))
     return summary

@@ -164,3 +164,54 @@ def test_render_then_update_roundtrip(tmp_path, bands):
     assert text.startswith("intro\n") and text.endswith("\nafter\n") and "\nold\n" not in text
     assert "| SFT baseline action mF1 | 0.613 ± " in text and "holds in 6 of 6 runs" in text
     json.dumps(bands)  # the file is plain JSON
+
+
+def _more(tmp_path, seeds, *, shift=0.0):
+    """Run records of a later sweep, made like the fixture's (`shift` moves seed 0's numbers)."""
+    return [{"settings": {"seed": s, "threads": t},
+             "run_dir": str(_run(tmp_path, f"later-s{s}t{t}", sft=0.60 + 0.01 * s + 0.002 * t + (shift if s == 0 else 0.0),
+                                 direct=0.02, stage2=0.55 + 0.01 * s, overall=50 + s,
+                                 params=load_profile("tiny", [f"seed={s}"])))}
+            for s in seeds for t in (1, 2)]
+
+
+def test_a_later_sweep_extends_the_bands_when_it_reproduces_one_of_their_runs(tmp_path, bands):
+    # the file as an earlier kit wrote it (no per_run): its runs come back from each metric's values
+    old = {k: v for k, v in bands.items() if k != "per_run"}
+    recs = _more(tmp_path, [0, 3])
+    new = reference.bands_from_runs("tiny", recs, reference.made_by("kit sweep --seeds 0,3 --expected --extend",
+                                                                    [r["run_dir"] for r in recs]))
+    both = reference.extend_bands(old, new)
+    sft = both["metrics"]["SFT action mF1"]
+    assert sft["n"] == 8 == len(both["runs"]) and sft["max"] == pytest.approx(0.634)  # seed 3 added, seed 0 not twice
+    assert both["runs"][-2:] == [{"seed": 3, "threads": 1}, {"seed": 3, "threads": 2}]
+    assert [c["n"] for c in both["comparisons"]] == [8] * len(both["comparisons"])
+    step = both["extended_by"][0]
+    assert step["reproduced"] == [{"seed": 0, "threads": 1}, {"seed": 0, "threads": 2}]
+    assert step["added"] == [{"seed": 3, "threads": 1}, {"seed": 3, "threads": 2}]
+    assert both["made_by"] == bands["made_by"]  # the first sweep stays the bands' origin
+    text = reference.readme_section(both)
+    assert "then `kit sweep --seeds 0,3 --expected --extend`" in text and "adding 2 runs (seed 3 with 1 thread; " in text
+    assert "8 runs (seeds 0, 1, 2, 3 x 1 and 2 threads)" in text
+    # and again: the extended file keeps its runs, so a third sweep adds to all eight
+    assert len(reference.extend_bands(both, new)["extended_by"]) == 2
+
+
+def test_extending_refuses_what_is_not_the_same_experiment(tmp_path, bands):
+    def new_of(recs):
+        return reference.bands_from_runs("tiny", recs, reference.made_by("kit sweep", [r["run_dir"] for r in recs]))
+
+    with pytest.raises(ValueError, match=r"seed 0 with 1 thread gives SFT action mF1 = 0\.6\d* here and 0\.602 in the bands"):
+        reference.extend_bands(bands, new_of(_more(tmp_path / "a", [0, 3], shift=1e-4)))
+    with pytest.raises(ValueError, match="at least one run the bands already hold"):
+        reference.extend_bands(bands, new_of(_more(tmp_path / "b", [3])))
+    recs = [{"settings": {"seed": 0, "threads": 1},
+             "run_dir": str(_run(tmp_path / "c", "s0", sft=0.602, direct=0.02, stage2=0.55, overall=50,
+                                 params=load_profile("tiny", ["seed=0", "sft.lr=0.001"])))}]
+    with pytest.raises(ValueError, match=r"parameters differ from the bands' in sft\.lr"):
+        reference.extend_bands(bands, new_of(recs))
+    recs = [{"settings": {"seed": 0, "threads": 1},
+             "run_dir": str(_run(tmp_path / "d", "s0", sft=0.602, direct=0.02, stage2=0.55, overall=50,
+                                 params=load_profile("tiny", ["seed=0"]), torch_version="2.15.0"))}]
+    with pytest.raises(ValueError, match=r"another set of package versions \(\{'torch': '2.15.0'\}\)"):
+        reference.extend_bands(bands, new_of(recs))

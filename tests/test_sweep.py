@@ -78,6 +78,14 @@ def test_two_seed_sweep_summary_rerun_and_a_failure(tmp_path, capsys):
     assert summarize(sd)["groups"]["data.bdd_oia_root=null"] == g
     assert json.loads((sd / "summary.json").read_text())["command"].startswith("kit sweep --profile tiny --seeds 0,1")
 
+    # another seed, in the same folder with the same settings, joins the runs there (sweep.json keeps every call)
+    more = run_sweep("tiny", [2], {"data.bdd_oia_root": [None]}, only=["00"], track="B", sweep_dir=sd, base=BASE)
+    assert [r["name"] for r in more["runs"]] == ok + ["data.bdd_oia_root=null__seed=2"]
+    assert more["summary"]["groups"]["data.bdd_oia_root=null"]["pretrained VLM caption loss"]["n"] == 3
+    assert len(more["calls"]) == 2 and "--seeds 2" in more["summary"]["command"]
+    man = runs.read_json(sd / ok[0] / "manifest.json")
+    assert {v["commit"] for v in man["stages"].values()} == {man["git"]["commit"]}  # each notebook's commit
+
     # the runs of one grid point become reference bands, and kit verify finds a run of them inside
     recs = [r for r in again["runs"]]
     bands = reference.bands_from_runs("tiny", recs, reference.made_by("kit sweep (test)", [r["run_dir"] for r in recs]))
