@@ -10,8 +10,8 @@ CUDA GPU it stops with a message (exit status 1); `--dry-run` works anywhere. Ru
 (or with the root on PYTHONPATH) so that `benchmarks` imports.
 
 The profile is resolved as a notebook does (kit.notebook.setup) with `device=cuda` first and then the `--set`
-overrides. The stages run in the notebooks' order (kit.runner.NOTEBOOK_STAGES, only the profile's tracks;
-else kit.stages.STAGE_FUNCTIONS' order), or the ones named by --stages, each as `kit stage NAME` runs it
+overrides. The stages run in the stage table's order (kit.pipeline.STAGES, only the profile's tracks), or the
+ones named by --stages, each as `kit stage NAME` runs it
 (kit.stages.run_stage where it exists: under `accelerate launch` every process calls it). Later stages read
 what earlier ones wrote in the run directory, so a subset needs a run directory where its inputs exist.
 
@@ -67,20 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def stage_plan(P, only: str | None) -> list[str]:
-    from kit.stages import STAGE_FUNCTIONS
+    from kit import pipeline
 
     if only:
         names = [s.strip() for s in only.split(",") if s.strip()]
-        unknown = [s for s in names if s not in STAGE_FUNCTIONS]
+        unknown = [s for s in names if s not in {st.name for st in pipeline.STAGES}]
         if unknown:
-            raise SystemExit(f"--stages: unknown {unknown}; stages: {', '.join(STAGE_FUNCTIONS)}")
+            raise SystemExit(f"--stages: unknown {unknown}; stages: {', '.join(st.name for st in pipeline.STAGES)}")
         return names
-    try:
-        from kit.runner import NOTEBOOK_STAGES
-    except ImportError:  # an older kit without the notebook -> stages table
-        return list(STAGE_FUNCTIONS)
-    tracks = set(P.get("tracks") or ("A", "B"))
-    return [n for nb in sorted(NOTEBOOK_STAGES) for n, t in NOTEBOOK_STAGES[nb] if t is None or t in tracks]
+    tracks = set(P.get("tracks") or pipeline.TRACKS)
+    return [st.name for st in pipeline.STAGES if st.track is None or st.track in tracks]
 
 
 class Probe:

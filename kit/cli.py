@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from kit.stages import STAGE_FUNCTIONS
+from kit import pipeline
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     dc.set_defaults(func=_cmd_data_check)
 
     st = sub.add_parser("stage", help="run one stage function without its notebook (e.g. under accelerate launch)")
-    st.add_argument("name", help=", ".join(STAGE_FUNCTIONS))
+    st.add_argument("name", help=", ".join(s.name for s in pipeline.STAGES))
     st.add_argument("--profile", default="tiny", help="profile name in params/ or a YAML path (default: tiny)")
     st.add_argument("--run-dir", help="run directory (default: runs/<profile>)")
     st.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override, e.g. sft.epochs=3")

@@ -77,7 +77,11 @@ def reason_text(reasons: Sequence[int]) -> str:
 
 
 def format_answer(actions: Sequence[int], reasons: Sequence[int]) -> str:
-    """Paper B's target text: `Action: stop. Reason: Traffic light is not green.`"""
+    """Paper B's target text from BDD-OIA's label vectors (4 actions, 21 reasons).
+
+    >>> format_answer([0, 1, 0, 0], [0, 0, 0, 1] + [0] * 17)
+    'Action: stop. Reason: Traffic light is not green.'
+    """
     return f"Action: {action_text(actions)}. Reason: {reason_text(reasons)}."
 
 

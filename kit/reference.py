@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from kit import runs
+from kit import pipeline, runs
 from kit.params import PARAMS_DIR, PROJECT_ROOT
 
 EXPECTED_DIR = PARAMS_DIR / "expected"
@@ -440,7 +440,8 @@ def verify(run_dir: str | os.PathLike, bands: Mapping | None = None) -> dict:
         notes.append(f"installed packages differ from requirements.lock: {'; '.join(man['lock']['differs'][:5])}")
     have = headline_metrics(runs.read_metrics(rd))
     tracks = set(P.get("tracks") or ["A", "B"])
-    finished = {nb for nb, stage in runs.STAGES.items() if ((man.get("stages") or {}).get(stage) or {}).get("status") == "ok"}
+    finished = {nb for nb, folder in pipeline.NOTEBOOKS.items()
+                if ((man.get("stages") or {}).get(folder) or {}).get("status") == "ok"}
     rows = []
     for name, m in bands["metrics"].items():
         lo, hi = band(m, bands.get("tolerance") or TOLERANCE)
@@ -467,20 +468,15 @@ def _diff_keys(a: Mapping, b: Mapping, prefix: str = "") -> list[str]:
     return out
 
 
-TRACK_OF_STAGE = {"clip_finetune": "B", "direct": "B", "sft_baseline": "B", "rloo": "B", "action_sft": "B",
-                  "synthesis": "A", "evaluate": None}
-NOTEBOOK_OF_STAGE = {**{stage: nb for nb, stage in runs.STAGES.items()}, "direct": "03"}
-
-
 def _origin(name: str) -> tuple[str | None, str]:
     """(track or None for both, notebook number) of a headline number."""
     if name in DERIVED:
         return _origin(DERIVED[name][0])
     if name in FIXED:
         path = FIXED[name][0]
-        stage = path.split(".")[0]
-        track = "A" if path.startswith("evaluate.coda_lm") else TRACK_OF_STAGE.get(stage)
-        return track, NOTEBOOK_OF_STAGE[stage]
+        folder = path.split(".")[0]  # metrics.json's keys are the stages' folders
+        track = "A" if path.startswith("evaluate.coda_lm") else pipeline.track_of_folder(folder)
+        return track, pipeline.notebook_of_folder(folder)
     if name.endswith(": Elo"):
         return "A", "07"
     return "A", "04" if name.startswith("A spin-") else "03"

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from kit import dist
+from kit import dist, pipeline
 from kit import params as kparams
 from kit import runs
 from kit.lockfile import lock_status
@@ -32,17 +32,13 @@ class StageFailed(RuntimeError):
     pass
 
 
-# The notebooks of each paper's track; 00, 03 and 07 serve both, and their cells tagged `track-A` or
-# `track-B` run only when that track is selected (params `tracks`, `kit run --track`).
-TRACKS = {"A": {"00", "01", "03", "04", "07"}, "B": {"00", "02", "03", "05", "06", "07"}}
-
-
 def list_notebooks(only: Iterable[str] | None = None, tracks: Iterable[str] = ("A", "B")) -> list[Path]:
     wanted_tracks = set(tracks)
-    unknown = wanted_tracks - set(TRACKS)
+    unknown = wanted_tracks - set(pipeline.TRACKS)
     if unknown:
-        raise SystemExit(f"tracks {sorted(unknown)}: no such track; expected some of {sorted(TRACKS)}")
-    in_tracks = set().union(*(TRACKS[t] for t in wanted_tracks))
+        raise SystemExit(f"tracks {sorted(unknown)}: no such track; expected some of {sorted(pipeline.TRACKS)}")
+    # 00, 03 and 07 serve both tracks: their cells tagged `track-A` or `track-B` run only for that track
+    in_tracks = set().union(*(pipeline.notebooks_of_track(t) for t in wanted_tracks))
     nbs = [nb for nb in sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb")) if nb.name[:2] in in_tracks]
     if only:
         wanted = {s.strip().zfill(2) for s in only if s.strip()}
@@ -59,7 +55,7 @@ def for_tracks(nb: Path, tracks: Iterable[str], out: Path) -> Path:
     the notebook itself when nothing is left out."""
     import nbformat
 
-    skip = {f"track-{t}" for t in TRACKS if t not in set(tracks)}
+    skip = {f"track-{t}" for t in pipeline.TRACKS if t not in set(tracks)}
     doc = nbformat.read(nb, as_version=4)
     kept = [c for c in doc.cells if not skip & set(c.get("metadata", {}).get("tags", []))]
     if len(kept) == len(doc.cells):
@@ -71,7 +67,7 @@ def for_tracks(nb: Path, tracks: Iterable[str], out: Path) -> Path:
 
 
 def stage_of(nb: Path) -> str:
-    return runs.STAGES.get(nb.name[:2], nb.stem[3:])
+    return pipeline.NOTEBOOKS.get(nb.name[:2], nb.stem[3:])
 
 
 def git_commit() -> dict:
@@ -128,20 +124,6 @@ def _failure_message(nb: Path, executed: Path, err: Exception) -> str:
             f"  the executed notebook, with the traceback, is {executed}")
 
 
-# The stage functions each notebook calls (kit.stages), with the track they belong to (None: both):
-# what `kit run --launcher accelerate` runs under accelerate launch before the notebook itself
-NOTEBOOK_STAGES = {
-    "00": [("prepare_data", None), ("prepare_clip", None), ("prepare_vlm", None)],
-    "01": [("synthesis", "A")],
-    "02": [("clip_finetune", "B")],
-    "03": [("direct", "B"), ("sft_baseline", "B"), ("coda_direct", "A"), ("coda_sft", "A"), ("coda_sft_synth", "A")],
-    "04": [("spin", "A")],
-    "05": [("rloo", "B")],
-    "06": [("action_sft", "B")],
-    "07": [("evaluate", "B"), ("coda_evaluate", "A")],
-}
-
-
 def _launch_config(config_file: str | os.PathLike) -> dict:
     import yaml
 
@@ -165,7 +147,7 @@ def launch_stages(nb: Path, P: Mapping, profile: str, rd: Path, over: Mapping, c
     notebook then runs as usual in one process and finds their results under the same keys."""
     import json
 
-    names = [n for n, t in NOTEBOOK_STAGES.get(nb.name[:2], []) if t is None or t in P["tracks"]]
+    names = [s.name for s in pipeline.of_notebook(nb.name[:2], P["tracks"])]
     sets = [f"--set={k}={json.dumps(v)}" for k, v in over.items()]
     cfg = _launch_config(config_file)
     for name in names:

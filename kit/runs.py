@@ -24,21 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
+from kit import pipeline
 from kit.params import PROJECT_ROOT
-
-# Stage folder names, by notebook number. Metrics keys are the same names (plus `direct`,
-# which notebook 03 writes beside `sft_baseline`).
-STAGES = {
-    "00": "prepare",
-    "01": "synthesis",
-    "02": "clip_finetune",
-    "03": "sft_baseline",
-    "04": "spin",
-    "05": "rloo",
-    "06": "action_sft",
-    "07": "evaluate",
-}
-
 
 def resolve_run_dir(run_dir: str | os.PathLike) -> Path:
     """Relative run dirs are relative to the project root, so a notebook run from notebooks/
@@ -291,7 +278,7 @@ def require_metrics(run_dir: str | os.PathLike, key: str, needed_by: str) -> dic
     """An earlier stage's metrics, or a clear message saying which notebook to run first."""
     m = read_metrics(run_dir).get(key)
     if m is None:
-        nb = {v: k for k, v in STAGES.items()}.get(key, "?")
+        nb = pipeline.notebook_of_folder(key) or "?"
         raise FileNotFoundError(
             f"{resolve_run_dir(run_dir) / 'metrics.json'}: no '{key}' entry, which {needed_by} needs; "
             f"run notebook {nb} ({key}) for this run directory first")

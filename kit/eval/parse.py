@@ -228,7 +228,12 @@ def _sections(t: str) -> tuple[str | None, str | None, str]:
 
 
 def parse_answer(text: str | None) -> Parsed:
-    """Parse a model's answer into BDD-OIA's 4 action and 21 reason labels (see module doc)."""
+    """Parse a model's answer into BDD-OIA's 4 action and 21 reason labels (see module doc).
+
+    >>> p = parse_answer("Action: stop. Reason: Traffic light is not green.")
+    >>> p.actions, p.reasons.index(1), p.unparseable
+    ([0, 1, 0, 0], 3, False)
+    """
     out = Parsed()
     if not text or not str(text).strip():
         return out

@@ -167,7 +167,14 @@ def win_rate_matrix(battles: Sequence[Mapping]):
 def online_elo(battles: Sequence[Mapping], K: float = 4, scale: float = 400, base: float = 10,
                initial: float = 1000) -> dict[str, float]:
     """Elo updated battle by battle in the given (file) order: {model: rating}, in order of first
-    appearance. A tie scores 0.5 for each side. Reordering the battles changes the result."""
+    appearance. A tie scores 0.5 for each side. Reordering the battles changes the result.
+
+    Each battle moves the winner up by K (1 - E) and the loser down by as much, E being the winner's
+    expected score 1 / (1 + 10^((R_loser - R_winner) / 400)); two new models expect 0.5 each:
+
+    >>> online_elo([{"model_a": "sft", "model_b": "direct", "winner": "model_a"}])
+    {'sft': 1002.0, 'direct': 998.0}
+    """
     rating: dict[str, float] = {}
     for row in battles:
         ma, mb, sa = row["model_a"], row["model_b"], _score(row["winner"])

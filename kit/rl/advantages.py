@@ -53,7 +53,14 @@ def leave_one_out_baseline(rewards: torch.Tensor) -> torch.Tensor:
 
 
 def leave_one_out(rewards: torch.Tensor) -> torch.Tensor:
-    """Paper B's Eq. 1: A_i = r_i - mean_{j != i} r_j, per prompt. Shape (n, k) -> (n, k)."""
+    """Paper B's Eq. 1: A_i = r_i - mean_{j != i} r_j, per prompt. Shape (n, k) -> (n, k).
+
+    Three descriptions of one image, rewarded 1.0, 0.0 and 0.5: each is scored against the mean of
+    the other two, so the group's advantages sum to zero and no learned critic is needed.
+
+    >>> leave_one_out(torch.tensor([[1.0, 0.0, 0.5]]))
+    tensor([[ 0.7500, -0.7500,  0.0000]])
+    """
     r = _check(rewards)
     return torch.nan_to_num(r - leave_one_out_baseline(r), nan=0.0)
 
