@@ -1,5 +1,8 @@
 """The `kit` command: run the notebooks (once, or swept over seeds and settings), check a run against its
-profile's reference bands, show and explain a profile, check a dataset, score with the judge, redraw figures."""
+profile's reference bands, show and explain a profile, check a dataset, score with the judge, redraw figures.
+
+Each command imports what it needs when it runs (the one place in kit that does so throughout), so that
+`kit --help`, `kit verify` and `kit params` start without loading torch and the training stack."""
 from __future__ import annotations
 
 import argparse
@@ -50,12 +53,12 @@ def _cmd_sweep(a: argparse.Namespace) -> int:
     if a.extend and not a.expected:
         raise SystemExit("kit sweep --extend: expected --expected too (it adds runs to the reference bands)")
     if a.summarize:
-        s = summarize(a.summarize, expected=a.expected, extend=a.extend)
+        s = summarize(a.summarize, expected=a.expected, extend=a.extend, times=not a.no_times)
     else:
         rec = run_sweep(a.profile, _ints(a.seeds, "--seeds"), parse_grid(a.grid),
                         only=a.only.split(",") if a.only else None, track=a.track, sweep_dir=a.sweep_dir,
                         jobs=a.jobs, base=a.set, threads=_ints(a.threads, "--threads"), expected=a.expected,
-                        extend=a.extend)
+                        extend=a.extend, times=not a.no_times)
         s = rec["summary"]
     print((Path(s["sweep_dir"]) / "summary.md").read_text())
     if s.get("expected"):
@@ -227,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--extend", action="store_true",
                     help="with --expected: add this sweep's runs to the bands the file already holds (same parameters, "
                          "lock and machine; at least one of its runs rerun here, which must give its numbers to the digit)")
+    sw.add_argument("--no-times", action="store_true",
+                    help="with --expected: leave the runs' times out of the bands (they shared the machine with other work)")
     sw.add_argument("--readme", metavar="PROFILE", help="only render the README's results section from "
                     "params/expected/PROFILE.json (after editing the README around it)")
     sw.set_defaults(func=_cmd_sweep)

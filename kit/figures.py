@@ -13,6 +13,7 @@ from typing import Iterable
 
 from kit import pipeline, runs
 
+
 def _run_dir(run_dir) -> Path:
     rd = runs.resolve_run_dir(run_dir)
     if not (rd / "metrics.json").exists():

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from kit import dist
+from kit.dist import is_main, num_processes, wait
 from kit.params import params_hash
 from kit.runs import read_json, write_json
 
@@ -78,8 +80,6 @@ def stage_key(settings: Mapping[str, Any], upstream: Mapping[str, str] | None = 
 def processes() -> dict:
     """{"processes": N} when N > 1 processes train and generate (kit.dist.key_processes), else {}: a
     setting of every key, left out for one process so that keys made before stay valid."""
-    from kit import dist
-
     n = dist.key_processes()
     return {"processes": n} if n > 1 else {}
 
@@ -115,8 +115,6 @@ def keyed_training(parent: str | os.PathLike, key: str, train: Callable[[Path], 
     checkpoints) and returns a result with "checkpoint"; the result is saved as train_result.json and
     the checkpoint marked with the key. A later call with the same key returns the saved result
     ("reused": True); any other key trains afresh in its own folder."""
-    from kit.dist import is_main, num_processes, wait
-
     out = keyed_dir(parent, key)
     done = read_json(out / RESULT_FILE)
     if done and done.get("checkpoint") and marked_key(done["checkpoint"]) == key:

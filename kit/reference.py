@@ -257,15 +257,16 @@ def run_seconds(manifest: Mapping, metrics: Mapping) -> float | None:
     return round(sum(v["seconds"] for v in stages.values()), 1)
 
 
-def bands_from_runs(profile: str, run_records: Sequence[Mapping], made_by: Mapping) -> dict:
-    """The bands file's content from the sweep's finished runs: [{"settings": {seed, threads}, "run_dir"}]."""
+def bands_from_runs(profile: str, run_records: Sequence[Mapping], made_by: Mapping, *, times: bool = True) -> dict:
+    """The bands file's content from the sweep's finished runs: [{"settings": {seed, threads}, "run_dir"}];
+    without `times`, the runs' times are left out (they shared the machine with other work)."""
     per_run, params = [], None
     for r in run_records:
         rd = Path(r["run_dir"])
         man = runs.read_json(rd / "manifest.json", {}) or {}
         metrics = runs.read_metrics(rd)
         per_run.append({**{k: r["settings"][k] for k in ("seed", "threads") if k in r["settings"]},
-                        "seconds": run_seconds(man, metrics), "metrics": headline_metrics(metrics)})
+                        "seconds": run_seconds(man, metrics) if times else None, "metrics": headline_metrics(metrics)})
         p = _comparable(man.get("params") or {})
         if params is None:
             params = p

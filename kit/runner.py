@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from kit import dist, pipeline
+from kit import dist, pipeline, runs
 from kit import params as kparams
-from kit import runs
 from kit.lockfile import lock_status
 from kit.params import PROJECT_ROOT
 

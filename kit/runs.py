@@ -24,8 +24,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-from kit import pipeline
+from kit import dist, pipeline
 from kit.params import PROJECT_ROOT
+
 
 def resolve_run_dir(run_dir: str | os.PathLike) -> Path:
     """Relative run dirs are relative to the project root, so a notebook run from notebooks/
@@ -102,8 +103,6 @@ def _json_default(o: Any) -> Any:
 
 def _skip_write(every_rank: bool) -> bool:
     """True on a process other than the main one (several processes, kit.dist), unless every_rank."""
-    from kit import dist
-
     return not every_rank and not dist.is_main()
 
 
@@ -232,8 +231,6 @@ def update_json(path: str | os.PathLike, update: Mapping) -> dict:
 def record_metrics(run_dir: str | os.PathLike, key: str, values: Mapping) -> dict:
     """Merge one stage's figures into runs/<run>/metrics.json under `key`. Every process calls it at
     the same point of a stage; it returns once the main process has written (a barrier)."""
-    from kit import dist
-
     data = update_json(resolve_run_dir(run_dir) / "metrics.json", {key: values})
     dist.wait()
     return data
@@ -241,8 +238,6 @@ def record_metrics(run_dir: str | os.PathLike, key: str, values: Mapping) -> dic
 
 def forget_json(path: str | os.PathLike, keys: Iterable[str | tuple[str, ...]]) -> None:
     """Drop entries from a JSON file (under its lock): a top-level key, or a tuple path to a nested one."""
-    from kit import dist
-
     path = Path(path)
     if _skip_write(False):
         dist.wait()

@@ -112,7 +112,7 @@ def _run_one(profile: str, run_dir: Path, settings: Mapping, base: Sequence[str]
 def run_sweep(profile: str = "tiny", seeds: Sequence[int] = (0,), grid: Mapping[str, Sequence] | None = None,
               *, only: Sequence[str] | None = None, track: str | None = None, sweep_dir: str | os.PathLike | None = None,
               jobs: int = 1, base: Sequence[str] = (), threads: Sequence[int] = (), expected: bool = False,
-              extend: bool = False) -> dict:
+              extend: bool = False, times: bool = True) -> dict:
     """Run every combination (see the module docstring); returns the sweep record with its summary."""
     grid = dict(grid or {})
     if expected and (grid or base or only or track):
@@ -159,7 +159,7 @@ def run_sweep(profile: str = "tiny", seeds: Sequence[int] = (0,), grid: Mapping[
                 results[combo_name(c)] = r
     record["runs"] = kept + [results[combo_name(c)] for c in combos]
     runs.write_json(sd / SWEEP_FILE, record)
-    record["summary"] = summarize(sd, expected=expected, extend=extend)
+    record["summary"] = summarize(sd, expected=expected, extend=extend, times=times)
     return record
 
 
@@ -172,10 +172,11 @@ def _command(rec: Mapping) -> str:
                                     *([f"--track {rec['track']}"] if rec.get("track") else [])])
 
 
-def summarize(sweep_dir: str | os.PathLike, *, expected: bool = False, extend: bool = False) -> dict:
+def summarize(sweep_dir: str | os.PathLike, *, expected: bool = False, extend: bool = False, times: bool = True) -> dict:
     """summary.json, summary.md and figures/ from the sweep's run directories (files only); with
     `expected`, also the profile's reference bands (kit.reference) and the README's results section;
-    with `extend` too, the bands file's runs and these together (kit.reference.extend_bands)."""
+    with `extend` too, the bands file's runs and these together (kit.reference.extend_bands); without
+    `times`, the bands hold no run times (the runs shared the machine with other work)."""
     sd = runs.resolve_run_dir(sweep_dir)
     rec = runs.read_json(sd / SWEEP_FILE)
     if not rec:
@@ -201,7 +202,7 @@ def summarize(sweep_dir: str | os.PathLike, *, expected: bool = False, extend: b
                "comparisons": {g: reference.compare(rs) for g, rs in runs_of.items()},
                "failed": failed,
                "command": " ; ".join(rec.get("calls") or [_command(rec)]) + (" --expected" if expected else "")
-               + (" --extend" if extend else "")}
+               + (" --extend" if extend else "") + ("" if times else " --no-times")}
     runs.write_json(sd / "summary.json", summary)
     runs.atomic_write_text(sd / "summary.md", summary_markdown(summary))
     plot_summary(summary, sd / "figures")
@@ -211,7 +212,8 @@ def summarize(sweep_dir: str | os.PathLike, *, expected: bool = False, extend: b
                              "the bands need every run of the profile as it is")
         profile = Path(str(rec["profile"])).stem
         bands = reference.bands_from_runs(profile, rec["runs"],
-                                          reference.made_by(summary["command"], [r["run_dir"] for r in rec["runs"]]))
+                                          reference.made_by(summary["command"], [r["run_dir"] for r in rec["runs"]]),
+                                          times=times)
         if extend:
             old = reference.load_bands(profile)
             if old is None:

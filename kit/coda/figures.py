@@ -23,8 +23,10 @@ from kit import runs  # noqa: E402
 from kit.coda.paper import PAPER_A_FINAL_TASKS, PAPER_A_TABLE1  # noqa: E402
 from kit.coda.results import evaluated_models  # noqa: E402
 from kit.coda.spin import rounds_of  # noqa: E402
-from kit.data.coda_vqa import TASKS  # noqa: E402
+from kit.data import coda_lm_root  # noqa: E402
 from kit.data.coda_lm import CLASSES  # noqa: E402
+from kit.data.coda_vqa import TASKS  # noqa: E402
+from kit.judge.elo import win_rate_matrix  # noqa: E402
 
 SUB = "coda_figures"
 TASK_LABEL = {"general_perception": "general\nperception", "region_perception": "region\nperception",
@@ -84,8 +86,6 @@ def plot_region_classes(models: dict, path: Path) -> Path:
 def plot_win_rates(battles: list[dict], path: Path) -> Path:
     import seaborn as sns
 
-    from kit.judge.elo import win_rate_matrix
-
     m = win_rate_matrix(battles)
     fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(m), 1.2 + 0.9 * len(m)))
     sns.heatmap(m, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="RdBu_r", center=0.5, ax=ax, cbar_kws={"shrink": 0.8})
@@ -118,8 +118,6 @@ def plot_elo(elo: dict, path: Path) -> Path:
 
 def plot_examples(run_dir, models: dict, path: Path, index: int = 0) -> Path:
     from PIL import Image
-
-    from kit.data import coda_lm_root
 
     root = coda_lm_root({}, run_dir)
     fig, axes = plt.subplots(len(TASKS), 2, figsize=(13, 3.6 * len(TASKS)), gridspec_kw={"width_ratios": [1, 2.2]})

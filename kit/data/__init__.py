@@ -6,13 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
+from kit import runs
+
 
 class DataError(ValueError):
     """Malformed dataset input; the message names the file, the field and what was expected."""
 
 
 def _root_from(P: Mapping, run_dir, key: str, metric_key: str) -> Path:
-    from kit import runs
 
     given = (P.get("data") or {}).get(key)
     if given:
@@ -38,7 +39,7 @@ def coda_lm_root(P: Mapping, run_dir) -> Path:
 def load_bdd_split(P: Mapping, run_dir, split: str, cap: int | None = None):
     """This run's BDD-OIA split, capped by `data.max_samples[split]` and a stage's own cap (the
     smaller wins). An empty split is an error: every stage downstream needs samples."""
-    from kit.data.bdd_oia import load_split
+    from kit.data.bdd_oia import load_split  # here, not above: bdd_oia imports DataError from this file
 
     caps = [c for c in (((P.get("data") or {}).get("max_samples") or {}).get(split), cap) if c]
     s = load_split(bdd_oia_root(P, run_dir), split, max_samples=min(caps) if caps else None)

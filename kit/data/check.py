@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kit import labels as L
-from kit.data import DataError
+from kit.data import DataError, bdd_oia, coda_lm
 
 
 def _open_image(path: Path) -> tuple[int, int]:
@@ -30,9 +30,7 @@ def check_dataset(kind: str, root, split: str, *, progress: bool = True) -> dict
     if not root.is_dir():
         raise DataError(f"{root}: dataset root not found (kind {kind})")
     if kind in ("bdd-oia", "bdd_oia"):
-        from kit.data.bdd_oia import load_split
-
-        ds = load_split(root, split)
+        ds = bdd_oia.load_split(root, split)
         sizes = set()
         act = [0] * L.N_ACTIONS
         rea = [0] * L.N_REASONS
@@ -47,9 +45,7 @@ def check_dataset(kind: str, root, split: str, *, progress: bool = True) -> dict
                 "reason_counts": {f"{i} {n}": c for i, (n, c) in enumerate(zip(L.REASONS, rea))},
                 "no_action": sum(1 for s in ds.samples if not any(s.actions))}
     if kind in ("coda-lm", "coda_lm"):
-        from kit.data.coda_lm import load_split
-
-        ds = load_split(root, split)
+        ds = coda_lm.load_split(root, split)
         for s in tqdm(ds.samples, desc=f"check CODA-LM {split}", disable=not progress):
             W, H = _open_image(s.image_path)
             for r in s.regions:

@@ -26,8 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from kit import dist
 from kit.data import DataError
 from kit.data.coda_lm import read_annotation
+from kit.runs import write_jsonl
 
 TASKS = ("general_perception", "region_perception", "driving_suggestion")
 SUBMISSION_FIELDS = ("question_id", "image", "question", "answer")
@@ -174,8 +176,6 @@ def official_questions(items: dict[str, list[VqaItem]], vqa_anno_dir) -> dict[st
 
 def vqa_for(P: Mapping, json_dir, **kw) -> dict[str, list[VqaItem]]:
     """build_vqa with the profile's question texts (`coda.questions`, or `coda.vqa_anno`)."""
-    from kit import dist
-
     c = P["coda"]
     if kw.get("images") and dist.num_processes() > 1:  # the main process draws the missing box images
         dist.on_main(lambda: build_vqa(json_dir, c["questions"], **kw) and None)
@@ -190,8 +190,6 @@ def answer_path(pred_dir, task: str) -> Path:
 
 
 def write_answers(pred_dir, task: str, items: Sequence[VqaItem], answers: Sequence[str]) -> Path:
-    from kit.runs import write_jsonl
-
     if len(items) != len(answers):
         raise ValueError(f"write_answers({task}): {len(items)} items but {len(answers)} answers")
     return write_jsonl(answer_path(pred_dir, task),

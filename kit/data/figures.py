@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from kit import labels as L  # noqa: E402
 from kit import runs  # noqa: E402
-
+from kit.data import bdd_oia, coda_lm  # noqa: E402
 
 _save = runs.save_figure
 
@@ -26,9 +26,7 @@ def _short_label(actions, reasons) -> str:
 
 def scene_grid(root, split: str, out_path, n: int = 12, cols: int = 4) -> Path:
     """The first n scenes of a BDD-OIA split with their actions and reasons."""
-    from kit.data.bdd_oia import load_split
-
-    samples = load_split(root, split, max_samples=n).samples
+    samples = bdd_oia.load_split(root, split, max_samples=n).samples
     if not samples:
         raise ValueError(f"{root}: split {split!r} has no samples to draw")
     rows = (len(samples) + cols - 1) // cols
@@ -45,11 +43,9 @@ def scene_grid(root, split: str, out_path, n: int = 12, cols: int = 4) -> Path:
 
 def label_counts(root, splits: Sequence[str]) -> dict[str, dict]:
     """{split: {"n", "actions": [4 counts], "reasons": [21 counts]}} through the real loader."""
-    from kit.data.bdd_oia import load_split
-
     out = {}
     for sp in splits:
-        ss = load_split(root, sp).samples
+        ss = bdd_oia.load_split(root, sp).samples
         out[sp] = {"n": len(ss), "actions": [sum(s.actions[i] for s in ss) for i in range(L.N_ACTIONS)],
                    "reasons": [sum(s.reasons[i] for s in ss) for i in range(L.N_REASONS)]}
     return out
@@ -84,9 +80,7 @@ def coda_regions(root, split: str, out_path, n: int = 6, cols: int = 3) -> Path:
     """CODA-LM samples with their region boxes (red, width 2, as the region questions draw them)."""
     from PIL import ImageDraw
 
-    from kit.data.coda_lm import load_split, region_class
-
-    samples = load_split(root, split, max_samples=n).samples
+    samples = coda_lm.load_split(root, split, max_samples=n).samples
     if not samples:
         raise ValueError(f"{root}: CODA-LM split {split!r} has no samples to draw")
     rows = (len(samples) + cols - 1) // cols
@@ -101,7 +95,7 @@ def coda_regions(root, split: str, out_path, n: int = 6, cols: int = 3) -> Path:
             d.rectangle([x, y, x + w, y + h], outline=(255, 0, 0), width=2)
             d.text((x + 2, y + 1), r["region_id"], fill=(255, 0, 0))
         ax.imshow(im)
-        names = ", ".join(f"{r['region_id']}:{r['category_name']} ({region_class(r['category_name'])})" for r in s.regions)
+        names = ", ".join(f"{r['region_id']}:{r['category_name']} ({coda_lm.region_class(r['category_name'])})" for r in s.regions)
         ax.set_title(textwrap.fill(f"{s.id}: {names}", 55) + "\n" + textwrap.fill(s.suggestion, 55), fontsize=6.5,
                      loc="left")
     fig.suptitle(f"CODA-LM layout, split {split}: region boxes and driving suggestions", fontsize=10)

@@ -62,6 +62,8 @@ from typing import Any, Mapping
 
 from kit import labels as L
 from kit.data import DataError
+from kit.data.render import render_scene
+from kit.runs import file_mode, read_json, read_jsonl, write_json, write_jsonl
 
 TOY_VERSION = 1
 BDD_SPLITS = ("train", "val", "test")
@@ -415,7 +417,6 @@ def _settings_hash(d: Mapping) -> str:
 
 def _save_jpeg(img, path: Path, quality: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    from kit.runs import file_mode
 
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.fchmod(fd, file_mode())
@@ -430,7 +431,6 @@ def _save_jpeg(img, path: Path, quality: int) -> None:
 
 
 def _meta(root: Path) -> dict:
-    from kit.runs import read_json
     return read_json(root / "toy" / "meta.json", {}) or {}
 
 
@@ -441,7 +441,6 @@ def _split_current(root: Path, kind: str, split: str, h: str, files: list[Path])
 
 
 def _mark_split(root: Path, kind: str, split: str, h: str, info: dict) -> None:
-    from kit.runs import write_json
     m = _meta(root)
     if m.get("kind") != kind:
         m = {"kind": kind, "version": TOY_VERSION, "splits": {}}
@@ -465,8 +464,6 @@ def generate_bdd_oia(root: str | os.PathLike, cfg: Mapping, *, progress: bool = 
     """Write the toy world in the BDD-OIA layout under `root` (params `data.toy`). Idempotent:
     returns {split: {"samples", "skipped": bool, "seconds"}}."""
     from tqdm.auto import tqdm
-    from kit.data.render import render_scene
-    from kit.runs import write_json, write_jsonl
 
     root = Path(root)
     seed, W, H = int(_toy(cfg, "seed", 0)), int(_toy(cfg, "width", 192)), int(_toy(cfg, "height", 128))
@@ -533,8 +530,6 @@ def coda_names(split: str, i: int, n_val: int) -> tuple[str, str]:
 def generate_coda_lm(root: str | os.PathLike, cfg: Mapping, *, progress: bool = True) -> dict:
     """Write the toy world in the CODA-LM layout under `root` (params `data.toy`, `coda_splits`)."""
     from tqdm.auto import tqdm
-    from kit.data.render import render_scene
-    from kit.runs import write_json, write_jsonl
 
     root = Path(root)
     seed, W, H = int(_toy(cfg, "seed", 0)), int(_toy(cfg, "width", 192)), int(_toy(cfg, "height", 128))
@@ -590,8 +585,6 @@ def generate_coda_pool(root: str | os.PathLike, cfg: Mapping, *, progress: bool 
     would have had are kept aside in `<root>/toy/hidden/unlabeled.jsonl`, for measuring the
     synthetic data against the truth; the synthesis itself never opens that file."""
     from tqdm.auto import tqdm
-    from kit.data.render import render_scene
-    from kit.runs import write_jsonl
 
     root = Path(root)
     n = int(_toy(cfg, "coda_unlabeled", 0))
@@ -624,8 +617,6 @@ def generate_coda_pool(root: str | os.PathLike, cfg: Mapping, *, progress: bool 
 
 def load_captions(root: str | os.PathLike, split: str) -> dict[str, str]:
     """file_name -> generic caption, from the toy sidecar `<root>/toy/scenes_<split>.jsonl`."""
-    from kit.runs import read_jsonl
-
     path = Path(root) / "toy" / f"scenes_{split}.jsonl"
     if not path.exists():
         raise DataError(f"{path}: missing; captions exist only for toy-world data (generate it with notebook 00)")
@@ -641,8 +632,6 @@ def text_corpus(root: str | os.PathLike) -> list[str]:
     """Every text the toy world writes (captions, answers, CODA-LM texts, label and prompt texts),
     for training the tiny tokenizer. `root` is a toy BDD-OIA or CODA-LM root, or a folder holding
     them (e.g. run_dir/prepare/data)."""
-    from kit.runs import read_jsonl
-
     root = Path(root)
     texts: list[str] = list(L.ACTION_TEXTS) + list(L.REASONS) + [L.ANSWER_PROMPT, L.DESCRIBE_PROMPT, L.ACTION_PROMPT]
     sidecars = sorted(root.glob("toy/scenes_*.jsonl")) + sorted(root.glob("*/toy/scenes_*.jsonl"))

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kit import runs  # noqa: E402
+from kit.eval.metrics import summary_row, track_b_metrics  # noqa: E402
 from kit.labels import ACTIONS, REASONS  # noqa: E402
 
 GREEN, RED, GRAY, LIGHT = "#2ca02c", "#d62728", "#8c8c8c", "#e0e0e0"
@@ -82,8 +83,6 @@ def plot_distribution(recs, path: Path, title: str) -> Path:
 
 def plot_per_class_f1(recs, path: Path, title: str) -> Path:
     """Fig. 9 / Tables 2-3: per-class F1 with the support (# in the test split) under each bar."""
-    from kit.eval.metrics import track_b_metrics
-
     m = track_b_metrics(recs)
     fig, axes = plt.subplots(2, 1, figsize=(12, 7.5), gridspec_kw={"height_ratios": [1, 1.6]})
     for ax, names, fam in ((axes[0], ACTIONS, "action"), (axes[1], REASONS, "reason")):
@@ -257,8 +256,6 @@ def plot_comparison(rows: Sequence[Mapping], path: Path, title: str) -> Path:
 
 def figures_from_run(run_dir: str | os.PathLike) -> list[Path]:
     """Rebuild Direct's and the SFT baseline's figures from the run directory's files alone."""
-    from kit.eval.metrics import summary_row
-
     rd = runs.resolve_run_dir(run_dir)
     m = runs.read_metrics(rd)
     paths: list[Path] = []

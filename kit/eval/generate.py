@@ -12,8 +12,10 @@ from typing import Callable, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
-from kit import runs
+from kit import dist, runs
+from kit.eval.parse import parse_answer
 from kit.labels import ANSWER_PROMPT
+from kit.train.rows import chat_prompt
 
 
 def generate(model, processor, items: Sequence[tuple[Sequence, str]], *, batch_size: int,
@@ -25,8 +27,6 @@ def generate(model, processor, items: Sequence[tuple[Sequence, str]], *, batch_s
     left padding so every row's answer starts at the same column, and decoded without special tokens.
     """
     import torch
-
-    from kit.train.rows import chat_prompt
 
     if batch_size < 1:
         raise ValueError(f"generate: batch_size={batch_size}; expected >= 1 (params eval.batch_size)")
@@ -72,8 +72,6 @@ def generate(model, processor, items: Sequence[tuple[Sequence, str]], *, batch_s
 
 
 def _record(sample, output: str) -> dict:
-    from kit.eval.parse import parse_answer
-
     p = parse_answer(output)
     return {"id": sample.id, "output": output, "pred_actions": p.actions, "pred_reasons": p.reasons,
             "gt_actions": list(map(int, sample.actions)), "gt_reasons": list(map(int, sample.reasons)),
@@ -100,8 +98,6 @@ def generate_records(model, processor, samples: Sequence, out_path: str | os.Pat
     keeping its own `<out_path>.partial.<rank>`; the records are gathered in order on every process
     and the main process writes `out_path`.
     """
-    from kit import dist
-
     out_path = Path(out_path)
     meta_path = out_path.with_name(out_path.stem + ".meta.json")
     partials = lambda: sorted(out_path.parent.glob(out_path.name + ".partial*"))  # noqa: E731

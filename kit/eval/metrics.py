@@ -26,6 +26,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from sklearn.metrics import f1_score, precision_score, recall_score
 
+from kit.eval.parse import parse_answer
 from kit.labels import ACTIONS, N_ACTIONS, N_REASONS, REASONS
 
 ZERO_DIVISION = 0  # = sklearn's default ("warn" -> 0.0), which the official BDD-OIA code relies on
@@ -87,7 +88,6 @@ def track_b_metrics(records: Sequence[Mapping]) -> dict:
     """
     if not records:
         raise ValueError("track_b_metrics: no prediction records (expected at least one)")
-    from kit.eval.parse import parse_answer
 
     for i, r in enumerate(records):
         for k in ("pred_actions", "pred_reasons", "gt_actions", "gt_reasons"):

@@ -29,8 +29,10 @@ from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
+from kit import dist
 from kit.judge.prompts import load_prompts, messages_for
 from kit.judge.request import JudgeRequest, JudgeResult, TransientJudgeError, parse
+
 
 class Judge:
     """Base class of the backends. Subclasses set `backend`, `model` and implement `_ask`."""
@@ -140,8 +142,6 @@ class Judge:
         """Results for `requests`, in order (concurrently, `concurrency` at a time). Under several
         processes each judges its block (kit.dist) and every process gets every result, and the
         counts of all processes in `stats`."""
-        from kit import dist
-
         everything = list(requests)
         if self._started is None:
             self._started = time.monotonic()

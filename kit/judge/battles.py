@@ -14,14 +14,13 @@ from typing import Mapping, Sequence
 
 from kit.data.coda_vqa import VqaItem
 from kit.judge.base import Judge
+from kit.judge.elo import combine_orders
 from kit.judge.request import JudgeRequest
 
 
 def run_battles(judge: Judge, answers: Mapping[str, Mapping[str, Sequence[str]]],
                 refs: Mapping[str, Sequence[VqaItem]], tasks: Sequence[str], desc: str = "battles") -> tuple[list[dict], list[dict]]:
     """(battles, failed) for `answers` = {model: {task: [answer per reference item, in order]}}."""
-    from kit.judge.elo import combine_orders
-
     models = sorted(answers)
     if len(models) < 2:
         return [], []

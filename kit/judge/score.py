@@ -16,9 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from kit.data.coda_vqa import TASKS, VqaItem, build_vqa, read_answers
 from kit.data import DataError
 from kit.data.coda_lm import CLASSES, region_class
+from kit.data.coda_vqa import TASKS, VqaItem, build_vqa, read_answers
 from kit.judge.base import Judge
 from kit.judge.request import JudgeRequest
 

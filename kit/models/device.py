@@ -5,6 +5,8 @@ from typing import Mapping
 
 import torch
 
+from kit.dist import state
+
 
 def resolve_device(P: Mapping) -> torch.device:
     """The profile's device; on GPUs, this process's own (`cuda:<local rank>` under accelerate launch,
@@ -16,8 +18,6 @@ def resolve_device(P: Mapping) -> torch.device:
         raise RuntimeError(f"profile {P.get('profile')!r} sets device: cuda, but no CUDA GPU is visible; "
                            "use --set device=cpu (slow) or the tiny profile")
     if want == "cuda":
-        from kit.dist import state
-
         return torch.device("cuda", state().local_process_index)
     return torch.device(want)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from kit.models.tokenizer import CHAT_TEMPLATE, train_tokenizer
+
 # Defaults for models.vlm.tiny (params/base.yaml): about 2.7M parameters, 16 image tokens at 64 px.
 TINY_DEFAULTS = {
     "vocab_size": 2048,
@@ -36,10 +38,7 @@ def build_tiny_vlm(out_dir: str | Path, texts: Iterable[str], *, image_size: int
     """Train the tokenizer on `texts`, build a random-weight tiny Idefics3 VLM and its processor,
     and save all three to `out_dir` (loadable with AutoModelForImageTextToText / AutoProcessor)."""
     import torch
-    from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor,
-                              Idefics3Processor)
-
-    from kit.models.tokenizer import CHAT_TEMPLATE, train_tokenizer
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor, Idefics3Processor
 
     c = {**TINY_DEFAULTS, **{k: v for k, v in (cfg or {}).items() if v is not None}}
     unknown = set(c) - set(TINY_DEFAULTS)

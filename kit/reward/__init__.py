@@ -4,15 +4,14 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
+from kit import runs
+from kit.models.clip import load_clip
 from kit.reward.clip_reward import CLIPReward
 
 
 def load_reward(P: Mapping, run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> CLIPReward:
     """The reward model notebook 02 recorded (`metrics.json["clip_finetune"]["reward_checkpoint"]`),
     or `checkpoint` if given, wrapped as a TRL-callable CLIPReward with the profile's settings."""
-    from kit import runs
-    from kit.models.clip import load_clip
-
     if checkpoint is None:
         m = runs.require_metrics(run_dir, "clip_finetune", "the CLIP reward (kit.reward.load_reward)")
         checkpoint = m.get("reward_checkpoint")

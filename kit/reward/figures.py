@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kit import runs  # noqa: E402
+from kit.reward.judge import TABLE_ROWS  # noqa: E402
 
 STAGE = "clip_finetune"
 
@@ -111,8 +112,6 @@ def score_histograms(recs: list[dict], threshold: float, title: str, path: Path)
 
 
 def table1_heatmap(table: dict, threshold: float, path: Path) -> Path:
-    from kit.reward.judge import TABLE_ROWS
-
     models = list(table)
     rows = [r for r in TABLE_ROWS if all(r in table[m] for m in models)]
     fig, axes = plt.subplots(1, 2, figsize=(4 + 2.2 * len(models), 0.6 * len(rows) + 2))

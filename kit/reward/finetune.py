@@ -34,7 +34,8 @@ from PIL import Image
 
 from kit import dist, runs
 from kit.keys import mark, marked_key, stage_key
-from kit.models.clip import ClipBundle, encode_text, save_clip
+from kit.models.clip import WEIGHTS_FILE, ClipBundle, encode_text, save_clip
+from kit.reward.clip_reward import CLIPReward
 from kit.reward.pairs import Pair, swap_left_right
 
 FLIP_MODES = ("swap_text", "off")
@@ -256,8 +257,6 @@ def pair_loss(model, bundle: ClipBundle, pixels: torch.Tensor, texts: list[str],
 @torch.no_grad()
 def score_pairs(bundle: ClipBundle, pairs: Sequence[Pair], store: ImageStore) -> dict[str, np.ndarray]:
     """Eval-transform scores of every pair: cosine, logit and probability (each image and text once)."""
-    from kit.reward.clip_reward import CLIPReward
-
     r = CLIPReward(bundle, cache_size=len(pairs) + 1)
     cos = r.similarity([store[p.image_path] for p in pairs], [p.text for p in pairs])
     prob = r.to_probability(cos)
@@ -546,8 +545,6 @@ def _atomic_torch_save(obj, path: Path) -> None:
 def _load_weights(bundle: ClipBundle, ckpt_dir: Path) -> None:
     """Put the weights saved in `ckpt_dir` (by save_clip) into `bundle.model`."""
     from safetensors.torch import load_file
-
-    from kit.models.clip import WEIGHTS_FILE
 
     sd = load_file(str(Path(ckpt_dir) / WEIGHTS_FILE), device=str(bundle.device))
     if "logit_bias" in sd and getattr(bundle.model, "logit_bias", None) is None:

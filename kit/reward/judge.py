@@ -35,8 +35,13 @@ def _roc_points(fpr: np.ndarray, tpr: np.ndarray, max_points: int = 200) -> dict
 
 def binary_metrics(labels: Sequence[int], probs: Sequence[float], threshold: float = 0.5) -> dict:
     """Paper B's pair-classifier figures for one split."""
-    from sklearn.metrics import (accuracy_score, confusion_matrix, precision_recall_fscore_support,
-                                 roc_auc_score, roc_curve)
+    from sklearn.metrics import (
+        accuracy_score,
+        confusion_matrix,
+        precision_recall_fscore_support,
+        roc_auc_score,
+        roc_curve,
+    )
 
     y = np.asarray(labels, dtype=int)
     p = np.asarray(probs, dtype=float)

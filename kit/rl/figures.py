@@ -20,6 +20,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from kit import runs  # noqa: E402
+from kit.eval.figures import plot_action_confusion, plot_examples, plot_train_loss  # noqa: E402
+from kit.eval.metrics import best_on_val  # noqa: E402
+from kit.labels import ACTIONS  # noqa: E402
+from kit.reward.judge import clip_summary  # noqa: E402
+from kit.rl.results import work_dir  # noqa: E402
+from kit.rl.rloo import per_epoch  # noqa: E402
 
 STAGES = ("rloo", "action_sft")
 COLORS = {"rloo": "#4c72b0", "greedy": "#dd8452", "none": "#55a868"}
@@ -101,8 +107,6 @@ def plot_clip_scores(before: Sequence[Mapping] | None, after: Sequence[Mapping],
     description's score against its own image minus against another sample's; a higher reward
     that leaves this near 0 came from text that fits any image (reward hacking), not from
     describing the image better."""
-    from kit.reward.judge import clip_summary
-
     runs_ = [(n, recs, clip_summary(recs), c)
              for n, recs, c in (("base model", before, "gray"), ("after stage 1", after, COLORS["rloo"])) if recs]
     has_gap = any(sm["specificity"] is not None for _, _, sm, _ in runs_)
@@ -163,14 +167,11 @@ def _rloo_figures(rd: Path) -> list[Path]:
     sd = rd / "rloo"
     out = sd / "figures"
     paths: list[Path] = []
-    from kit.rl.results import work_dir
 
     m = runs.read_metrics(rd).get("rloo") or {}
     work = work_dir(rd)  # this run's training (its key's folder)
     log_path = work / "reward_log.jsonl"
     if log_path.is_file():
-        from kit.rl.rloo import per_epoch
-
         log = runs.read_jsonl(log_path)
         if log:
             paths.append(plot_reward_curves(log, per_epoch(log), out / "reward_curves.png",
@@ -203,8 +204,6 @@ def plot_actions(recs: Sequence[Mapping], path: Path, title: str) -> Path:
     import numpy as np
     from sklearn.metrics import precision_recall_fscore_support
 
-    from kit.labels import ACTIONS
-
     gt = np.array([r["gt_actions"] for r in recs], dtype=int)
     pr = np.array([r["pred_actions"] for r in recs], dtype=int)
     p, r, f, _ = precision_recall_fscore_support(gt, pr, average=None, labels=list(range(len(ACTIONS))),
@@ -235,9 +234,6 @@ def plot_actions(recs: Sequence[Mapping], path: Path, title: str) -> Path:
 
 
 def _action_sft_figures(rd: Path) -> list[Path]:
-    from kit.eval.figures import plot_action_confusion, plot_examples, plot_train_loss
-    from kit.eval.metrics import best_on_val
-
     sd = rd / "action_sft"
     paths: list[Path] = []
     if (sd / "predictions.jsonl").is_file():

@@ -30,6 +30,7 @@ from kit import runs
 from kit.labels import DESCRIBE_PROMPT
 from kit.models.device import trainer_precision_kwargs
 from kit.rl.advantages import BASELINES, best_of_k, compute_advantages
+from kit.train.rows import rows_dataset, vlm_row
 
 REWARD_LOG = "reward_log.jsonl"
 SAMPLES = "samples.jsonl"
@@ -39,8 +40,6 @@ def rloo_rows(samples: Sequence, P: Mapping, prompt: str = DESCRIBE_PROMPT) -> l
     """TRL conversational prompt rows (no completion): the paths of the last `rloo.frames` frames of
     each sample + the description prompt, and the sample id (TRL hands every extra column to the
     reward). Frames stay on disk; the trainer's dataset decodes them per batch (make_trainer)."""
-    from kit.train.rows import vlm_row
-
     n_frames = int(P["rloo"]["frames"])
     if n_frames < 1:
         raise ValueError(f"params rloo.frames: expected an integer >= 1, got {n_frames}")
@@ -258,8 +257,6 @@ def make_trainer(model, processor, reward_funcs: Callable | list, rows: list[dic
     """A KitRLOOTrainer over `rows` writing to out_dir (TRL's files in out_dir/trainer), and the
     checkpoint to resume from (None for a fresh start). Records of steps after that checkpoint are
     dropped, since the resumed run redoes them."""
-    from kit.train.rows import rows_dataset
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     baseline = baseline or P["rloo"]["baseline"]

@@ -19,7 +19,17 @@ from typing import Mapping, Sequence
 from tqdm.auto import tqdm
 
 from kit import dist, runs
+from kit.eval.generate import generate_records
+from kit.eval.metrics import best_on_val, track_b_metrics
+from kit.eval.parse import parse_answer
+from kit.keys import artifact_id, keyed_training, samples_id, stage_key
 from kit.labels import ACTION_PROMPT, format_action_answer
+from kit.models.vlm import load_vlm, vlm_settings
+from kit.reward import load_reward
+from kit.rl.figures import figures_from_run as _figs
+from kit.stages.rloo import frame_paths_of, frames_of, load_samples
+from kit.train.rows import vlm_row
+from kit.train.sft import train_sft
 
 STAGE = "action_sft"
 
@@ -47,9 +57,6 @@ def _descriptions(run_dir: Path, split: str) -> dict[str, str]:
 def action_rows(samples: Sequence, descriptions: Mapping[str, str], P: Mapping, *, with_answer: bool = True,
                 where: str = "descriptions") -> list[dict]:
     """vlm_row per sample: frame paths + stage2_prompt(description) (+ the action answer for training)."""
-    from kit.stages.rloo import frame_paths_of
-    from kit.train.rows import vlm_row
-
     rows = []
     for s in samples:
         if s.id not in descriptions:
@@ -77,10 +84,6 @@ def predict_actions(model, processor, samples: Sequence, descriptions: Mapping[s
     pred_reasons, gt_actions, gt_reasons, unparseable) plus the stage-1 description and, with a
     reward, the CLIP score of the output. Reused and resumed as `kit.eval.generate.generate_records`
     says, for the same `tag` (the checkpoint)."""
-    from kit.eval.generate import generate_records
-    from kit.eval.parse import parse_answer
-    from kit.stages.rloo import frames_of
-
     def records(part, items, outs):
         frames = [f for f, _ in items]
         scores = reward.clip_score(frames, outs) if reward is not None else [None] * len(outs)
@@ -108,11 +111,6 @@ def select_on_val(P: Mapping, run_dir: Path, key: str, final) -> tuple[str, list
     checkpoint on val and keeps the best; test is answered once, by that model. Its answers on val are
     kept per checkpoint (`action_sft/val/`), so a rerun asks nothing again.
     """
-    from kit.eval.metrics import best_on_val, track_b_metrics
-    from kit.keys import artifact_id
-    from kit.models.vlm import load_vlm
-    from kit.stages.rloo import load_samples
-
     final = Path(final)
     ckpts = sorted(final.parent.glob("checkpoint-*"), key=lambda c: int(c.name.rsplit("-", 1)[1]))
     if len(ckpts) < 2:  # one epoch, or no per-epoch checkpoints: nothing to choose
@@ -136,13 +134,6 @@ def select_on_val(P: Mapping, run_dir: Path, key: str, final) -> tuple[str, list
 def run_action_sft(P: Mapping, run_dir) -> dict:
     """Stage 2: SFT of the stage-1 model on (frames, description, action question) -> action text;
     then Track B metrics and CLIP score on the eval split."""
-    from kit.eval.metrics import track_b_metrics
-    from kit.models.vlm import load_vlm, vlm_settings
-    from kit.reward import load_reward
-    from kit.stages.rloo import load_samples
-    from kit.keys import artifact_id, keyed_training, samples_id, stage_key
-    from kit.train.sft import train_sft
-
     run_dir = runs.resolve_run_dir(run_dir)
     sd = runs.stage_dir(run_dir, STAGE)
     t0 = time.time()
@@ -208,7 +199,6 @@ def run_action_sft(P: Mapping, run_dir) -> dict:
         },
     }
     runs.record_metrics(run_dir, STAGE, metrics)
-    from kit.rl.figures import figures_from_run as _figs
 
     metrics["figures"] = [str(p) for p in dist.on_main(_figs, run_dir, stages=(STAGE,))]
     metrics["seconds"] = time.time() - t0
@@ -222,7 +212,6 @@ def example_prompts(run_dir, n: int = 3):
     import pandas as pd
 
     recs = runs.read_jsonl(runs.resolve_run_dir(run_dir) / STAGE / "predictions.jsonl")[:n]
-    from kit.labels import format_action_answer
 
     return pd.DataFrame([{"id": r["id"], "prompt": stage2_prompt(r["description"]),
                           "target": format_action_answer(r["gt_actions"]), "model output": r["output"]}
@@ -241,7 +230,6 @@ def summary_table(run_dir):
            "unparseable": e.get("unparseable"), "n": e.get("n")}
     curve = (runs.read_metrics(run_dir).get(STAGE) or {}).get("val_curve") or []
     if curve:  # the epoch that answered test, chosen on val (action_sft.select_checkpoint)
-        from kit.eval.metrics import best_on_val
 
         best = best_on_val(curve)
         row.update({"epoch chosen on val": best["epoch"], "epochs trained": len(curve),

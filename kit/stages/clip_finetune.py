@@ -18,8 +18,15 @@ import time
 from pathlib import Path
 from typing import Mapping
 
-from kit import runs
-from kit.reward.pairs import TARGETS
+from kit import dist, runs
+from kit.data import load_bdd_split
+from kit.keys import artifact_id, keyed_dir, samples_id
+from kit.models.clip import load_clip
+from kit.reward.clip_reward import CLIPReward
+from kit.reward.figures import figures_from_run
+from kit.reward.finetune import ImageStore, clone_bundle, finetune_clip, finetune_key, score_pairs
+from kit.reward.judge import binary_metrics, similarity_table, table_frame
+from kit.reward.pairs import TARGETS, make_pairs, true_texts
 
 STAGE = "clip_finetune"
 
@@ -31,16 +38,6 @@ def _strip_roc(m: Mapping) -> dict:
 def run_clip_finetune(P: Mapping, run_dir) -> dict:
     """Under `accelerate launch` with N processes the fine-tunes are data-parallel (kit.reward.finetune);
     the main process scores the pairs, draws the figures and writes the files."""
-    from kit import dist
-    from kit.data import load_bdd_split
-    from kit.models.clip import load_clip
-    from kit.reward.clip_reward import CLIPReward
-    from kit.reward.figures import figures_from_run
-    from kit.reward.finetune import ImageStore, clone_bundle, finetune_clip, finetune_key, score_pairs
-    from kit.reward.judge import binary_metrics, similarity_table
-    from kit.reward.pairs import make_pairs, true_texts
-    from kit.keys import artifact_id, keyed_dir, samples_id
-
     t0 = time.perf_counter()
     rd = runs.resolve_run_dir(run_dir)
     C = dict(P.get("clip_finetune") or {})
@@ -128,8 +125,6 @@ def results_table(run_dir):
 
 def table1(run_dir):
     """Paper B's Table 1 (Avg. Sim. / Match %) from run_dir/clip_finetune/table1.json."""
-    from kit.reward.judge import table_frame
-
     t = runs.read_json(runs.resolve_run_dir(run_dir) / STAGE / "table1.json")
     if not t:
         raise FileNotFoundError(f"{runs.resolve_run_dir(run_dir) / STAGE / 'table1.json'}: missing; run notebook 02")

@@ -20,16 +20,23 @@ from pathlib import Path
 from typing import Mapping
 
 from kit import dist, runs
+from kit.data import coda_lm_root
 from kit.data.coda_vqa import TASKS, VqaItem, vqa_for, write_answers
+from kit.eval.generate import generate_records
+from kit.judge.factory import make_judge
+from kit.judge.score import judge_submission
 from kit.keys import artifact_id, keyed_training, stage_key
+from kit.models.vlm import load_vlm, lora_config, resolve_vlm_path, vlm_settings
+from kit.params import params_hash
+from kit.runs import require_metrics
+from kit.train.rows import vlm_row
+from kit.train.sft import train_sft
 
 DIRECT, SFT, SFT_SYNTH = "coda_direct", "coda_sft", "coda_sft_synth"
 MODEL_NAMES = {DIRECT: "direct", SFT: "sft", SFT_SYNTH: "sft+synth"}
 
 
 def split_dir(P: Mapping, run_dir, split: str) -> Path:
-    from kit.data import coda_lm_root
-
     d = coda_lm_root(P, run_dir) / "CODA-LM" / split
     if not d.is_dir():
         raise FileNotFoundError(f"{d}: no CODA-LM split '{split}' (params coda.{'eval' if split != 'Train' else 'train'}_split); "
@@ -46,8 +53,6 @@ def split_items(P: Mapping, run_dir, which: str) -> dict[str, list[VqaItem]]:
 
 def data_id(items: Mapping[str, list[VqaItem]]) -> str:
     """The identity of a set of VQA items: their texts and the bytes of every image they show."""
-    from kit.params import params_hash
-
     return params_hash({t: [(it.question_id, it.image, it.question, it.answer, artifact_id(it.image_path))
                             for it in its] for t, its in items.items()})
 
@@ -63,8 +68,6 @@ def generate_submission(model, processor, items: Mapping[str, list[VqaItem]], P:
 
     Resumable per chunk and reused only when `key` (the model's and settings' identity) matches
     (kit.eval.generate.generate_records)."""
-    from kit.eval.generate import generate_records
-
     out = {}
     for task in TASKS:
         its = items[task]
@@ -83,9 +86,6 @@ def generate_submission(model, processor, items: Mapping[str, list[VqaItem]], P:
 def score_model(P: Mapping, run_dir, stage: str, name: str, refs: Mapping[str, list[VqaItem]], key: str,
                 judge=None) -> dict:
     """Judge a stage's submission folder; judgments in `<stage>/judge/<task>.jsonl`, scores in metrics."""
-    from kit.judge.factory import make_judge
-    from kit.judge.score import judge_submission
-
     sd = runs.stage_dir(run_dir, stage)
     judge = judge or make_judge(P["judge"], run_dir)
     summary, judged = judge_submission(judge, refs, sd / "coda_lm", desc=f"judge {name}")
@@ -107,8 +107,6 @@ def evaluate_model(P, run_dir, stage: str, model, processor, model_id: str, refs
 
 def run_coda_direct(P: Mapping, run_dir) -> dict:
     """The base VLM, untrained on CODA-LM, answering the eval split's three tasks."""
-    from kit.models.vlm import load_vlm, resolve_vlm_path
-
     t0 = time.time()
     refs = split_items(P, run_dir, "eval")
     model, processor = load_vlm(P, run_dir)
@@ -121,8 +119,6 @@ def run_coda_direct(P: Mapping, run_dir) -> dict:
 def sft_rows(items: Mapping[str, list[VqaItem]], tasks=TASKS) -> list[dict]:
     """TRL prompt-completion rows (image path + question -> reference answer) for the given tasks,
     images left on disk (decoded per batch)."""
-    from kit.train.rows import vlm_row
-
     return [vlm_row([it.image_path], it.question, it.answer) for t in tasks for it in items[t] if it.answer]
 
 
@@ -138,8 +134,6 @@ def sft_config(P: Mapping) -> dict:
 def sft_key(P: Mapping, run_dir, train_items: Mapping[str, list[VqaItem]], base: str | None = None, *,
             tasks=None, max_steps: int | None = None) -> str:
     """The key of an SFT run on `train_items` from `base` (default: the profile's VLM)."""
-    from kit.models.vlm import resolve_vlm_path, vlm_settings
-
     tasks = list(tasks or P["coda_sft"]["tasks"])
     cfg = sft_config(P)
     if max_steps is not None:
@@ -153,9 +147,6 @@ def train_coda_sft(P: Mapping, run_dir, train_items: Mapping[str, list[VqaItem]]
                    *, out_parent: Path | None = None, tasks=None, max_steps: int | None = None) -> dict:
     """SFT on CODA-LM VQA rows into `<out_parent>/<key>/`, resumed only under the same key.
     Returns train_sft's result plus "key" (the final model folder is marked with it)."""
-    from kit.models.vlm import load_vlm, lora_config, resolve_vlm_path
-    from kit.train.sft import train_sft
-
     tasks = list(tasks or P["coda_sft"]["tasks"])
     base = base or resolve_vlm_path(P, run_dir)
     cfg = sft_config(P)
@@ -173,8 +164,6 @@ def train_coda_sft(P: Mapping, run_dir, train_items: Mapping[str, list[VqaItem]]
 
 def run_coda_sft(P: Mapping, run_dir) -> dict:
     """SFT on CODA-LM Train's three tasks, then the eval split's answers and scores."""
-    from kit.models.vlm import load_vlm
-
     t0 = time.time()
     train = split_items(P, run_dir, "train")
     refs = split_items(P, run_dir, "eval")
@@ -190,8 +179,6 @@ def run_coda_sft(P: Mapping, run_dir) -> dict:
 
 def synthetic_items(P: Mapping, run_dir) -> dict[str, list[VqaItem]]:
     """The VQA items of notebook 01's synthetic set (a CODA-LM Train split under synthesis/data)."""
-    from kit.runs import require_metrics
-
     m = require_metrics(run_dir, "synthesis", "SFT on Train + synthetic data (run notebook 01 first)")
     return vqa_for(P, Path(m["data_root"]) / "CODA-LM" / "Train", images=True)
 
@@ -233,8 +220,6 @@ def run_coda_sft_synth(P: Mapping, run_dir) -> dict:
     `coda_sft.synthetic_budget`: same_steps trains as many optimizer steps as SFT on Train alone
     (so the comparison holds compute fixed and asks what the extra data is worth); same_epochs runs
     `coda_sft.epochs` over the larger set."""
-    from kit.models.vlm import load_vlm
-
     t0 = time.time()
     refs = split_items(P, run_dir, "eval")
     both, steps, plan = synth_sft_plan(P, run_dir)

@@ -16,9 +16,15 @@ import time
 from typing import Mapping
 
 from kit import runs
+from kit.coda.figures import figures_from_run
 from kit.coda.paper import PAPER_A_TABLE1
 from kit.coda.results import evaluated_models
 from kit.data.coda_vqa import TASKS, read_answers
+from kit.judge.battles import run_battles
+from kit.judge.elo import elo_summary
+from kit.judge.factory import make_judge
+from kit.judge.validity import perturbation_study
+from kit.stages.coda import split_dir, split_items
 
 STAGE = "evaluate"
 
@@ -36,12 +42,6 @@ def scores_table(run_dir):
 
 
 def run_coda_evaluate(P: Mapping, run_dir) -> dict:
-    from kit.judge.factory import make_judge
-    from kit.judge.battles import run_battles
-    from kit.judge.elo import elo_summary
-    from kit.judge.validity import perturbation_study
-    from kit.stages.coda import split_dir, split_items
-
     t0 = time.time()
     out = runs.stage_dir(run_dir, STAGE)
     models = evaluated_models(run_dir)
@@ -77,7 +77,6 @@ def run_coda_evaluate(P: Mapping, run_dir) -> dict:
     # replaced, not merged: a model an earlier run battled and this one does not must not stay
     runs.forget_metrics(run_dir, [(STAGE, "elo"), (STAGE, "coda_lm")])
     runs.record_metrics(run_dir, STAGE, res)
-    from kit.coda.figures import figures_from_run
 
     figs = figures_from_run(run_dir)
     runs.record_metrics(run_dir, STAGE, {"coda_lm": {"figures": [str(f) for f in figs],

@@ -14,19 +14,20 @@ from typing import Mapping, Sequence
 
 import torch
 
-from kit import runs
+from kit import dist, runs
+from kit.data import bdd_oia_root
+from kit.data.bdd_oia import load_split
+from kit.data.toyworld import load_captions
+from kit.keys import mark, processes
 from kit.models import clip as kclip
+from kit.models.device import resolve_device
 from kit.params import params_hash
 from kit.reward.clip_reward import CLIPReward
 from kit.reward.finetune import _adamw, _DataParallel, _Forward
 from kit.reward.pairs import swap_left_right
-from kit.keys import mark, processes
 
 
 def _load_items(root: Path, split: str, max_samples: int | None = None):
-    from kit.data.bdd_oia import load_split
-    from kit.data.toyworld import load_captions
-
     caps = load_captions(root, split)
     items = []
     for s in load_split(root, split, max_samples=max_samples).samples:
@@ -62,8 +63,6 @@ def pretrain_clip(bundle: kclip.ClipBundle, train_items: Sequence, cfg: Mapping,
     every process its block of each batch, the loss over the whole batch's gathered embeddings."""
     from open_clip import ClipLoss
     from tqdm.auto import tqdm
-
-    from kit import dist
 
     epochs, lr, bs = int(cfg["clip_epochs"]), float(cfg["clip_lr"]), int(cfg["clip_batch_size"])
     model, dev = bundle.model, bundle.device
@@ -121,9 +120,6 @@ def run_prepare_clip(P: Mapping, run_dir) -> dict:
 
     Under `accelerate launch` with N processes the pretraining is data-parallel; the main process
     measures retrieval and writes the model."""
-    from kit import dist
-    from kit.data import bdd_oia_root
-
     rd = runs.resolve_run_dir(run_dir)
     name = (P.get("models", {}).get("clip") or {}).get("name", "tiny")
     pre = P.get("pretrain") or {}
@@ -170,6 +166,4 @@ def run_prepare_clip(P: Mapping, run_dir) -> dict:
 
 
 def _device(P: Mapping):
-    from kit.models.device import resolve_device
-
     return resolve_device(P)

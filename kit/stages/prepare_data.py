@@ -8,6 +8,7 @@ from pathlib import Path
 from kit import runs
 from kit.data import DataError, bdd_oia, coda_lm, toyworld
 from kit.data.check import check_dataset
+from kit.data.figures import figures_from_run
 
 
 def _bdd_splits(root: Path) -> list[str]:
@@ -72,7 +73,6 @@ def run_prepare_data(P: dict, run_dir) -> dict:
                "check": {k: {f: v[f] for f in keep if f in v} for k, v in checks.items()},
                "generated": generated}
     runs.record_metrics(rd, "prepare", {"datasets": metrics})
-    from kit.data.figures import figures_from_run
 
     figs = figures_from_run(rd)
     metrics["seconds"] = round(time.perf_counter() - t0, 2)

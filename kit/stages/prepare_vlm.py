@@ -21,9 +21,15 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from kit import dist, runs
-from kit.labels import DESCRIBE_PROMPT
-from kit.params import params_hash
+from kit.data import DataError, bdd_oia_root, load_bdd_split, toyworld
+from kit.eval.generate import generate
 from kit.keys import mark, processes
+from kit.labels import DESCRIBE_PROMPT
+from kit.models.tiny_vlm import build_tiny_vlm
+from kit.models.vlm import TINY, load_vlm, resolve_vlm_path, tiny_vlm_dir
+from kit.params import params_hash
+from kit.train.rows import rows_dataset, vlm_row
+from kit.train.sft import plot_loss, train_sft
 
 STAGE = "prepare"
 SUB = "vlm_pretrain"
@@ -39,9 +45,6 @@ def _pretrain_params(P: Mapping) -> dict:
 
 def caption_rows(samples: Sequence, captions: Mapping[str, str], prompt: str = DESCRIBE_PROMPT) -> list[dict]:
     """vlm_row per sample with a toy caption: frame paths + DESCRIBE_PROMPT -> caption."""
-    from kit.data import DataError
-    from kit.train.rows import vlm_row
-
     rows = []
     for s in samples:
         if s.file_name not in captions:
@@ -54,8 +57,6 @@ def caption_loss(model, processor, rows: Sequence[Mapping], batch_size: int = 16
     """Mean completion-token cross-entropy on `rows`, collated exactly as TRL's SFTTrainer does."""
     import torch
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
-
-    from kit.train.rows import rows_dataset
 
     ds = rows_dataset(rows, "caption_loss rows")  # frames decoded per batch, as the trainer's dataset does
     collate = DataCollatorForVisionLanguageModeling(processor, completion_only_loss=True)
@@ -87,8 +88,6 @@ def _word_recall(ref: str, hyp: str) -> float:
 
 
 def run_prepare_vlm(P: dict, run_dir) -> dict:
-    from kit.models.vlm import TINY, load_vlm, resolve_vlm_path, tiny_vlm_dir
-
     rd = runs.resolve_run_dir(run_dir)
     t0 = time.time()
     vp = P["models"]["vlm"]
@@ -105,11 +104,6 @@ def run_prepare_vlm(P: dict, run_dir) -> dict:
     prev = (runs.read_metrics(rd).get(STAGE) or {}).get("models", {}).get("vlm") or {}
     if prev.get("params_hash") == h and (final / "config.json").is_file():
         return {**prev, "skipped": True}
-
-    from kit.data import bdd_oia_root, toyworld
-    from kit.data import load_bdd_split
-    from kit.models.tiny_vlm import build_tiny_vlm
-    from kit.train.sft import train_sft
 
     work = runs.stage_dir(rd, STAGE) / SUB
     root = bdd_oia_root(P, rd)
@@ -161,7 +155,6 @@ def run_prepare_vlm(P: dict, run_dir) -> dict:
     after = caption_loss(model, processor, val_rows)
 
     # a few captions on held-out scenes
-    from kit.eval.generate import generate
 
     n_show = int(pt.get("vlm_show", 6))
     shown = val.samples[:n_show]
@@ -205,8 +198,6 @@ def figures_from_run(run_dir) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from PIL import Image
-
-    from kit.train.sft import plot_loss
 
     rd = runs.resolve_run_dir(run_dir)
     m = ((runs.read_metrics(rd).get(STAGE) or {}).get("models") or {}).get("vlm") or {}

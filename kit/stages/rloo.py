@@ -22,15 +22,23 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from kit import dist, runs
+from kit.data import load_bdd_split
+from kit.eval.generate import generate_records
+from kit.keys import artifact_id, keyed_training, samples_id, stage_key
 from kit.labels import DESCRIBE_PROMPT
+from kit.models.vlm import load_vlm, lora_config, resolve_vlm_path, vlm_settings
+from kit.reward import load_reward
+from kit.reward.judge import clip_summary
+from kit.rl.advantages import leave_one_out
+from kit.rl.figures import figures_from_run as _figs
 from kit.rl.results import work_dir
+from kit.rl.rloo import per_epoch, rloo_rows, train_rloo
+from kit.rl.variance import gradient_variance
 
 STAGE = "rloo"
 
 
 def load_samples(P: Mapping, run_dir, split: str, cap: int | None = None) -> list:
-    from kit.data import load_bdd_split
-
     return load_bdd_split(P, run_dir, split, cap).samples
 
 
@@ -49,8 +57,6 @@ def describe(model, processor, samples: Sequence, P: Mapping, reward, out_path: 
     """Greedy stage-1 descriptions of `samples` with CLIP score/match against their frames; written to
     out_path (jsonl, records id, description, clip_score, clip_match, clip_score_other_image). Reused
     and resumed as `kit.eval.generate.generate_records` says, for the same `tag` (the checkpoint)."""
-    from kit.eval.generate import generate_records
-
     def records(part, items, texts):
         frames = [f for f, _ in items]
         scores = reward.clip_score(frames, texts)
@@ -71,9 +77,6 @@ def rloo_key(P: Mapping, run_dir, baseline: str, train: Sequence, reward) -> str
     and reward settings, and the identities of the base VLM, the reward model and the training
     frames. What does not change the training (how many samples are described afterwards, the
     other baselines to compare) is left out."""
-    from kit.models.vlm import resolve_vlm_path, vlm_settings
-    from kit.keys import artifact_id, samples_id, stage_key
-
     R = {k: v for k, v in P["rloo"].items() if k not in ("eval_samples", "describe_train_samples", "compare_baselines")}
     C = P.get("clip_finetune") or {}
     settings = {"rloo": {**R, "baseline": baseline}, "seed": int(P["seed"]), "prompt": DESCRIBE_PROMPT,
@@ -86,11 +89,6 @@ def _train_one(P: Mapping, run_dir: Path, train: Sequence, reward, baseline: str
     """Stage 1 with one baseline, once per key, in rloo/checkpoints/<key>/ (a rerun with the same key
     resumes or reuses; anything else starts afresh). With `with_variance`, the estimators' gradient
     variance is measured on the untrained model first (without moving the RNGs training draws from)."""
-    from kit.models.vlm import load_vlm, lora_config
-    from kit.rl.rloo import per_epoch, rloo_rows, train_rloo
-    from kit.rl.variance import gradient_variance
-    from kit.keys import keyed_training
-
     R = P["rloo"]
     rows = rloo_rows(train, P)
 
@@ -118,11 +116,6 @@ def run_rloo(P: Mapping, run_dir) -> dict:
     """Stage 1 (paper B Eq. 1, Algorithm 2): RLOO against the CLIP reward; then greedy descriptions
     of the train and eval splits by the trained model, scored by the reward's clip_score/match."""
     import torch
-
-    from kit.models.vlm import load_vlm, resolve_vlm_path
-    from kit.reward import load_reward
-    from kit.reward.judge import clip_summary
-    from kit.keys import artifact_id
 
     run_dir = runs.resolve_run_dir(run_dir)
     sd = runs.stage_dir(run_dir, STAGE)
@@ -158,8 +151,6 @@ def run_rloo(P: Mapping, run_dir) -> dict:
     # the val split's descriptions: what settings such as rloo.beta are chosen on (test is reported once)
     val = load_samples(P, run_dir, "val", R.get("eval_samples"))
     desc_val = describe(model, processor, val, P, reward, sd / "descriptions_val.jsonl", tag=tag, desc="describe (val)")
-
-    from kit.rl.figures import figures_from_run as _figs
 
     per_epoch = res["per_epoch"]
     variance = runs.read_json(work / "variance.json")
@@ -200,8 +191,6 @@ def per_epoch_table(run_dir):
     """Per-epoch mean reward and mean best-of-k (paper B's Fig. 6) as a DataFrame."""
     import pandas as pd
 
-    from kit.rl.rloo import per_epoch
-
     log = runs.read_jsonl(work_dir(run_dir) / "reward_log.jsonl")
     df = pd.DataFrame(per_epoch(log))
     df["epoch"] += 1
@@ -213,8 +202,6 @@ def advantage_table(run_dir, step: int | None = None):
     advantages next to Eq. 1 recomputed by kit.rl.advantages.leave_one_out."""
     import pandas as pd
     import torch
-
-    from kit.rl.advantages import leave_one_out
 
     samples = runs.read_jsonl(work_dir(run_dir) / "samples.jsonl")
     s = samples[0] if step is None else next(x for x in samples if x["step"] == step)

@@ -20,24 +20,27 @@ from typing import Mapping
 from tqdm.auto import tqdm
 
 from kit import dist, runs
-from kit.labels import ACTIONS, ANSWER_PROMPT, REASONS, format_answer
+from kit.data import load_bdd_split
+from kit.eval.figures import figures_for_predictions, figures_from_run, per_class_table
+from kit.eval.generate import predict_bdd
+from kit.eval.metrics import majority_labels, summary_row, track_b_metrics
 from kit.keys import artifact_id, keyed_training, samples_id, stage_key
+from kit.labels import ACTIONS, ANSWER_PROMPT, REASONS, format_answer
+from kit.models.vlm import load_vlm, lora_config, resolve_vlm_path, vlm_settings
+from kit.train.rows import vlm_row
+from kit.train.sft import train_sft
 
 STAGE = "sft_baseline"
 DIRECT = "direct"
 
 
 def _split(P: Mapping, run_dir, split: str):
-    from kit.data import load_bdd_split
-
     return load_bdd_split(P, run_dir, split)
 
 
 def sft_rows(samples, prompt: str = ANSWER_PROMPT) -> list[dict]:
     """TRL prompt-completion rows: image(s) + the answer prompt -> `Action: ... Reason: ...`. Frames
     stay on disk as paths; the trainer decodes them per batch (kit.train.sft)."""
-    from kit.train.rows import vlm_row
-
     return [vlm_row(s.frame_paths, prompt, format_answer(s.actions, s.reasons))
             for s in tqdm(samples, desc="build SFT rows", leave=False)]
 
@@ -54,8 +57,6 @@ def sft_config(P: Mapping) -> dict:
 
 def majority_records(train_samples, test_samples) -> list[dict]:
     """Prediction records of the majority-class predictor: per label, the training split's majority."""
-    from kit.eval.metrics import majority_labels
-
     maj_a = majority_labels([s.actions for s in train_samples])
     maj_r = majority_labels([s.reasons for s in train_samples])
     text = format_answer(maj_a, maj_r)
@@ -65,10 +66,6 @@ def majority_records(train_samples, test_samples) -> list[dict]:
 
 
 def _evaluate(model, processor, samples, P, out_dir: Path, tag: str, title: str) -> tuple[dict, list[Path]]:
-    from kit.eval.figures import figures_for_predictions
-    from kit.eval.generate import predict_bdd
-    from kit.eval.metrics import track_b_metrics
-
     recs = predict_bdd(model, processor, samples, P, out_dir / "predictions.jsonl", tag=tag, desc=f"{title}: predict")
     m = track_b_metrics(recs)
     figs = dist.on_main(figures_for_predictions, out_dir / "predictions.jsonl", out_dir / "figures", title)
@@ -77,8 +74,6 @@ def _evaluate(model, processor, samples, P, out_dir: Path, tag: str, title: str)
 
 def run_direct(P: Mapping, run_dir) -> dict:
     """Evaluate the profile's base VLM as is on the eval split; metrics.json["direct"]["eval"]."""
-    from kit.models.vlm import load_vlm, resolve_vlm_path
-
     t0 = time.time()
     out = runs.stage_dir(run_dir, DIRECT)
     split = P["eval"]["split"]
@@ -96,11 +91,6 @@ def run_direct(P: Mapping, run_dir) -> dict:
 def run_sft_baseline(P: Mapping, run_dir) -> dict:
     """Paper B's SFT baseline: train on the train split, evaluate on the eval split, beside a
     majority-class predictor (and Direct, when notebook 03's Direct step ran)."""
-    from kit.eval.figures import figures_from_run
-    from kit.eval.metrics import summary_row, track_b_metrics
-    from kit.models.vlm import load_vlm, lora_config, resolve_vlm_path, vlm_settings
-    from kit.train.sft import train_sft
-
     t0 = time.time()
     out = runs.stage_dir(run_dir, STAGE)
     split = P["eval"]["split"]
@@ -171,8 +161,6 @@ def _beats(m: Mapping, majority: Mapping, direct: Mapping | None) -> dict:
 
 def per_class_tables(run_dir, stage: str = STAGE, key: str = "eval"):
     """Paper B's Tables 2 and 3 (per-class test distribution and F1) from metrics.json."""
-    from kit.eval.figures import per_class_table
-
     m = runs.require_metrics(run_dir, stage, "the per-class tables")[key]
     return per_class_table(m["action"], ACTIONS), per_class_table(m["reason"], REASONS)
 

@@ -34,9 +34,19 @@ from typing import Mapping
 from kit import dist, runs
 from kit.coda import spin as S
 from kit.data.coda_vqa import TASKS, VqaItem, read_answers, vqa_for
-from kit.params import params_hash
-from kit.stages.coda import data_id
+from kit.eval.generate import generate_records
+from kit.judge.battles import run_battles
+from kit.judge.elo import win_rates
+from kit.judge.factory import make_judge
 from kit.keys import artifact_id, keyed_dir, keyed_training, mark, marked_key, stage_key
+from kit.models.vlm import load_vlm, lora_config, vlm_settings
+from kit.params import params_hash
+from kit.stages.coda import current_sft_key, data_id, evaluate_model, split_items
+from kit.synth import pipeline
+from kit.synth.pipeline import pool_images
+from kit.synth.writer import make_writer
+from kit.train.dpo import train_dpo
+from kit.train.rows import preference_row
 
 
 def dpo_config(P: Mapping) -> dict:
@@ -50,8 +60,6 @@ def dpo_config(P: Mapping) -> dict:
 
 def _own_answers(model, processor, items: list[VqaItem], P: Mapping, out_dir: Path, model_id: str, source: str) -> list[str]:
     """Greedy answers of the round's starting model, per task (each task's answer length), in `items`' order."""
-    from kit.eval.generate import generate_records
-
     by_id = {}
     for task in TASKS:
         its = [it for it in items if it.task == task]
@@ -71,8 +79,6 @@ def _own_answers(model, processor, items: list[VqaItem], P: Mapping, out_dir: Pa
 
 def _synthetic_source(P: Mapping, run_dir) -> tuple[list[dict], list[Path], Path]:
     """Notebook 01's records with a written QA set, the pool they came from, and its key."""
-    from kit.synth.pipeline import pool_images
-
     m = runs.require_metrics(run_dir, "synthesis", "SPIN's synthetic variant (run notebook 01 first)")
     recs = [r for r in runs.read_jsonl(runs.stage_dir(run_dir, "synthesis") / "records.jsonl") if r.get("output")]
     return recs, pool_images(P, run_dir), Path(m["data_root"])
@@ -97,9 +103,6 @@ def _round_synthetic(P, run_dir, rd: Path, records: list[dict], pool, captioner,
                      synth_key: str) -> tuple[dict[str, list[VqaItem]], dict]:
     """The round's synthetic images as a CODA-LM split under `<round>/synthesis/data`: rewritten by the
     round's starting model when `captioner` is given, else as notebook 01 wrote them."""
-    from kit.synth import pipeline
-    from kit.synth.writer import make_writer
-
     key = stage_key({"synth": {k: v for k, v in P["synth"].items() if k in ("caption", "writer")}},
                     {"synthesis": synth_key, "captioner": captioner_id or "notebook 01",
                      "images": params_hash([r["file_name"] for r in records])})
@@ -122,8 +125,6 @@ def _round_synthetic(P, run_dir, rd: Path, records: list[dict], pool, captioner,
 def _write_marked(records: list[dict], pool, out: Path, key: str) -> None:
     """The split under `out`, unless it is there with this key. The main process decides (inside
     on_main): a process that looked itself could see the main one's fresh mark and skip the broadcast."""
-    from kit.synth import pipeline
-
     if marked_key(out) == key:
         return
     pipeline.write_split(records, pool, out)
@@ -132,9 +133,6 @@ def _write_marked(records: list[dict], pool, out: Path, key: str) -> None:
 
 def _round_battles(P, run_dir, rd: Path, judge, refs, names: dict[str, str]) -> dict:
     """This round's model against the previous one and SFT, on the eval split, both orders."""
-    from kit.judge.battles import run_battles
-    from kit.judge.elo import win_rates
-
     answers = {}
     me = next(iter(names))
     for n, pred in names.items():
@@ -157,12 +155,6 @@ def _round_battles(P, run_dir, rd: Path, judge, refs, names: dict[str, str]) -> 
 
 def run_spin(P: Mapping, run_dir, variant: str) -> dict:
     """Every round of one variant (see the module docstring); returns the variant's summary."""
-    from kit.judge.factory import make_judge
-    from kit.models.vlm import load_vlm, lora_config, vlm_settings
-    from kit.stages.coda import current_sft_key, evaluate_model, split_items
-    from kit.train.dpo import train_dpo
-    from kit.train.rows import preference_row
-
     if variant not in S.VARIANTS:
         raise ValueError(f"params spin.variants: unknown variant {variant!r}; expected some of {list(S.VARIANTS)}")
     t0 = time.time()

@@ -17,15 +17,25 @@ from pathlib import Path
 from typing import Mapping
 
 from kit import dist, runs
-from kit.params import params_hash
+from kit.data import coda_lm, coda_lm_root
+from kit.judge.factory import make_judge
 from kit.keys import artifact_id, keyed_dir, mark, marked_key, stage_key
+from kit.models.clip import load_clip, tiny_clip_dir
+from kit.models.device import resolve_device
+from kit.models.vlm import load_vlm, resolve_vlm_path
+from kit.params import params_hash
+from kit.synth import pipeline, quality
+from kit.synth.figures import figures_from_run
+from kit.synth.knowledge import DEFAULT_PATH, KnowledgeBase
+from kit.synth.naming import VisualTextDB, build_database
+from kit.synth.pipeline import Steps
+from kit.synth.regions import load_detections, make_proposer
+from kit.synth.writer import make_writer
 
 STAGE = "synthesis"
 
 
 def clip_id(P: Mapping, run_dir) -> str:
-    from kit.models.clip import tiny_clip_dir
-
     spec = P["models"]["clip"]
     if (spec.get("name") or "tiny") == "tiny":
         return artifact_id(tiny_clip_dir(run_dir))
@@ -36,8 +46,6 @@ def clip_id(P: Mapping, run_dir) -> str:
 def captioner_source(P: Mapping, run_dir, captioner=None) -> str:
     """The VLM that captions: `captioner` (a checkpoint, e.g. a SPIN round's), else `synth.caption.model`,
     else the profile's VLM."""
-    from kit.models.vlm import resolve_vlm_path
-
     given = captioner or P["synth"]["caption"].get("model")
     if given and Path(str(given)).expanduser().exists():
         return resolve_vlm_path(P, run_dir, given)
@@ -45,8 +53,6 @@ def captioner_source(P: Mapping, run_dir, captioner=None) -> str:
 
 
 def load_captioner(P: Mapping, run_dir, source: str):
-    from kit.models.vlm import load_vlm
-
     if Path(source).exists():
         return load_vlm(P, run_dir, source)
     # a hub id: load it as the profile's VLM would be loaded
@@ -55,8 +61,6 @@ def load_captioner(P: Mapping, run_dir, source: str):
 
 
 def train_samples(P: Mapping, run_dir):
-    from kit.data import coda_lm, coda_lm_root
-
     return coda_lm.load_split(coda_lm_root(P, run_dir), P["coda"]["train_split"],
                               max_samples=P["coda"].get("train_samples")).samples
 
@@ -77,8 +81,6 @@ def _settings(P: Mapping) -> dict:
 
 def database(P: Mapping, run_dir, bundle, proposer, samples, clip: str):
     """The naming database, built once per (CLIP, Train, settings) and kept under synthesis/database/<key>/."""
-    from kit.synth.naming import VisualTextDB, build_database
-
     cfg = P["synth"]
     key = stage_key({"naming": cfg["naming"], "regions": cfg["regions"], "seed": int(P["seed"])},
                     {"clip": clip, "train": params_hash([(s.id, artifact_id(s.json_path), artifact_id(s.image_path))
@@ -98,13 +100,6 @@ def database(P: Mapping, run_dir, bundle, proposer, samples, clip: str):
 def build_steps(P: Mapping, run_dir, captioner=None, *, writer_cache=None):
     """Every step's backend, in the order that fails fastest: what needs a file, an endpoint or a
     key (SAM checkpoint, detections, knowledge base, the LLM writer) is checked before any model runs."""
-    from kit.models.clip import load_clip
-    from kit.models.device import resolve_device
-    from kit.synth.knowledge import KnowledgeBase, DEFAULT_PATH
-    from kit.synth.pipeline import Steps
-    from kit.synth.regions import load_detections, make_proposer
-    from kit.synth.writer import make_writer
-
     cfg = P["synth"]
     proposer = make_proposer(cfg["regions"], str(resolve_device(P)))
     detections = load_detections(cfg["regions"]["detections"]) if cfg["regions"].get("detections") else {}
@@ -130,9 +125,6 @@ def run_synthesis(P: Mapping, run_dir, *, captioner=None, stage: str = STAGE, bu
     """The pool through every step into `<run>/<stage>/data` (a CODA-LM root whose Train split is the
     synthetic set), its card, its quality on the toy world, and figures. `built`: build_steps' result,
     when the caller (notebook 01) has built the steps already."""
-    from kit.data import coda_lm_root
-    from kit.synth import pipeline, quality
-
     t0 = time.time()
     sd = runs.stage_dir(run_dir, stage)
     pool = pipeline.pool_images(P, run_dir)
@@ -160,13 +152,10 @@ def run_synthesis(P: Mapping, run_dir, *, captioner=None, stage: str = STAGE, bu
     entry = {"card": card, "data_root": str(out_root), "key": key}
     hidden = quality.hidden_pool(coda_lm_root(P, run_dir))
     if hidden is not None:
-        from kit.judge.factory import make_judge
-
         judge = make_judge(P["judge"], run_dir)
         entry["quality"] = {"named_objects": quality.named_object_scores(records, hidden),
                             "answers": quality.answer_quality(records, hidden, judge, P["coda"]["questions"])}
         runs.write_json(sd / "quality.json", entry["quality"])
-    from kit.synth.figures import figures_from_run
 
     entry["figures"] = [str(p) for p in dist.on_main(figures_from_run, run_dir, stage)]
     entry["seconds"] = round(time.time() - t0, 2)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Mapping
 
 from kit.data import DataError
+from kit.runs import read_jsonl
 
 DEFAULT_PATH = Path(__file__).resolve().parent / "knowledge" / "coda_categories.jsonl"
 BACKENDS = ("tfidf", "bm25")
@@ -21,8 +22,6 @@ def _tokens(text: str) -> list[str]:
 
 
 def load_documents(path) -> list[dict]:
-    from kit.runs import read_jsonl
-
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"params synth.knowledge.path: {path} does not exist; expected a JSONL of "

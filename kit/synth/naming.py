@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from kit.runs import atomic_write_text, read_jsonl, write_jsonl
 from kit.synth.regions import iou
 
 BACKGROUND = "background"
@@ -100,8 +101,6 @@ class VisualTextDB:
         return self._labels_np
 
     def save(self, folder: Path) -> None:
-        from kit.runs import atomic_write_text, write_jsonl
-
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / ".embeddings.tmp.npy"
         np.save(tmp, self.embeddings)
@@ -111,8 +110,6 @@ class VisualTextDB:
 
     @classmethod
     def load(cls, folder: Path) -> "VisualTextDB | None":
-        from kit.runs import read_jsonl
-
         if not (folder / ".complete").exists():
             return None
         e = read_jsonl(folder / "entries.jsonl")

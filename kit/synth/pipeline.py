@@ -22,10 +22,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
-from kit import runs
-from kit.data.coda_vqa import TASKS
-from kit.data import DataError
+from kit import dist, runs
+from kit.data import DataError, coda_lm_root
 from kit.data.coda_lm import CLASSES, GENERAL_KEYS, SUMMARY_KEY, region_class
+from kit.data.coda_vqa import TASKS
+from kit.data.toyworld import POOL_DIR
+from kit.eval.generate import generate
+from kit.synth.naming import embed_regions, name_regions
 from kit.synth.writer import place
 
 STEPS = ("regions", "naming", "knowledge", "caption", "writer")
@@ -38,9 +41,6 @@ GENERAL_KEY_OF_CLASS = {"vehicle": "vehicles", "vru": "vulnerable_road_users", "
 
 def pool_images(P: Mapping, run_dir) -> list[Path]:
     """The unlabeled images: `synth.pool_dir`, else the toy world's pool; sorted, capped by `synth.max_images`."""
-    from kit.data import coda_lm_root
-    from kit.data.toyworld import POOL_DIR
-
     s = P["synth"]
     d = Path(s["pool_dir"]).expanduser() if s.get("pool_dir") else coda_lm_root(P, run_dir) / POOL_DIR
     if not d.is_dir():
@@ -80,8 +80,6 @@ def _open(path: Path):
 
 def process_chunk(steps: Steps, paths: Sequence[Path], progress: bool = False) -> list[dict]:
     """Every step on a few images; one record per image (see the module docstring)."""
-    from kit.synth.naming import embed_regions, name_regions
-
     cfg = steps.cfg
     imgs = [_open(p) for p in paths]
     recs = [{"file_name": p.name, "width": im.width, "height": im.height, "seconds": {}} for p, im in zip(paths, imgs)]
@@ -122,8 +120,6 @@ def process_chunk(steps: Steps, paths: Sequence[Path], progress: bool = False) -
 def caption_and_write(steps: Steps, imgs: Sequence, recs: Sequence[dict], progress: bool = False) -> None:
     """The last two steps on records whose regions are named and described: the captioner's raw
     caption, then the writer's refined caption and QA pairs (in place; `seconds` updated)."""
-    from kit.eval.generate import generate
-
     cfg = steps.cfg
     t = time.perf_counter()
     if steps.captioner is not None:
@@ -172,8 +168,6 @@ def _by_chunk(steps: Steps, items: list, work_dir: Path, process: Callable[[list
     `work_dir/chunk_<i>.jsonl` once done (a rerun reuses a chunk whose file names match). Under several
     processes each takes a block of chunks (kit.dist) and every process gets every record, in order;
     the writer's counts are summed over the processes."""
-    from kit import dist
-
     n = max(1, int(steps.cfg["chunk_size"]))
     work_dir.mkdir(parents=True, exist_ok=True)
     starts = list(range(0, len(items), n))

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from kit.data.coda_lm import CLASSES, SUMMARY_KEY, region_class
+from kit.data.toyworld import HIDDEN_POOL
+from kit.judge.request import JudgeRequest
+from kit.runs import read_jsonl
 from kit.synth.regions import iou
 
 IOU = 0.5
@@ -23,9 +26,6 @@ IOU = 0.5
 
 def hidden_pool(coda_root) -> dict[str, dict] | None:
     """file_name -> hidden record, or None where there is no toy pool (real data)."""
-    from kit.data.toyworld import HIDDEN_POOL
-    from kit.runs import read_jsonl
-
     p = Path(coda_root) / HIDDEN_POOL
     return {r["file_name"]: r for r in read_jsonl(p)} if p.is_file() else None
 
@@ -80,8 +80,6 @@ def answer_quality(records: Sequence[Mapping], hidden: Mapping[str, Mapping], ju
                    progress: bool = True) -> dict:
     """Per task: items judged, mean rating (0-100) of the synthetic answers against the hidden truth,
     the truth's own rating, and the share of synthetic answers rated at least as high as the truth."""
-    from kit.judge.request import JudgeRequest
-
     items: dict[str, list[tuple[str, str]]] = {t: [] for t in ("general_perception", "region_perception",
                                                                   "driving_suggestion")}
     unmatched = 0

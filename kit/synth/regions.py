@@ -17,6 +17,7 @@ from typing import Mapping
 import numpy as np
 
 from kit.data import DataError
+from kit.runs import read_jsonl
 
 BACKENDS = ("classical", "sam")
 
@@ -47,10 +48,9 @@ class ClassicalProposer:
         self.cfg = cfg
 
     def __call__(self, img) -> list[dict]:
+        from PIL import Image
         from skimage.measure import regionprops
         from skimage.segmentation import felzenszwalb
-
-        from PIL import Image
 
         W, H = img.size
         # segment a copy whose longer side is at most max_side (cost grows with the pixels; boxes are
@@ -121,8 +121,6 @@ def make_proposer(cfg: Mapping, device: str = "cpu"):
 
 def load_detections(path) -> dict[str, list[dict]]:
     """file_name -> the detector's objects, from `synth.regions.detections` (validated row by row)."""
-    from kit.runs import read_jsonl
-
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"params synth.regions.detections: {path} does not exist; expected a JSONL of "

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from kit.data.coda_lm import region_class
-from kit.judge.openai_judge import KEY_ENV
+from kit.judge.cache import DiskCache
+from kit.judge.openai_judge import KEY_ENV, _redacted
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 BACKENDS = ("template", "openai")
@@ -197,8 +198,6 @@ class OpenAIWriter:
     def __init__(self, cfg: Mapping, cache_dir):
         from urllib.parse import urlsplit
 
-        from kit.judge.cache import DiskCache
-
         model, base_url = cfg.get("model"), cfg.get("base_url")
         if not isinstance(model, str) or not model.strip():
             raise ValueError("params synth.writer.model: the openai writer needs the LLM's name (e.g. gpt-4o-mini, "
@@ -222,7 +221,6 @@ class OpenAIWriter:
         self._client = openai.OpenAI(api_key=key, base_url=base_url, timeout=float(cfg.get("timeout", 60)),
                                      max_retries=int(cfg.get("max_retries", 2)))
         del key
-        from kit.judge.openai_judge import _redacted
 
         self.base_url = _redacted(str(self._client.base_url)).rstrip("/")
         self.cache = DiskCache(cache_dir)
