@@ -52,13 +52,16 @@ def _cmd_sweep(a: argparse.Namespace) -> int:
         return 0
     if a.extend and not a.expected:
         raise SystemExit("kit sweep --extend: expected --expected too (it adds runs to the reference bands)")
+    if a.other_machine and not a.extend:
+        raise SystemExit("kit sweep --other-machine: expected --expected --extend too")
     if a.summarize:
-        s = summarize(a.summarize, expected=a.expected, extend=a.extend, times=not a.no_times)
+        s = summarize(a.summarize, expected=a.expected, extend=a.extend, times=not a.no_times,
+                      other_machine=a.other_machine)
     else:
         rec = run_sweep(a.profile, _ints(a.seeds, "--seeds"), parse_grid(a.grid),
                         only=a.only.split(",") if a.only else None, track=a.track, sweep_dir=a.sweep_dir,
                         jobs=a.jobs, base=a.set, threads=_ints(a.threads, "--threads"), expected=a.expected,
-                        extend=a.extend, times=not a.no_times)
+                        extend=a.extend, times=not a.no_times, other_machine=a.other_machine)
         s = rec["summary"]
     print((Path(s["sweep_dir"]) / "summary.md").read_text())
     if s.get("expected"):
@@ -230,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--extend", action="store_true",
                     help="with --expected: add this sweep's runs to the bands the file already holds (same parameters, "
                          "lock and machine; at least one of its runs rerun here, which must give its numbers to the digit)")
+    sw.add_argument("--other-machine", action="store_true",
+                    help="with --extend: the runs were made on another machine of the same kind, so a seed the bands "
+                         "hold may give other numbers there; every run is added (nothing since the bands' commit may "
+                         "change a number)")
     sw.add_argument("--no-times", action="store_true",
                     help="with --expected: leave the runs' times out of the bands (they shared the machine with other work)")
     sw.add_argument("--readme", metavar="PROFILE", help="only render the README's results section from "

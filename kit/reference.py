@@ -314,42 +314,73 @@ def _label(r: Mapping) -> str:
     return f"seed {r['seed']}" + (f" with {r['threads']} thread{'s' if r['threads'] != 1 else ''}" if "threads" in r else "")
 
 
-def extend_bands(old: Mapping, new: Mapping, where: str | os.PathLike = "the bands file") -> dict:
+def _kind(machine: Mapping | None) -> dict:
+    """The kind of machine, as bands compare it: the CPU's name and cores (not its kernel's version)."""
+    return {k: (machine or {}).get(k) for k in ("cpu", "cores")}
+
+
+def extend_bands(old: Mapping, new: Mapping, where: str | os.PathLike = "the bands file", *,
+                 other_machine: bool = False) -> dict:
     """`old` (the profile's bands) with the runs of `new` (a later sweep's bands) added: `kit sweep
     --expected --extend`, so that seeds can be added on another day, in another session, at another
-    commit. Allowed only where the numbers are the same experiment: the same resolved parameters,
-    lock, package versions and kind of machine, and at least one run of `new` that `old` already
-    holds (same seed and threads) giving every headline number to the digit, which shows that this
-    commit on this machine reproduces the bands. Raises ValueError naming what differs."""
+    commit, or on another machine. Allowed only where the numbers are the same experiment: the same
+    resolved parameters, lock, package versions and kind of machine (CPU name and cores), and either
+
+    - on the same machine: at least one run of `new` that `old` already holds (same seed and threads)
+      giving every headline number to the digit, which shows that this commit and machine reproduce
+      the bands; that run is kept once; or
+    - with `other_machine`, runs made on another machine of the same kind, which the same commit need
+      not reproduce to the digit (another CPU's kernels round differently; that spread is what bands
+      are for): every run of `new` is added, a rerun seed included, and the bands say so.
+
+    Each run in the result carries `sweep` (0: the first sweep; n: the n-th extension). Raises
+    ValueError naming what differs."""
     differs = _diff_keys(new["params"] or {}, old.get("params") or {})
     if differs:
         raise ValueError(f"{where}: the new runs' parameters differ from the bands' in {', '.join(differs[:5])}; "
                          "make the bands anew (kit sweep --expected without --extend)")
     mo, mn = old.get("made_by") or {}, new.get("made_by") or {}
-    for what, said in (("lock", "requirements.lock"), ("packages", "set of package versions"), ("machine", "kind of machine")):
-        if mo.get(what) != mn.get(what):
-            raise ValueError(f"{where}: the new runs were made with another {said} ({mn.get(what)}) than the bands "
-                             f"({mo.get(what)}); make the bands anew (kit sweep --expected without --extend)")
-    old_runs, new_runs = _per_run(old), _per_run(new)
+    for what, said, get in (("lock", "requirements.lock", lambda m: m.get("lock")),
+                            ("packages", "set of package versions", lambda m: m.get("packages")),
+                            ("machine", "kind of machine", lambda m: _kind(m.get("machine")))):
+        if get(mo) != get(mn):
+            raise ValueError(f"{where}: the new runs were made with another {said} ({get(mn)}) than the bands "
+                             f"({get(mo)}); make the bands anew (kit sweep --expected without --extend)")
+    old_runs = [{"sweep": 0, **r} for r in _per_run(old)]
+    n = len(old.get("extended_by") or []) + 1
+    new_runs = [{**r, "sweep": n} for r in _per_run(new)]
     key = lambda r: (r["seed"], r.get("threads"))  # noqa: E731
     held = {key(r): r for r in old_runs}
     again = [r for r in new_runs if key(r) in held]
-    if not again:
-        raise ValueError(f"{where}: --extend needs at least one run the bands already hold (e.g. seed "
-                         f"{old_runs[0]['seed']}, {old_runs[0].get('threads', 'default')} threads) among the new ones, "
-                         "to show that this commit and machine reproduce them")
-    for r in again:
+
+    def differing(r: Mapping) -> str | None:
         a, b = held[key(r)]["metrics"], r["metrics"]
         for name in sorted(set(a) | set(b)):
             x, y = a.get(name), b.get(name)
             if x is None or y is None or not math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12):
-                raise ValueError(f"{where}: {_label(r)} gives {name} = {y} here and {x} in the bands: this commit or "
-                                 "machine does not reproduce them; make the bands anew (kit sweep --expected without --extend)")
-    added = [r for r in new_runs if key(r) not in held]
-    step = {**mn, "added": [{k: r[k] for k in ("seed", "threads") if k in r} for r in added],
-            "reproduced": [{k: r[k] for k in ("seed", "threads") if k in r} for r in again]}
+                return f"{_label(r)} gives {name} = {y} here and {x} in the bands"
+        return None
+
+    diffs = [d for r in again if (d := differing(r))]
+    if not other_machine:
+        if not again:
+            raise ValueError(f"{where}: --extend needs at least one run the bands already hold (e.g. "
+                             f"{_label(old_runs[0])}) among the new ones, to show that this commit and machine "
+                             "reproduce them (or --other-machine, for runs made on another machine of the same kind)")
+        if diffs:
+            raise ValueError(f"{where}: {diffs[0]}: this commit or machine does not reproduce them. If the runs were "
+                             "made on another machine and nothing since the bands' commit changes a number, add them "
+                             "with --other-machine; else make the bands anew (kit sweep --expected without --extend)")
+    added = new_runs if other_machine else [r for r in new_runs if key(r) not in held]
+    step = {**mn, "added": [_settings(r) for r in added], "other_machine": other_machine,
+            "reproduced": [_settings(r) for r in again if not differing(r)],
+            "differed": [_settings(r) for r in again if differing(r)]}
     return _assemble(old["profile"], old_runs + added, old["params"], mo,
                      extended_by=[*(old.get("extended_by") or []), step])
+
+
+def _settings(r: Mapping) -> dict:
+    return {k: r[k] for k in ("seed", "threads") if k in r}
 
 
 def _ordered(names: Iterable[str]) -> list[str]:
@@ -399,7 +430,9 @@ def made_by(command: str, run_dirs: Sequence[str | os.PathLike]) -> dict:
             **({"commits": commits} if len(commits) > 1 else {}),
             "dirty": any(g.get("dirty") for g in git), "lock": one([(m.get("lock") or {}).get("sha256") for m in mans], "lock"),
             "date": min((m.get("started") or "?")[:10] for m in mans) if mans else None,
-            "machine": one([{k: v for k, v in (m.get("machine") or {}).items() if k != "threads"} for m in mans], "machine"),
+            # the machine, not its kernel's version or the thread count (a setting of the sweep)
+            "machine": one([{k: v for k, v in (m.get("machine") or {}).items() if k not in ("threads", "platform")}
+                            for m in mans], "machine"),
             "packages": one([{k: v for k, v in (m.get("packages") or {}).items() if k != "kit"} for m in mans], "package set")}
 
 
@@ -539,6 +572,17 @@ def _made_text(mb: Mapping) -> str:
             + ", ".join(f"`{c[:10]}`" for c in commits) + (" (with uncommitted changes)" if mb.get("dirty") else ""))
 
 
+def _step_text(x: Mapping) -> str:
+    """One `--extend` sweep, as the README's first line of the bands tells it."""
+    out = f"{_made_text(x)}{' on another machine of the same kind' if x.get('other_machine') else ''}, adding {_runs_text(x['added'])}"
+    if x.get("reproduced"):
+        out += f" (rerunning {_runs_text(x['reproduced'])} of the earlier runs gave every headline number to the digit)"
+    if x.get("differed"):
+        out += (f" ({_runs_text(x['differed'])} of the earlier runs, rerun there, gave other numbers: another "
+                "CPU's floats; both are in the bands)")
+    return out
+
+
 def _runs_text(rs: Sequence[Mapping]) -> str:
     return f"{len(rs)} run{'s' if len(rs) != 1 else ''} ({'; '.join(_label(r) for r in rs)})"
 
@@ -550,9 +594,7 @@ def readme_section(bands: Mapping) -> str:
     n_runs = len(bands["runs"])
     seeds = sorted({r["seed"] for r in bands["runs"]})
     threads = sorted({r["threads"] for r in bands["runs"] if "threads" in r})
-    made = [_made_text(mb)] + [f"{_made_text(x)}, adding {_runs_text(x['added'])} and rerunning "
-                               f"{_runs_text(x['reproduced'])} of the earlier sweep, which gave every headline number "
-                               "to the digit" for x in bands.get("extended_by") or []]
+    made = [_made_text(mb)] + [_step_text(x) for x in bands.get("extended_by") or []]
     lines = [BEGIN.format(profile=prof), "",
              "; then ".join(made) + (". R" if len(made) > 1 else ", r") + f"equirements.lock `{(mb.get('lock') or '?')[:12]}`, "
              f"{(mb.get('machine') or {}).get('cpu', '?')} with {(mb.get('machine') or {}).get('cores', '?')} cores: "

@@ -91,17 +91,22 @@ def package_versions() -> dict:
 
 def machine() -> dict:
     """What the numbers of a run may depend on beyond its parameters and packages: the CPU and the
-    threads its BLAS and OpenMP pools use (torch's default: one per core)."""
+    threads its BLAS and OpenMP pools use (torch's default: one per core). Where Linux says, the CPU's
+    generation and vector units too (`cpu_id`): two CPUs of one name (a cloud's "AMD EPYC") may be of
+    different generations, whose kernels round the same sums differently."""
     import platform
 
-    cpu = platform.processor() or platform.machine()
+    cpu, cpu_id = platform.processor() or platform.machine(), None
     try:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name")), cpu)
+        info = dict(ln.split(":", 1) for ln in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines() if ":" in ln)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        cpu = info.get("model name", cpu)
+        units = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in info.get("flags", "").split()]
+        cpu_id = f"family {info.get('cpu family')} model {info.get('model')} stepping {info.get('stepping')}: {' '.join(units)}"
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "threads": os.environ.get("OMP_NUM_THREADS") or "default (one per core)",
-            "platform": platform.platform()}
+            "platform": platform.platform(), **({"cpu_id": cpu_id} if cpu_id else {})}
 
 
 def _stage_hash(P: Mapping) -> str:

@@ -20,8 +20,8 @@ kit.reference as paired differences with a bootstrap interval, rebuilt by `--sum
 directories alone. `--expected` (no grid) writes those numbers as the profile's reference bands,
 `params/expected/<profile>.json`, and renders the README's results section from them; with
 `--extend` it adds the sweep's runs to the bands that file already holds (kit.reference.extend_bands:
-the same parameters, lock and machine, and one of its runs rerun to the digit), so the seeds of the
-bands can be run on different days. A call in a sweep folder of the same profile and settings adds
+the same parameters, lock and kind of machine, and one of its runs rerun to the digit, or
+`--other-machine`), so the seeds of the bands can be run on different days and machines. A call in a sweep folder of the same profile and settings adds
 its runs to those the folder holds (`sweep.json` lists every call).
 """
 from __future__ import annotations
@@ -112,7 +112,7 @@ def _run_one(profile: str, run_dir: Path, settings: Mapping, base: Sequence[str]
 def run_sweep(profile: str = "tiny", seeds: Sequence[int] = (0,), grid: Mapping[str, Sequence] | None = None,
               *, only: Sequence[str] | None = None, track: str | None = None, sweep_dir: str | os.PathLike | None = None,
               jobs: int = 1, base: Sequence[str] = (), threads: Sequence[int] = (), expected: bool = False,
-              extend: bool = False, times: bool = True) -> dict:
+              extend: bool = False, times: bool = True, other_machine: bool = False) -> dict:
     """Run every combination (see the module docstring); returns the sweep record with its summary."""
     grid = dict(grid or {})
     if expected and (grid or base or only or track):
@@ -159,7 +159,7 @@ def run_sweep(profile: str = "tiny", seeds: Sequence[int] = (0,), grid: Mapping[
                 results[combo_name(c)] = r
     record["runs"] = kept + [results[combo_name(c)] for c in combos]
     runs.write_json(sd / SWEEP_FILE, record)
-    record["summary"] = summarize(sd, expected=expected, extend=extend, times=times)
+    record["summary"] = summarize(sd, expected=expected, extend=extend, times=times, other_machine=other_machine)
     return record
 
 
@@ -172,7 +172,8 @@ def _command(rec: Mapping) -> str:
                                     *([f"--track {rec['track']}"] if rec.get("track") else [])])
 
 
-def summarize(sweep_dir: str | os.PathLike, *, expected: bool = False, extend: bool = False, times: bool = True) -> dict:
+def summarize(sweep_dir: str | os.PathLike, *, expected: bool = False, extend: bool = False, times: bool = True,
+              other_machine: bool = False) -> dict:
     """summary.json, summary.md and figures/ from the sweep's run directories (files only); with
     `expected`, also the profile's reference bands (kit.reference) and the README's results section;
     with `extend` too, the bands file's runs and these together (kit.reference.extend_bands); without
@@ -202,7 +203,8 @@ def summarize(sweep_dir: str | os.PathLike, *, expected: bool = False, extend: b
                "comparisons": {g: reference.compare(rs) for g, rs in runs_of.items()},
                "failed": failed,
                "command": " ; ".join(rec.get("calls") or [_command(rec)]) + (" --expected" if expected else "")
-               + (" --extend" if extend else "") + ("" if times else " --no-times")}
+               + (" --extend" if extend else "") + (" --other-machine" if other_machine else "")
+               + ("" if times else " --no-times")}
     runs.write_json(sd / "summary.json", summary)
     runs.atomic_write_text(sd / "summary.md", summary_markdown(summary))
     plot_summary(summary, sd / "figures")
@@ -220,7 +222,7 @@ def summarize(sweep_dir: str | os.PathLike, *, expected: bool = False, extend: b
                 raise SystemExit(f"kit sweep --extend: {reference.expected_path(profile)} does not exist; "
                                  "make the bands first (--expected without --extend)")
             try:
-                bands = reference.extend_bands(old, bands, reference.expected_path(profile))
+                bands = reference.extend_bands(old, bands, reference.expected_path(profile), other_machine=other_machine)
             except ValueError as e:
                 raise SystemExit(f"kit sweep --extend: {e}") from None
         summary["expected"] = str(reference.write_bands(bands))

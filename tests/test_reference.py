@@ -201,7 +201,8 @@ def test_extending_refuses_what_is_not_the_same_experiment(tmp_path, bands):
     def new_of(recs):
         return reference.bands_from_runs("tiny", recs, reference.made_by("kit sweep", [r["run_dir"] for r in recs]))
 
-    with pytest.raises(ValueError, match=r"seed 0 with 1 thread gives SFT action mF1 = 0\.6\d* here and 0\.602 in the bands"):
+    with pytest.raises(ValueError, match=r"seed 0 with 1 thread gives SFT action mF1 = 0\.6\d* here and 0\.602 in the "
+                                         r"bands: .* add them with --other-machine"):
         reference.extend_bands(bands, new_of(_more(tmp_path / "a", [0, 3], shift=1e-4)))
     with pytest.raises(ValueError, match="at least one run the bands already hold"):
         reference.extend_bands(bands, new_of(_more(tmp_path / "b", [3])))
@@ -215,3 +216,30 @@ def test_extending_refuses_what_is_not_the_same_experiment(tmp_path, bands):
                                  params=load_profile("tiny", ["seed=0"]), torch_version="2.15.0"))}]
     with pytest.raises(ValueError, match=r"another set of package versions \(\{'torch': '2.15.0'\}\)"):
         reference.extend_bands(bands, new_of(recs))
+
+
+def test_runs_of_another_machine_join_the_bands_as_runs_of_their_own(tmp_path, bands):
+    # the same commit on another CPU of the same kind: seed 0 gives other floats there, and both stay
+    recs = _more(tmp_path, [0, 3], shift=1e-4)
+    # its kernel's version is not the kind of machine
+    for r in recs:
+        man = runs.read_json(f"{r['run_dir']}/manifest.json")
+        runs.write_json(f"{r['run_dir']}/manifest.json", {**man, "machine": {"cpu": None, "cores": None, "platform": "other"}})
+    new = reference.bands_from_runs("tiny", recs, reference.made_by("kit sweep --seeds 0,3", [r["run_dir"] for r in recs]),
+                                    times=False)
+    both = reference.extend_bands(bands, new, other_machine=True)
+    assert len(both["runs"]) == 10 and both["metrics"]["SFT action mF1"]["n"] == 10
+    assert [r["sweep"] for r in both["per_run"]] == [0] * 6 + [1] * 4
+    assert all(r["seconds"] is None for r in both["per_run"][6:])
+    step = both["extended_by"][0]
+    assert step["other_machine"] and step["differed"] == [{"seed": 0, "threads": 1}, {"seed": 0, "threads": 2}]
+    assert step["reproduced"] == []
+    text = reference.readme_section(both)
+    assert "on another machine of the same kind, adding 4 runs" in text and "gave other numbers" in text
+    assert "10 runs (seeds 0, 1, 2, 3 x 1 and 2 threads)" in text
+    # another kind of machine is another experiment
+    runs.write_json(f"{recs[0]['run_dir']}/manifest.json",
+                    {**runs.read_json(f"{recs[0]['run_dir']}/manifest.json"), "machine": {"cpu": "Apple M3", "cores": 8}})
+    other = reference.bands_from_runs("tiny", recs[:1], reference.made_by("kit sweep", [recs[0]["run_dir"]]))
+    with pytest.raises(ValueError, match="another kind of machine"):
+        reference.extend_bands(bands, other, other_machine=True)
