@@ -59,7 +59,7 @@ class _Timers:
 def _run(trainer_cls, model, proc, reward, rows, P, out_dir: Path, **extra) -> dict:
     from transformers import TrainerCallback
 
-    from kit.rl.rloo import rloo_config
+    from kit.rl.trainer import rloo_config
 
     args = rloo_config(P, out_dir, max_steps=WARMUP + STEPS, save_strategy="no", logging_steps=1000,
                        disable_tqdm=True)
@@ -98,7 +98,7 @@ def main() -> dict:
     from kit.models.tiny_vlm import build_tiny_vlm
     from kit.params import load_profile
     from kit.reward.clip_reward import CLIPReward
-    from kit.rl.rloo import KitRLOOTrainer
+    from kit.rl.trainer import KitRLOOTrainer
 
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)

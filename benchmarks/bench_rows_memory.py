@@ -32,7 +32,7 @@ def _child(mode: str, n: int, root: str) -> dict:
     import resource
 
     from kit.data.bdd_oia import load_split
-    from kit.rl.rloo import rloo_rows
+    from kit.rl.trainer import rloo_rows
     from kit.stages.action_sft import action_rows
     from kit.stages.sft_baseline import sft_rows
     from kit.train.rows import rows_dataset

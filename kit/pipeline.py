@@ -50,7 +50,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("coda_direct", "03", "A", "kit.stages.coda:run_coda_direct", "coda_direct"),
     Stage("coda_sft", "03", "A", "kit.stages.coda:run_coda_sft", "coda_sft"),
     Stage("coda_sft_synth", "03", "A", "kit.stages.coda:run_coda_sft_synth", "coda_sft_synth"),
-    Stage("spin", "04", "A", "kit.stages.spin:run_spin_all", "spin", "kit.coda.spin"),
+    Stage("spin", "04", "A", "kit.stages.spin:run_spin_all", "spin", "kit.coda.rounds"),
     Stage("rloo", "05", "B", "kit.stages.rloo:run_rloo", "rloo", "kit.rl.figures"),
     Stage("action_sft", "06", "B", "kit.stages.action_sft:run_action_sft", "action_sft", "kit.rl.figures"),
     Stage("evaluate", "07", "B", "kit.report:run_evaluate", "evaluate", "kit.report", on_main=True),

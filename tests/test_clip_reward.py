@@ -250,7 +250,7 @@ def test_completion_formats_and_errors(tiny):
 # ---- judging ----------------------------------------------------------------------------------------
 
 def test_binary_metrics_match_sklearn_definitions():
-    from kit.reward.judge import binary_metrics
+    from kit.reward.metrics import binary_metrics
 
     y = [1, 1, 1, 0, 0, 0, 1, 0]
     p = [0.9, 0.8, 0.3, 0.2, 0.6, 0.1, 0.7, 0.4]

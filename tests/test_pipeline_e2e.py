@@ -128,7 +128,7 @@ def test_track_a_synthetic_set_is_a_coda_lm_split_and_is_evaluated(run_dir):
 
 
 def test_track_a_spin_rounds_and_table1(run_dir):
-    from kit.coda.spin import table1
+    from kit.coda.rounds import table1
 
     m = runs.read_metrics(run_dir)
     for variant in ("original", "synthetic"):

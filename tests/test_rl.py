@@ -70,7 +70,7 @@ def test_group_and_best_of_k():
 
 
 def test_per_epoch_aggregates_steps():
-    from kit.rl.rloo import per_epoch
+    from kit.rl.trainer import per_epoch
 
     log = [{"step": s, "epoch": s // 3, "mean_reward": 0.1 * s, "best_of_k": 0.2 * s} for s in range(6)]
     rows = per_epoch(log)
@@ -144,7 +144,7 @@ def _P(**rloo):
 
 @pytest.mark.parametrize("baseline", ["greedy", "none"])
 def test_kl_penalty_with_another_baseline_fails_clearly(tiny, tmp_path, baseline):
-    from kit.rl.rloo import make_trainer
+    from kit.rl.trainer import make_trainer
 
     model, proc, reward, rows = tiny
     with pytest.raises(ValueError, match="rloo.beta=0"):
@@ -156,7 +156,7 @@ def test_trainer_uses_the_selected_baseline(tiny, tmp_path, baseline):
     import copy
 
     from kit import runs
-    from kit.rl.rloo import make_trainer
+    from kit.rl.trainer import make_trainer
 
     model, proc, reward, rows = tiny
     P = _P(baseline=baseline)
@@ -186,7 +186,7 @@ def test_train_rloo_logs_epochs_and_resumes(tiny, tmp_path):
     import copy
 
     from kit import runs
-    from kit.rl.rloo import train_rloo
+    from kit.rl.trainer import train_rloo
 
     model, proc, reward, rows = tiny
     P = _P(epochs=2)
@@ -202,7 +202,7 @@ def test_train_rloo_logs_epochs_and_resumes(tiny, tmp_path):
 def test_gradient_variance_on_shared_batches(tiny, tmp_path):
     import copy
 
-    from kit.rl.rloo import make_trainer
+    from kit.rl.trainer import make_trainer
     from kit.rl.variance import gradient_variance
 
     model, proc, reward, rows = tiny
@@ -249,7 +249,7 @@ def test_stage2_action_figure_has_no_reason_panels(tmp_path):
 
 
 def test_clip_summary_reports_specificity_and_collapse():
-    from kit.reward.judge import clip_summary
+    from kit.reward.metrics import clip_summary
 
     fits = [{"description": f"d{i}", "clip_score": 0.9, "clip_match": True, "clip_score_other_image": 0.2}
             for i in range(4)]

@@ -1,4 +1,4 @@
-"""Notebook 04's SPIN rounds (kit.coda.spin, kit.stages.spin, kit.train.dpo): the pairs, the mix of
+"""Notebook 04's SPIN rounds (kit.coda.rounds, kit.stages.spin, kit.train.dpo): the pairs, the mix of
 rounds, that round r's reference is round r-1's model, resume after a kill between and inside rounds,
 retraining on a changed setting, and Table 1 and the figures redrawn from files alone."""
 import math
@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from kit import runs
-from kit.coda.spin import build_pairs, mix_rounds, sample_items
+from kit.coda.rounds import build_pairs, mix_rounds, sample_items
 from kit.data.coda_vqa import VqaItem
 
 
@@ -176,7 +176,7 @@ def test_round_r_refers_to_round_r_minus_1_and_resumes_after_a_kill(sft_run, tmp
 def test_table1_and_figures_from_files_alone(sft_run, tmp_path):
     """After the rounds and notebook 07's battles, Table 1 and every figure come back from the run
     directory with every model folder deleted."""
-    from kit.coda.spin import table1
+    from kit.coda.rounds import table1
     from kit.figures import figures_from_run
     from kit.stages.coda_evaluate import run_coda_evaluate
     from kit.stages.spin import run_spin_all

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 from kit import runs  # noqa: E402
 from kit.coda.paper import PAPER_A_FINAL_TASKS, PAPER_A_TABLE1  # noqa: E402
 from kit.coda.results import evaluated_models  # noqa: E402
-from kit.coda.spin import rounds_of  # noqa: E402
+from kit.coda.rounds import rounds_of  # noqa: E402
 from kit.data import coda_lm_root  # noqa: E402
 from kit.data.coda_lm import CLASSES  # noqa: E402
 from kit.data.coda_vqa import TASKS  # noqa: E402

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kit import labels as L
+from kit.labels import N_ACTIONS, N_REASONS
 from kit.data import DataError
 
 SPLITS = ("train", "val", "test")
@@ -96,7 +96,7 @@ def load_split(root, split: str, max_samples: int | None = None) -> BddSplit:
     for k, rec in enumerate(reasons):
         if not isinstance(rec, dict) or "file_name" not in rec or "reason" not in rec:
             raise DataError(f"{rpath}: record {k}: expected fields 'file_name' and 'reason'")
-        reason_by_name[rec["file_name"]] = _labels(rec["reason"], L.N_REASONS, rpath,
+        reason_by_name[rec["file_name"]] = _labels(rec["reason"], N_REASONS, rpath,
                                                    f"record {k} ({rec['file_name']})", "reason")
     stats = {"samples": 0, "images_listed": len(actions["images"]), "skipped_missing_image": 0,
              "dropped_confusing": 0, "multi_frame": 0}
@@ -111,7 +111,7 @@ def load_split(root, split: str, max_samples: int | None = None) -> BddSplit:
         ann = anns[iid]
         if not isinstance(ann, dict) or "category" not in ann:
             raise DataError(f"{apath}: annotations[{iid}] (image {fn!r}): expected a field 'category'")
-        cat = _labels(ann["category"], L.N_ACTIONS, apath, f"annotations[{iid}] (image {fn!r})", "category", allow=(5,))
+        cat = _labels(ann["category"], N_ACTIONS, apath, f"annotations[{iid}] (image {fn!r})", "category", allow=(5,))
         if fn not in reason_by_name:
             raise DataError(f"{rpath}: no record with file_name {fn!r} (listed in {apath.name}); expected one "
                             "'reason' entry per image")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kit import labels as L
+from kit.labels import ACTIONS, N_ACTIONS, N_REASONS, REASONS
 from kit.data import DataError, bdd_oia, coda_lm
 
 
@@ -32,8 +32,8 @@ def check_dataset(kind: str, root, split: str, *, progress: bool = True) -> dict
     if kind in ("bdd-oia", "bdd_oia"):
         ds = bdd_oia.load_split(root, split)
         sizes = set()
-        act = [0] * L.N_ACTIONS
-        rea = [0] * L.N_REASONS
+        act = [0] * N_ACTIONS
+        rea = [0] * N_REASONS
         for s in tqdm(ds.samples, desc=f"check BDD-OIA {split}", disable=not progress):
             for p in s.frame_paths:
                 sizes.add(_open_image(p))
@@ -41,8 +41,8 @@ def check_dataset(kind: str, root, split: str, *, progress: bool = True) -> dict
             rea = [a + b for a, b in zip(rea, s.reasons)]
         return {"kind": "bdd-oia", "root": str(root), "split": split, **ds.stats,
                 "image_sizes": sorted([list(x) for x in sizes])[:10],
-                "action_counts": dict(zip(L.ACTIONS, act)),
-                "reason_counts": {f"{i} {n}": c for i, (n, c) in enumerate(zip(L.REASONS, rea))},
+                "action_counts": dict(zip(ACTIONS, act)),
+                "reason_counts": {f"{i} {n}": c for i, (n, c) in enumerate(zip(REASONS, rea))},
                 "no_action": sum(1 for s in ds.samples if not any(s.actions))}
     if kind in ("coda-lm", "coda_lm"):
         ds = coda_lm.load_split(root, split)

@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from kit import labels as L  # noqa: E402
+from kit.labels import ACTIONS, N_ACTIONS, N_REASONS, REASONS, action_text  # noqa: E402
 from kit import runs  # noqa: E402
 from kit.data import bdd_oia, coda_lm  # noqa: E402
 
@@ -19,8 +19,8 @@ _save = runs.save_figure
 
 
 def _short_label(actions, reasons) -> str:
-    act = L.action_text(actions)
-    rs = [f"{i} {L.REASONS[i]}" for i, v in enumerate(reasons) if v]
+    act = action_text(actions)
+    rs = [f"{i} {REASONS[i]}" for i, v in enumerate(reasons) if v]
     return "\n".join([act] + [textwrap.shorten(r, 30, placeholder="...") for r in rs])
 
 
@@ -46,8 +46,8 @@ def label_counts(root, splits: Sequence[str]) -> dict[str, dict]:
     out = {}
     for sp in splits:
         ss = bdd_oia.load_split(root, sp).samples
-        out[sp] = {"n": len(ss), "actions": [sum(s.actions[i] for s in ss) for i in range(L.N_ACTIONS)],
-                   "reasons": [sum(s.reasons[i] for s in ss) for i in range(L.N_REASONS)]}
+        out[sp] = {"n": len(ss), "actions": [sum(s.actions[i] for s in ss) for i in range(N_ACTIONS)],
+                   "reasons": [sum(s.reasons[i] for s in ss) for i in range(N_REASONS)]}
     return out
 
 
@@ -61,14 +61,14 @@ def label_distribution(root, splits: Sequence[str], out_path) -> Path:
     for j, sp in enumerate(splits):
         c = counts[sp]
         n = max(1, c["n"])
-        xa = np.arange(L.N_ACTIONS) + j * width
-        xr = np.arange(L.N_REASONS) + j * width
+        xa = np.arange(N_ACTIONS) + j * width
+        xr = np.arange(N_REASONS) + j * width
         a1.bar(xa, np.array(c["actions"]) / n, width, label=f"{sp} (n={c['n']})")
         a2.bar(xr, np.array(c["reasons"]) / n, width, label=f"{sp} (n={c['n']})")
-    a1.set_xticks(np.arange(L.N_ACTIONS) + 0.4 - width / 2, L.ACTIONS)
+    a1.set_xticks(np.arange(N_ACTIONS) + 0.4 - width / 2, ACTIONS)
     a1.set_ylabel("share of samples")
     a1.set_title("actions")
-    a2.set_xticks(np.arange(L.N_REASONS) + 0.4 - width / 2, [f"{i} {r}" for i, r in enumerate(L.REASONS)],
+    a2.set_xticks(np.arange(N_REASONS) + 0.4 - width / 2, [f"{i} {r}" for i, r in enumerate(REASONS)],
                   rotation=60, ha="right", fontsize=7)
     a2.set_title("reasons")
     a2.legend(fontsize=8)

@@ -60,7 +60,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from kit import labels as L
+from kit.labels import ACTION_PROMPT, ACTION_TEXTS, ANSWER_PROMPT, DESCRIBE_PROMPT, N_REASONS, REASONS, format_action_answer, format_answer
 from kit.data import DataError
 from kit.data.render import render_scene
 from kit.runs import file_mode, read_json, read_jsonl, write_json, write_jsonl
@@ -186,7 +186,7 @@ def _openers(g: Mapping, side: str) -> list[int]:
 
 def labels(g: Mapping) -> tuple[list[int], list[int]]:
     """(actions[4], reasons[21]) of a scene graph, by the rules in the module docstring."""
-    r = [0] * L.N_REASONS
+    r = [0] * N_REASONS
     light, fc, ob = g.get("light"), g.get("front_car"), g.get("ego_obstacle")
     if light and light["color"] in ("red", "yellow"):
         r[3] = 1
@@ -457,7 +457,7 @@ def _scene_plan(seed: int, split: str, n: int, balance: str, ccr: float) -> list
     """n graphs; scene i < 21 is rejection-sampled until it carries reason i, so every reason (hence
     every action) occurs in every split of 21 or more scenes; the rest follow the balance freely.
     (File names are hashes, so the forced scenes are spread through the sorted split.)"""
-    return [sample_scene(seed, split, i, balance, ccr, want_reason=i if i < L.N_REASONS else None) for i in range(n)]
+    return [sample_scene(seed, split, i, balance, ccr, want_reason=i if i < N_REASONS else None) for i in range(n)]
 
 
 def generate_bdd_oia(root: str | os.PathLike, cfg: Mapping, *, progress: bool = True) -> dict:
@@ -496,7 +496,7 @@ def generate_bdd_oia(root: str | os.PathLike, cfg: Mapping, *, progress: bool = 
             a, r = labels(g)
             cat = list(a)
             rng = random.Random(f"conf:{seed}:{split}:{i}")
-            if conf_rate > 0 and i >= L.N_REASONS and rng.random() < conf_rate:
+            if conf_rate > 0 and i >= N_REASONS and rng.random() < conf_rate:
                 cat = cat + [1]  # BDD-OIA's "confusing" flag: the loader drops these (counted)
             images.append({"file_name": fn, "id": i})
             annotations.append({"category": cat})
@@ -633,7 +633,7 @@ def text_corpus(root: str | os.PathLike) -> list[str]:
     for training the tiny tokenizer. `root` is a toy BDD-OIA or CODA-LM root, or a folder holding
     them (e.g. run_dir/prepare/data)."""
     root = Path(root)
-    texts: list[str] = list(L.ACTION_TEXTS) + list(L.REASONS) + [L.ANSWER_PROMPT, L.DESCRIBE_PROMPT, L.ACTION_PROMPT]
+    texts: list[str] = list(ACTION_TEXTS) + list(REASONS) + [ANSWER_PROMPT, DESCRIBE_PROMPT, ACTION_PROMPT]
     sidecars = sorted(root.glob("toy/scenes_*.jsonl")) + sorted(root.glob("*/toy/scenes_*.jsonl"))
     if not sidecars:
         raise DataError(f"{root}: no toy/scenes_<split>.jsonl found; expected a toy-world root (run notebook 00)")
@@ -641,8 +641,8 @@ def text_corpus(root: str | os.PathLike) -> list[str]:
         for rec in read_jsonl(sc):
             texts.append(rec["caption"])
             if "actions" in rec:
-                texts.append(L.format_answer(rec["actions"], rec["reasons"]))
-                texts.append(L.format_action_answer(rec["actions"]))
+                texts.append(format_answer(rec["actions"], rec["reasons"]))
+                texts.append(format_action_answer(rec["actions"]))
             if "json" in rec:
                 p = sc.parent.parent / rec["json"]
                 if p.exists():

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kit import runs  # noqa: E402
-from kit.reward.judge import TABLE_ROWS  # noqa: E402
+from kit.reward.metrics import TABLE_ROWS  # noqa: E402
 
 STAGE = "clip_finetune"
 

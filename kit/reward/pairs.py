@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from kit import labels as L
+from kit.labels import ACTION_TEXTS, REASONS
 
 TARGETS = ("reason", "action")
 SPLIT_SEED = 42
@@ -58,7 +58,7 @@ def _check_target(target: str) -> str:
 
 def label_texts(target: str) -> list[str]:
     """The text of every label of the target family, in index order."""
-    return list(L.REASONS) if _check_target(target) == "reason" else list(L.ACTION_TEXTS)
+    return list(REASONS) if _check_target(target) == "reason" else list(ACTION_TEXTS)
 
 
 def true_texts(sample: Any, target: str) -> list[str]:

@@ -15,7 +15,7 @@ the completion it is subtracted from); they differ in variance, which kit/rl/var
 
 TRL's RLOOTrainer computes the leave-one-out advantage inline in `_generate_and_score_completions`
 and has no switch for other baselines, so they are written here (a few lines each) and
-kit/rl/rloo.py swaps them in. Rewards are `(n_prompts, k)`; NaN marks an unscorable completion
+kit/rl/trainer.py swaps them in. Rewards are `(n_prompts, k)`; NaN marks an unscorable completion
 (a reward function returned None), which, as in TRL, is left out of the baselines and gets
 advantage 0.
 """

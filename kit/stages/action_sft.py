@@ -68,10 +68,10 @@ def action_rows(samples: Sequence, descriptions: Mapping[str, str], P: Mapping, 
 
 def sft_cfg(P: Mapping) -> dict:
     """The `action_sft:` section for train_sft; schedule/logging defaults come from `sft:`."""
-    A, S = P["action_sft"], P["sft"]
-    return {"epochs": A["epochs"], "lr": A["lr"], "batch_size": A["batch_size"], "grad_accum": A["grad_accum"],
-            "weight_decay": A["weight_decay"], "warmup_ratio": S.get("warmup_ratio", 0.0),
-            "lr_scheduler": S.get("lr_scheduler", "linear"), "logging_steps": S.get("logging_steps"),
+    stage2, sft = P["action_sft"], P["sft"]
+    return {**{k: stage2[k] for k in ("epochs", "lr", "batch_size", "grad_accum", "weight_decay")},
+            "warmup_ratio": sft.get("warmup_ratio", 0.0),
+            "lr_scheduler": sft.get("lr_scheduler", "linear"), "logging_steps": sft.get("logging_steps"),
             "save_each_epoch": True, "seed": P["seed"],
             # with LoRA the stage-1 checkpoint is an adapter that load_vlm returns trainable, and
             # train_sft keeps training it; without LoRA it is a full fine-tune: no new adapter either way
@@ -142,9 +142,9 @@ def run_action_sft(P: Mapping, run_dir) -> dict:
     if not ckpt1 or not Path(ckpt1).is_dir():
         raise FileNotFoundError(f"{run_dir / 'metrics.json'}: field rloo.checkpoint {ckpt1!r} is not a folder; "
                                 "rerun notebook 05 (rloo)")
-    A = P["action_sft"]
+    stage2 = P["action_sft"]
     eval_split = P["eval"]["split"]
-    train = load_samples(P, run_dir, "train", A.get("train_samples"))
+    train = load_samples(P, run_dir, "train", stage2.get("train_samples"))
     test = load_samples(P, run_dir, eval_split, P["rloo"].get("eval_samples"))
     d_train, d_test = _descriptions(run_dir, "train"), _descriptions(run_dir, eval_split)
     train = [s for s in train if s.id in d_train]
@@ -164,7 +164,7 @@ def run_action_sft(P: Mapping, run_dir) -> dict:
 
     res = keyed_training(sd / "checkpoints", key, train_it, stage=STAGE, stage1=ckpt1)
     chosen, val_curve = res["checkpoint"], []
-    if A["select_checkpoint"] == "val":
+    if stage2["select_checkpoint"] == "val":
         chosen, val_curve = select_on_val(P, run_dir, key, res["checkpoint"])
     model, processor = load_vlm(P, run_dir, path=chosen)
     reward = load_reward(P, run_dir)

@@ -25,7 +25,7 @@ from kit.models.clip import load_clip
 from kit.reward.clip_reward import CLIPReward
 from kit.reward.figures import figures_from_run
 from kit.reward.finetune import ImageStore, clone_bundle, finetune_clip, finetune_key, score_pairs
-from kit.reward.judge import binary_metrics, similarity_table, table_frame
+from kit.reward.metrics import binary_metrics, similarity_table, table_frame
 from kit.reward.pairs import TARGETS, make_pairs, true_texts
 
 STAGE = "clip_finetune"
@@ -40,14 +40,14 @@ def run_clip_finetune(P: Mapping, run_dir) -> dict:
     the main process scores the pairs, draws the figures and writes the files."""
     t0 = time.perf_counter()
     rd = runs.resolve_run_dir(run_dir)
-    C = dict(P.get("clip_finetune") or {})
-    target = C.get("target", "reason")
+    clip_cfg = dict(P.get("clip_finetune") or {})
+    target = clip_cfg.get("target", "reason")
     if target not in TARGETS:
         raise ValueError(f"params clip_finetune.target: expected one of {TARGETS}, got {target!r}")
-    thr = float(C.get("threshold", 0.5))
+    thr = float(clip_cfg.get("threshold", 0.5))
     sd = runs.stage_dir(rd, STAGE)
-    samples = [s for sp in (C.get("source_splits") or ["train"]) for s in load_bdd_split(P, rd, sp).samples]
-    targets = [target] + ([t for t in TARGETS if t != target] if C.get("compare_targets", True) else [])
+    samples = [s for sp in (clip_cfg.get("source_splits") or ["train"]) for s in load_bdd_split(P, rd, sp).samples]
+    targets = [target] + ([t for t in TARGETS if t != target] if clip_cfg.get("compare_targets", True) else [])
 
     base = load_clip(P, rd)
     upstream = {"clip": artifact_id(base.source) if Path(base.source).exists() else f"id:{base.name}/{base.source}",
@@ -56,7 +56,7 @@ def run_clip_finetune(P: Mapping, run_dir) -> dict:
     tuned: dict = {}
     for tgt in targets:
         td = sd / tgt
-        pairs = make_pairs(samples, tgt, C.get("splits"), seed=int(C.get("split_seed", 42)))
+        pairs = make_pairs(samples, tgt, clip_cfg.get("splits"), seed=int(clip_cfg.get("split_seed", 42)))
         for split, ps in pairs.items():
             runs.write_jsonl(td / f"pairs_{split}.jsonl", [p.to_dict() for p in ps])
         store = ImageStore.for_bundle([p.image_path for _, ps in pairs.items() for p in ps], base)
@@ -64,8 +64,8 @@ def run_clip_finetune(P: Mapping, run_dir) -> dict:
         bundle = clone_bundle(base)
         truths = {str(s.image_path): true_texts(s, tgt) for s in samples}
         # one folder per key: changed settings, another starting CLIP or other images train afresh
-        key = finetune_key(pairs.train, pairs.val, C, seed=int(P.get("seed", 0)), upstream=upstream, truths=truths)
-        fit = finetune_clip(bundle, pairs.train, pairs.val, keyed_dir(td / "checkpoints", key), C,
+        key = finetune_key(pairs.train, pairs.val, clip_cfg, seed=int(P.get("seed", 0)), upstream=upstream, truths=truths)
+        fit = finetune_clip(bundle, pairs.train, pairs.val, keyed_dir(td / "checkpoints", key), clip_cfg,
                             seed=int(P.get("seed", 0)), store=store, desc=f"fine-tune CLIP on {tgt} pairs",
                             truths=truths, upstream=upstream)
         after = {sp: dist.on_main(score_pairs, bundle, pairs[sp], store) for sp in ("val", "test")}
@@ -84,7 +84,7 @@ def run_clip_finetune(P: Mapping, run_dir) -> dict:
         results[tgt] = res
         tuned[tgt] = bundle
 
-    table_samples = load_bdd_split(P, rd, "test", int(C.get("table_samples") or 0) or None).samples
+    table_samples = load_bdd_split(P, rd, "test", int(clip_cfg.get("table_samples") or 0) or None).samples
     rewards = {"pretrained": CLIPReward(base, threshold=thr)}
     rewards.update({f"{t}_ft": CLIPReward(b, threshold=thr) for t, b in tuned.items()})
     table = dist.on_main(similarity_table, rewards, table_samples, thr)

@@ -28,11 +28,11 @@ from kit.keys import artifact_id, keyed_training, samples_id, stage_key
 from kit.labels import DESCRIBE_PROMPT
 from kit.models.vlm import load_vlm, lora_config, resolve_vlm_path, vlm_settings
 from kit.reward import load_reward
-from kit.reward.judge import clip_summary
+from kit.reward.metrics import clip_summary
 from kit.rl.advantages import leave_one_out
 from kit.rl.figures import figures_from_run as _figs
 from kit.rl.results import work_dir
-from kit.rl.rloo import per_epoch, rloo_rows, train_rloo
+from kit.rl.trainer import per_epoch, rloo_rows, train_rloo
 from kit.rl.variance import gradient_variance
 
 STAGE = "rloo"
@@ -77,10 +77,11 @@ def rloo_key(P: Mapping, run_dir, baseline: str, train: Sequence, reward) -> str
     and reward settings, and the identities of the base VLM, the reward model and the training
     frames. What does not change the training (how many samples are described afterwards, the
     other baselines to compare) is left out."""
-    R = {k: v for k, v in P["rloo"].items() if k not in ("eval_samples", "describe_train_samples", "compare_baselines")}
-    C = P.get("clip_finetune") or {}
-    settings = {"rloo": {**R, "baseline": baseline}, "seed": int(P["seed"]), "prompt": DESCRIBE_PROMPT,
-                "reward": {"score": C.get("reward_score"), "threshold": C.get("threshold")}, **vlm_settings(P)}
+    rloo_cfg = {k: v for k, v in P["rloo"].items()
+                if k not in ("eval_samples", "describe_train_samples", "compare_baselines")}
+    clip_cfg = P.get("clip_finetune") or {}
+    settings = {"rloo": {**rloo_cfg, "baseline": baseline}, "seed": int(P["seed"]), "prompt": DESCRIBE_PROMPT,
+                "reward": {"score": clip_cfg.get("reward_score"), "threshold": clip_cfg.get("threshold")}, **vlm_settings(P)}
     return stage_key(settings, {"model": artifact_id(resolve_vlm_path(P, run_dir)),
                                 "reward": artifact_id(reward.bundle.source), "data": samples_id(train)})
 
@@ -89,7 +90,7 @@ def _train_one(P: Mapping, run_dir: Path, train: Sequence, reward, baseline: str
     """Stage 1 with one baseline, once per key, in rloo/checkpoints/<key>/ (a rerun with the same key
     resumes or reuses; anything else starts afresh). With `with_variance`, the estimators' gradient
     variance is measured on the untrained model first (without moving the RNGs training draws from)."""
-    R = P["rloo"]
+    rloo_cfg = P["rloo"]
     rows = rloo_rows(train, P)
 
     def train_it(out: Path) -> dict:
@@ -97,9 +98,9 @@ def _train_one(P: Mapping, run_dir: Path, train: Sequence, reward, baseline: str
 
         def before(trainer, ckpt):
             var_path = out / "variance.json"
-            if with_variance and int(R["variance_prompts"]) > 0 and ckpt is None and not var_path.exists():
-                runs.write_json(var_path, gradient_variance(trainer, n_prompts=int(R["variance_prompts"]),
-                                                            repeats=int(R["variance_repeats"]), seed=int(P["seed"])))
+            if with_variance and int(rloo_cfg["variance_prompts"]) > 0 and ckpt is None and not var_path.exists():
+                runs.write_json(var_path, gradient_variance(trainer, n_prompts=int(rloo_cfg["variance_prompts"]),
+                                                            repeats=int(rloo_cfg["variance_repeats"]), seed=int(P["seed"])))
 
         res = train_rloo(model, processor, reward, rows, out, P, baseline=baseline, peft_config=lora_config(P),
                          before_train=before)
@@ -119,17 +120,17 @@ def run_rloo(P: Mapping, run_dir) -> dict:
 
     run_dir = runs.resolve_run_dir(run_dir)
     sd = runs.stage_dir(run_dir, STAGE)
-    R = P["rloo"]
+    rloo_cfg = P["rloo"]
     t0 = time.time()
     reward = load_reward(P, run_dir)
-    train = load_samples(P, run_dir, "train", R["train_samples"])
+    train = load_samples(P, run_dir, "train", rloo_cfg["train_samples"])
     eval_split = P["eval"]["split"]
-    test = load_samples(P, run_dir, eval_split, R.get("eval_samples"))
+    test = load_samples(P, run_dir, eval_split, rloo_cfg.get("eval_samples"))
 
     curves: dict[str, list] = {}
-    for b in [b for b in (R.get("compare_baselines") or []) if b != R["baseline"]]:
+    for b in [b for b in (rloo_cfg.get("compare_baselines") or []) if b != rloo_cfg["baseline"]]:
         curves[b] = _train_one(P, run_dir, train, reward, b, False)["per_epoch"]
-    res = _train_one(P, run_dir, train, reward, R["baseline"], True)
+    res = _train_one(P, run_dir, train, reward, rloo_cfg["baseline"], True)
     key, ckpt = res["key"], res["checkpoint"]
     work = Path(ckpt).parent
 
@@ -143,19 +144,19 @@ def run_rloo(P: Mapping, run_dir) -> dict:
     # (greedy decoding is cheap; a tiny model needs more than rloo.train_samples examples to learn the actions)
     model, processor = load_vlm(P, run_dir, ckpt)
     tag = f"key:{key}"
-    to_describe = load_samples(P, run_dir, "train", R.get("describe_train_samples"))
+    to_describe = load_samples(P, run_dir, "train", rloo_cfg.get("describe_train_samples"))
     desc_train = describe(model, processor, to_describe, P, reward, sd / "descriptions_train.jsonl", tag=tag,
                           desc="describe (train)")
     desc_eval = describe(model, processor, test, P, reward, sd / f"descriptions_{eval_split}.jsonl", tag=tag,
                          desc=f"describe ({eval_split})")
     # the val split's descriptions: what settings such as rloo.beta are chosen on (test is reported once)
-    val = load_samples(P, run_dir, "val", R.get("eval_samples"))
+    val = load_samples(P, run_dir, "val", rloo_cfg.get("eval_samples"))
     desc_val = describe(model, processor, val, P, reward, sd / "descriptions_val.jsonl", tag=tag, desc="describe (val)")
 
     per_epoch = res["per_epoch"]
     variance = runs.read_json(work / "variance.json")
     metrics = {
-        "baseline": R["baseline"],
+        "baseline": rloo_cfg["baseline"],
         "checkpoint": ckpt,
         "key": key,
         "reused": res["reused"],

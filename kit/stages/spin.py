@@ -4,7 +4,7 @@ DPO run with TRL's DPOTrainer. TRL has no SPIN trainer: a round is generate, bui
     run_spin_all(P, run_dir)          -> every variant in `spin.variants`; metrics["spin"]
     run_spin(P, run_dir, variant)     -> spin/<variant>/round_<r>/, metrics["spin/<variant>/round_<r>"]
 
-Variants (kit.coda.spin.VARIANTS): `original` starts from notebook 03's SFT on Train and asks Train's
+Variants (kit.coda.rounds.VARIANTS): `original` starts from notebook 03's SFT on Train and asks Train's
 questions (Table 1's "Ours w/ original data"); `synthetic` starts from SFT on Train + notebook 01's
 synthetic set (paper A's model 1) and asks questions of both ("Ours w/ synthetic data").
 
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Mapping
 
 from kit import dist, runs
-from kit.coda import spin as S
+from kit.coda import rounds as spin_rounds
 from kit.data.coda_vqa import TASKS, VqaItem, read_answers, vqa_for
 from kit.eval.generate import generate_records
 from kit.judge.battles import run_battles
@@ -155,11 +155,11 @@ def _round_battles(P, run_dir, rd: Path, judge, refs, names: dict[str, str]) -> 
 
 def run_spin(P: Mapping, run_dir, variant: str) -> dict:
     """Every round of one variant (see the module docstring); returns the variant's summary."""
-    if variant not in S.VARIANTS:
-        raise ValueError(f"params spin.variants: unknown variant {variant!r}; expected some of {list(S.VARIANTS)}")
+    if variant not in spin_rounds.VARIANTS:
+        raise ValueError(f"params spin.variants: unknown variant {variant!r}; expected some of {list(spin_rounds.VARIANTS)}")
     t0 = time.time()
     sp = P["spin"]
-    start_stage = S.VARIANTS[variant][0]
+    start_stage = spin_rounds.VARIANTS[variant][0]
     start = runs.require_metrics(run_dir, start_stage, f"SPIN's {variant} variant (run notebook 03 first)")["coda_lm"]
     if start.get("train_key") != current_sft_key(P, run_dir, start_stage):
         raise FileNotFoundError(
@@ -182,18 +182,18 @@ def run_spin(P: Mapping, run_dir, variant: str) -> dict:
         raise ValueError(f"params spin.rounds: {rounds}; expected at least 1")
     # this variant's results so far are forgotten and re-recorded round by round as they are made
     # (finished rounds with the same key are reused in seconds): nothing from other settings stays
-    runs.forget_metrics(run_dir, [k for k in runs.read_metrics(run_dir) if k.startswith(f"{S.STAGE}/{variant}/")]
-                        + [(S.STAGE, "variants", variant)])
+    runs.forget_metrics(run_dir, [k for k in runs.read_metrics(run_dir) if k.startswith(f"{spin_rounds.STAGE}/{variant}/")]
+                        + [(spin_rounds.STAGE, "variants", variant)])
     prev_ckpt, prev_name, prev_pairs = start["checkpoint"], start["name"], []
     prev_pred = start["predictions"]
     model, processor = load_vlm(P, run_dir, prev_ckpt)
     stages = []
     for r in range(1, rounds + 1):
-        stage = S.round_stage(variant, r)
+        stage = spin_rounds.round_stage(variant, r)
         rd = runs.stage_dir(run_dir, stage)
         prev_id = artifact_id(prev_ckpt)
         n_train = None if n is None else int(round(int(n) * (1 - share)))
-        asked = {"train": S.sample_items(train, n_train, f"{seed}:{r}:train")}
+        asked = {"train": spin_rounds.sample_items(train, n_train, f"{seed}:{r}:train")}
         regen = None
         if variant == "synthetic":
             n_syn = 10 ** 9 if n is None else int(n) - len(asked["train"])
@@ -205,10 +205,10 @@ def run_spin(P: Mapping, run_dir, variant: str) -> dict:
         pairs, same = [], {}
         for source, its in asked.items():
             own = _own_answers(model, processor, its, P, rd / "own_answers", prev_id, source)
-            ps, same[source] = S.build_pairs(its, own, r, source)
+            ps, same[source] = spin_rounds.build_pairs(its, own, r, source)
             pairs += ps
         runs.write_jsonl(rd / "pairs.jsonl", pairs)
-        mixed = S.mix_rounds(pairs, prev_pairs if sp["mix_previous"] else [], f"{seed}:{r}:mix")
+        mixed = spin_rounds.mix_rounds(pairs, prev_pairs if sp["mix_previous"] else [], f"{seed}:{r}:mix")
         if not mixed:
             raise ValueError(f"{rd / 'pairs.jsonl'}: round {r} has no pairs: the model's own answers equal every "
                              f"dataset answer ({same} identical); nothing is left for SPIN to prefer")
@@ -230,7 +230,7 @@ def run_spin(P: Mapping, run_dir, variant: str) -> dict:
         del model
         tr = keyed_training(rd / "checkpoints", key, train_it, stage=stage, base=prev_ckpt)
         model, processor = load_vlm(P, run_dir, tr["checkpoint"])
-        name = S.model_name(variant, r)
+        name = spin_rounds.model_name(variant, r)
         entry = evaluate_model(P, run_dir, stage, model, processor, f"key:{tr['key']}", refs, name=name)
         opponents = {name: entry["predictions"], prev_name: prev_pred}
         sft = runs.read_metrics(run_dir).get("coda_sft", {}).get("coda_lm", {})
@@ -246,10 +246,11 @@ def run_spin(P: Mapping, run_dir, variant: str) -> dict:
         stages.append(stage)
         prev_ckpt, prev_name, prev_pairs, prev_pred = tr["checkpoint"], name, pairs, entry["predictions"]
         # the summary lists finished rounds only, so a kill leaves no half-made round in Table 1
-        summary = {"start": start_stage, "rounds": stages, "models": [S.model_name(variant, i) for i in range(1, r + 1)],
+        summary = {"start": start_stage, "rounds": stages,
+                   "models": [spin_rounds.model_name(variant, i) for i in range(1, r + 1)],
                    "config": cfg, "complete": r == rounds, "seconds": round(time.time() - t0, 2)}
-        runs.forget_metrics(run_dir, [(S.STAGE, "variants", variant)])
-        runs.record_metrics(run_dir, S.STAGE, {"variants": {variant: summary}})
+        runs.forget_metrics(run_dir, [(spin_rounds.STAGE, "variants", variant)])
+        runs.record_metrics(run_dir, spin_rounds.STAGE, {"variants": {variant: summary}})
     return summary
 
 
@@ -257,10 +258,10 @@ def run_spin_all(P: Mapping, run_dir) -> dict:
     """Every variant in `spin.variants`, then the figures; variants no longer listed are forgotten."""
     variants = list(P["spin"]["variants"])
     m = runs.read_metrics(run_dir)
-    gone = [v for v in (m.get(S.STAGE) or {}).get("variants", {}) if v not in variants]
-    runs.forget_metrics(run_dir, [k for k in m if any(k.startswith(f"{S.STAGE}/{v}/") for v in gone)]
-                        + [(S.STAGE, "variants", v) for v in gone])
+    gone = [v for v in (m.get(spin_rounds.STAGE) or {}).get("variants", {}) if v not in variants]
+    runs.forget_metrics(run_dir, [k for k in m if any(k.startswith(f"{spin_rounds.STAGE}/{v}/") for v in gone)]
+                        + [(spin_rounds.STAGE, "variants", v) for v in gone])
     out = {v: run_spin(P, run_dir, v) for v in variants}
-    figs = dist.on_main(S.figures_from_run, run_dir)
-    runs.record_metrics(run_dir, S.STAGE, {"figures": [str(f) for f in figs]})
+    figs = dist.on_main(spin_rounds.figures_from_run, run_dir)
+    runs.record_metrics(run_dir, spin_rounds.STAGE, {"figures": [str(f) for f in figs]})
     return out

@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from kit import labels as L
+from kit.labels import action_text, format_answer, reason_text
 
 CONTROL_TEXT = "abc 123"
 TABLE_ROWS = {
@@ -69,8 +69,8 @@ def binary_metrics(labels: Sequence[int], probs: Sequence[float], threshold: flo
 
 def gt_texts(sample) -> dict[str, str]:
     """The ground-truth texts Table 1 pairs with an image."""
-    return {"output": L.format_answer(sample.actions, sample.reasons), "action": L.action_text(sample.actions),
-            "reason": L.reason_text(sample.reasons), "control": CONTROL_TEXT}
+    return {"output": format_answer(sample.actions, sample.reasons), "action": action_text(sample.actions),
+            "reason": reason_text(sample.reasons), "control": CONTROL_TEXT}
 
 
 def similarity_table(rewards: Mapping[str, object], samples: Sequence, threshold: float = 0.5) -> dict:

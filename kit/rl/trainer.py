@@ -57,26 +57,26 @@ def rloo_config(P: Mapping, out_dir: str | Path, **overrides: Any) -> RLOOConfig
     `rloo.batch_size` counts prompts (image sequences) per device micro-batch; TRL counts
     completions, so per_device_train_batch_size = batch_size * k (every prompt's k completions
     stay in one micro-batch, as the leave-one-out baseline needs)."""
-    R = P["rloo"]
-    k = int(R["k"])
+    rloo_cfg = P["rloo"]
+    k = int(rloo_cfg["k"])
     if k < 2:
         raise ValueError(f"params rloo.k: expected an integer >= 2 (leave-one-out needs 2 completions), got {k}")
-    if R["baseline"] not in BASELINES:
-        raise ValueError(f"params rloo.baseline: expected one of {', '.join(BASELINES)}, got {R['baseline']!r}")
+    if rloo_cfg["baseline"] not in BASELINES:
+        raise ValueError(f"params rloo.baseline: expected one of {', '.join(BASELINES)}, got {rloo_cfg['baseline']!r}")
     kw = dict(
         output_dir=str(out_dir),
         num_generations=k,
-        per_device_train_batch_size=int(R["batch_size"]) * k,
-        gradient_accumulation_steps=int(R["grad_accum"]),
-        num_train_epochs=float(R["epochs"]),
-        learning_rate=float(R["lr"]),
-        lr_scheduler_type=R["lr_scheduler"],
-        temperature=float(R["temperature"]),
-        top_p=float(R["top_p"]),
-        top_k=int(R["top_k"]),
-        max_completion_length=int(R["max_new_tokens"]),
-        beta=float(R["beta"]),
-        logging_steps=int(R.get("logging_steps") or 1),
+        per_device_train_batch_size=int(rloo_cfg["batch_size"]) * k,
+        gradient_accumulation_steps=int(rloo_cfg["grad_accum"]),
+        num_train_epochs=float(rloo_cfg["epochs"]),
+        learning_rate=float(rloo_cfg["lr"]),
+        lr_scheduler_type=rloo_cfg["lr_scheduler"],
+        temperature=float(rloo_cfg["temperature"]),
+        top_p=float(rloo_cfg["top_p"]),
+        top_k=int(rloo_cfg["top_k"]),
+        max_completion_length=int(rloo_cfg["max_new_tokens"]),
+        beta=float(rloo_cfg["beta"]),
+        logging_steps=int(rloo_cfg.get("logging_steps") or 1),
         save_strategy="epoch",
         save_total_limit=1,
         report_to="none",
