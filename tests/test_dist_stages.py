@@ -197,7 +197,7 @@ def test_rloo_samples_pair_each_prompt_with_its_own_completions_and_rewards(two_
     from kit.notebook import setup
     from kit.reward import load_reward
     from kit.rl.results import work_dir
-    from kit.stages.rloo import frames_of, load_samples
+    from kit.rl.samples import frames_of, load_samples
 
     P, rd = setup("tiny", two, _sets())
     by_id = {s.id: s for s in load_samples(P, rd, "train")}

@@ -15,8 +15,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kit.labels import N_ACTIONS, N_REASONS
 from kit.data import DataError
+from kit.labels import N_ACTIONS, N_REASONS
 
 SPLITS = ("train", "val", "test")
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kit.labels import ACTIONS, N_ACTIONS, N_REASONS, REASONS
 from kit.data import DataError, bdd_oia, coda_lm
+from kit.labels import ACTIONS, N_ACTIONS, N_REASONS, REASONS
 
 
 def _open_image(path: Path) -> tuple[int, int]:

@@ -11,9 +11,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from kit.labels import ACTIONS, N_ACTIONS, N_REASONS, REASONS, action_text  # noqa: E402
 from kit import runs  # noqa: E402
 from kit.data import bdd_oia, coda_lm  # noqa: E402
+from kit.labels import ACTIONS, N_ACTIONS, N_REASONS, REASONS, action_text  # noqa: E402
 
 _save = runs.save_figure
 

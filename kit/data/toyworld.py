@@ -60,9 +60,18 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from kit.labels import ACTION_PROMPT, ACTION_TEXTS, ANSWER_PROMPT, DESCRIBE_PROMPT, N_REASONS, REASONS, format_action_answer, format_answer
 from kit.data import DataError
 from kit.data.render import render_scene
+from kit.labels import (
+    ACTION_PROMPT,
+    ACTION_TEXTS,
+    ANSWER_PROMPT,
+    DESCRIBE_PROMPT,
+    N_REASONS,
+    REASONS,
+    format_action_answer,
+    format_answer,
+)
 from kit.runs import file_mode, read_json, read_jsonl, write_json, write_jsonl
 
 TOY_VERSION = 1

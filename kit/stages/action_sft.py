@@ -27,7 +27,7 @@ from kit.labels import ACTION_PROMPT, format_action_answer
 from kit.models.vlm import load_vlm, vlm_settings
 from kit.reward import load_reward
 from kit.rl.figures import figures_from_run as _figs
-from kit.stages.rloo import frame_paths_of, frames_of, load_samples
+from kit.rl.samples import frame_paths_of, frames_of, load_samples
 from kit.train.rows import vlm_row
 from kit.train.sft import train_sft
 

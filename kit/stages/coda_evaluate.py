@@ -19,12 +19,12 @@ from kit import runs
 from kit.coda.figures import figures_from_run
 from kit.coda.paper import PAPER_A_TABLE1
 from kit.coda.results import evaluated_models
+from kit.coda.sft import split_dir, split_items
 from kit.data.coda_vqa import TASKS, read_answers
 from kit.judge.battles import run_battles
 from kit.judge.elo import elo_summary
 from kit.judge.factory import make_judge
 from kit.judge.validity import perturbation_study
-from kit.stages.coda import split_dir, split_items
 
 STAGE = "evaluate"
 

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from kit import dist, runs
-from kit.data import load_bdd_split
 from kit.eval.generate import generate_records
 from kit.keys import artifact_id, keyed_training, samples_id, stage_key
 from kit.labels import DESCRIBE_PROMPT
@@ -32,24 +31,11 @@ from kit.reward.metrics import clip_summary
 from kit.rl.advantages import leave_one_out
 from kit.rl.figures import figures_from_run as _figs
 from kit.rl.results import work_dir
+from kit.rl.samples import frames_of, load_samples
 from kit.rl.trainer import per_epoch, rloo_rows, train_rloo
 from kit.rl.variance import gradient_variance
 
 STAGE = "rloo"
-
-
-def load_samples(P: Mapping, run_dir, split: str, cap: int | None = None) -> list:
-    return load_bdd_split(P, run_dir, split, cap).samples
-
-
-def frame_paths_of(sample, P: Mapping) -> list:
-    """The frames a stage-1/stage-2 prompt shows: the last `rloo.frames` of the clip (paths)."""
-    return list(sample.frame_paths)[-int(P["rloo"]["frames"]):]
-
-
-def frames_of(sample, P: Mapping) -> list:
-    """Those frames as PIL images (generation loads them per chunk)."""
-    return sample.load_images()[-int(P["rloo"]["frames"]):]
 
 
 def describe(model, processor, samples: Sequence, P: Mapping, reward, out_path: Path, *, tag: str,

@@ -33,6 +33,7 @@ from typing import Mapping
 
 from kit import dist, runs
 from kit.coda import rounds as spin_rounds
+from kit.coda.sft import current_sft_key, data_id, evaluate_model, split_items
 from kit.data.coda_vqa import TASKS, VqaItem, read_answers, vqa_for
 from kit.eval.generate import generate_records
 from kit.judge.battles import run_battles
@@ -41,7 +42,6 @@ from kit.judge.factory import make_judge
 from kit.keys import artifact_id, keyed_dir, keyed_training, mark, marked_key, stage_key
 from kit.models.vlm import load_vlm, lora_config, vlm_settings
 from kit.params import params_hash
-from kit.stages.coda import current_sft_key, data_id, evaluate_model, split_items
 from kit.synth import pipeline
 from kit.synth.pipeline import pool_images
 from kit.synth.writer import make_writer
