@@ -102,7 +102,7 @@ def test_flip_swaps_left_and_right_in_the_text():
 
 
 def test_flip_pair_mirrors_the_image():
-    from kit.reward.finetune import flip_pair
+    from kit.reward.images import flip_pair
 
     img = torch.zeros(3, 4, 10, dtype=torch.uint8)
     img[0, 0, 0] = 255
@@ -117,7 +117,7 @@ def test_batch_augment_draws_torchvisions_boxes_and_applies_its_colour_adjustmen
     adjust_brightness, adjust_contrast and adjust_saturation applied in that order."""
     import torchvision.transforms.functional as TF
 
-    from kit.reward.finetune import BatchAugment
+    from kit.reward.images import BatchAugment
 
     aug = BatchAugment(tiny, {"random_resized_crop_scale": [0.3, 0.6], "color_jitter": 0.0}, seed=1)
     lo, hi = 0.75 * tiny.image_hw[1] / tiny.image_hw[0], tiny.image_hw[1] / tiny.image_hw[0] / 0.75
@@ -289,7 +289,9 @@ _FT_CFG = {"epochs": 3, "batch_size": 16, "lr": 2e-3, "weight_decay": 0.01, "gra
 
 
 def test_finetune_trains_keeps_best_and_resumes(tmp_path):
-    from kit.reward.finetune import finetune_clip, score_pairs, ImageStore
+    from kit.reward.finetune import finetune_clip
+    from kit.reward.images import ImageStore
+    from kit.reward.loss import score_pairs
 
     torch.set_num_threads(1)
     pairs = _color_world(tmp_path)
@@ -348,7 +350,9 @@ def test_finetune_killed_after_an_epoch_resumes_to_the_same_model(tmp_path, monk
 
 
 def test_in_batch_negatives_label_every_image_against_every_text_of_the_batch(tmp_path, tiny):
-    from kit.reward.finetune import BatchAugment, ImageStore, PairDataset, finetune_clip, pair_loss
+    from kit.reward.finetune import finetune_clip
+    from kit.reward.images import BatchAugment, ImageStore, PairDataset
+    from kit.reward.loss import pair_loss
 
     pairs = _color_world(tmp_path, n=8)
     truths = {p.image_path: {p.anchor} for p in pairs}
@@ -445,7 +449,7 @@ def test_stage_end_to_end_on_toy_data(tmp_path):
 def test_batch_augment_without_augmentation_matches_the_eval_preprocess(tiny, tmp_path):
     # the fast path (images squashed once in the store, uint8 tensors cropped and normalised per batch)
     # feeds the model what its own eval preprocessing would, when the augmentations are switched off
-    from kit.reward.finetune import BatchAugment, ImageStore
+    from kit.reward.images import BatchAugment, ImageStore
 
     paths = []
     for i in range(3):

@@ -24,7 +24,9 @@ from kit.keys import artifact_id, keyed_dir, samples_id
 from kit.models.clip import load_clip
 from kit.reward.clip_reward import CLIPReward
 from kit.reward.figures import figures_from_run
-from kit.reward.finetune import ImageStore, clone_bundle, finetune_clip, finetune_key, score_pairs
+from kit.reward.finetune import clone_bundle, finetune_clip, finetune_key
+from kit.reward.images import ImageStore
+from kit.reward.loss import score_pairs
 from kit.reward.metrics import binary_metrics, similarity_table, table_frame
 from kit.reward.pairs import TARGETS, make_pairs, true_texts
 

@@ -23,8 +23,8 @@ from kit.models import clip as kclip
 from kit.models.device import resolve_device
 from kit.params import params_hash
 from kit.reward.clip_reward import CLIPReward
-from kit.reward.finetune import _adamw, _DataParallel, _Forward
 from kit.reward.pairs import swap_left_right
+from kit.reward.parallel import DataParallel, Towers, fused_adamw
 
 
 def _load_items(root: Path, split: str, max_samples: int | None = None):
@@ -59,7 +59,7 @@ def pretrain_clip(bundle: kclip.ClipBundle, train_items: Sequence, cfg: Mapping,
     (PIL image, caption). With `flip`, half of each batch is mirrored and its caption's left/right
     swapped. Returns per-epoch {epoch, loss, seconds}.
 
-    Under `accelerate launch` with N processes it trains data-parallel (kit.reward.finetune._DataParallel):
+    Under `accelerate launch` with N processes it trains data-parallel (kit.reward.parallel.DataParallel):
     every process its block of each batch, the loss over the whole batch's gathered embeddings."""
     from open_clip import ClipLoss
     from tqdm.auto import tqdm
@@ -72,11 +72,11 @@ def pretrain_clip(bundle: kclip.ClipBundle, train_items: Sequence, cfg: Mapping,
     toks = bundle.tokenizer([c for _, c in train_items])
     toks_flip = bundle.tokenizer([swap_left_right(c) for _, c in train_items])
     loss_fn = ClipLoss()
-    opt = _adamw(model.parameters(), lr=lr, weight_decay=0.1, device=dev)  # fused kernel: see kit.reward.finetune
+    opt = fused_adamw(model.parameters(), lr=lr, weight_decay=0.1, device=dev)  # fused kernel: see kit.reward.parallel
     steps = epochs * math.ceil(len(train_items) / bs)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
     # One process: None, and the loop is the plain PyTorch one (its numbers are the README's).
-    par = _DataParallel(_Forward(model, lambda m, x, t: m(x, t)), bundle) if dist.num_processes() > 1 else None
+    par = DataParallel(Towers(model, lambda m, x, t: m(x, t)), bundle) if dist.num_processes() > 1 else None
     hist = []
     bar = tqdm(range(epochs), desc="pretrain tiny CLIP", disable=not dist.is_main())
     for ep in bar:
