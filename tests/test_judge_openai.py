@@ -360,7 +360,18 @@ def test_a_failing_server_trips_the_breaker(fake, tmp_path):
     assert [r.verdict for r in res] == [rating(i) for i in range(6)] and judge.stats["stopped"] is None
 
 
-def test_ctrl_c_stops_sending_and_keeps_what_was_judged(fake, tmp_path):
+@pytest.fixture
+def default_sigint():
+    """SIGINT handled as at a terminal (KeyboardInterrupt), whatever an earlier test in this worker's
+    process left as its handler: `_thread.interrupt_main` does nothing under SIG_IGN or SIG_DFL."""
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_stops_sending_and_keeps_what_was_judged(fake, tmp_path, default_sigint):
     import _thread
 
     fake.delay = lambda n: 0.1
