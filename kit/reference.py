@@ -311,7 +311,8 @@ def _per_run(bands: Mapping) -> list[dict]:
 
 
 def _label(r: Mapping) -> str:
-    return f"seed {r['seed']}" + (f" with {r['threads']} thread{'s' if r['threads'] != 1 else ''}" if "threads" in r else "")
+    threads = f" with {r['threads']} thread{'s' if r['threads'] != 1 else ''}" if "threads" in r else ""
+    return f"seed {r['seed']}{threads}"
 
 
 def _kind(machine: Mapping | None) -> dict:
@@ -574,7 +575,8 @@ def _made_text(mb: Mapping) -> str:
 
 def _step_text(x: Mapping) -> str:
     """One `--extend` sweep, as the README's first line of the bands tells it."""
-    out = f"{_made_text(x)}{' on another machine of the same kind' if x.get('other_machine') else ''}, adding {_runs_text(x['added'])}"
+    where = " on another machine of the same kind" if x.get("other_machine") else ""
+    out = f"{_made_text(x)}{where}, adding {_runs_text(x['added'])}"
     if x.get("reproduced"):
         out += f" (rerunning {_runs_text(x['reproduced'])} of the earlier runs gave every headline number to the digit)"
     if x.get("differed"):
@@ -595,12 +597,12 @@ def readme_section(bands: Mapping) -> str:
     seeds = sorted({r["seed"] for r in bands["runs"]})
     threads = sorted({r["threads"] for r in bands["runs"] if "threads" in r})
     made = [_made_text(mb)] + [_step_text(x) for x in bands.get("extended_by") or []]
-    lines = [BEGIN.format(profile=prof), "",
-             "; then ".join(made) + (". R" if len(made) > 1 else ", r") + f"equirements.lock `{(mb.get('lock') or '?')[:12]}`, "
-             f"{(mb.get('machine') or {}).get('cpu', '?')} with {(mb.get('machine') or {}).get('cores', '?')} cores: "
-             f"{n_runs} runs (seeds {', '.join(map(str, seeds))}"
-             + (f" x {' and '.join(map(str, threads))} threads" if threads else "") + ").",
-             ]
+    tail = (f"requirements.lock `{(mb.get('lock') or '?')[:12]}`, {(mb.get('machine') or {}).get('cpu', '?')} with "
+            f"{(mb.get('machine') or {}).get('cores', '?')} cores: {n_runs} runs (seeds {', '.join(map(str, seeds))}"
+            + (f" x {' and '.join(map(str, threads))} threads" if threads else "") + ").")
+    # one sweep: "`cmd` on D, commit C, requirements.lock ..."; extended: "...; then `cmd2` .... Requirements.lock ..."
+    first = "; then ".join(made) + (f". {tail[0].upper()}{tail[1:]}" if len(made) > 1 else f", {tail}")
+    lines = [BEGIN.format(profile=prof), "", first]
     secs = {t: v for t, v in (bands.get("seconds") or {}).items() if t.isdigit()}
     t = str(max(threads)) if threads else None
     if t in secs:  # the runs with the most threads ran one at a time, as `make run` does (the others side by side)
