@@ -39,7 +39,7 @@ CALLS = {"tiny": 25, "ViT-B-32": 2}  # reward calls timed per case (tiny: ~20-10
 
 def _frames(n: int, offset: int):
     from kit.data.render import render_scene
-    from kit.data.toyworld import sample_scene
+    from kit.data.scenes import sample_scene
 
     return [[render_scene(sample_scene(0, "bench", offset + i), 256, 144, frame_back=f)[0]
              for f in range(FRAMES - 1, -1, -1)] for i in range(n)]

@@ -24,7 +24,7 @@ THREADS = 1      # one intra-op thread: on a shared 2-core machine, 2 threads ma
 
 def _rows(n: int):
     from kit.data.render import render_scene
-    from kit.data.toyworld import sample_scene
+    from kit.data.scenes import sample_scene
     from kit.labels import DESCRIBE_PROMPT
     from kit.train.rows import vlm_row
 
@@ -108,7 +108,8 @@ def main() -> dict:
     rows = _rows(n_rows)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        from kit.data.toyworld import caption, sample_scene
+        from kit.data.scene_text import caption
+        from kit.data.scenes import sample_scene
 
         texts = [caption(sample_scene(0, "train", i)) for i in range(300)]
         vdir = build_tiny_vlm(tmp / "vlm", texts)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from kit.data import DataError, coda_lm, toyworld
+from kit.data.scenes import sample_scene
 from kit.data.render import render_scene
 from kit.synth import pipeline, quality
 from kit.synth.knowledge import DEFAULT_PATH, KnowledgeBase, load_documents
@@ -27,7 +28,7 @@ NAMING = {"k": 3, "threshold": -1.0, "nms_iou": 0.3, "background_per_image": Non
 def scenes(n: int, seed: int = 3):
     out = []
     for i in range(n):
-        g = toyworld.sample_scene(seed, "coda:test", i, "uniform", 0.6)
+        g = sample_scene(seed, "coda:test", i, "uniform", 0.6)
         img, objs = render_scene(g, 192, 128)
         out.append((img, objs, g))
     return out

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kit import labels as L
-from kit.data import bdd_oia, coda_lm
+from kit.data import bdd_oia, coda_lm, scenes
 from kit.data import toyworld as T
 from kit.data.check import check_dataset
 from kit.data.render import render_scene
@@ -30,43 +30,43 @@ def on(reasons):
 
 
 def test_red_light_gives_stop_and_reason_3():
-    a, r = T.labels(base_graph(light={"color": "red", "arrow": None}))
+    a, r = scenes.labels(base_graph(light={"color": "red", "arrow": None}))
     assert a == [0, 1, 0, 0] and on(r) == {3}
 
 
 def test_green_and_clear_gives_forward_0_2():
-    a, r = T.labels(base_graph(light={"color": "green", "arrow": None}))
+    a, r = scenes.labels(base_graph(light={"color": "green", "arrow": None}))
     assert a == [1, 0, 0, 0] and on(r) == {0, 2}
 
 
 def test_near_car_stop_far_car_follow():
     car = {"distance": "near", "turning": None, "t": 0.65, "kind": "car", "color": [0, 0, 255]}
-    a, r = T.labels(base_graph(front_car=car))
+    a, r = scenes.labels(base_graph(front_car=car))
     assert a[1] == 1 and a[0] == 0 and 5 in on(r)
-    a, r = T.labels(base_graph(front_car={**car, "distance": "far", "t": 0.27}))
+    a, r = scenes.labels(base_graph(front_car={**car, "distance": "far", "t": 0.27}))
     assert a == [1, 0, 0, 0] and on(r) == {1}
 
 
 @pytest.mark.parametrize("kind,reason", [("pedestrian", 6), ("rider", 7), ("debris", 8), ("animal", 8),
                                          ("overturned_vehicle", 8), ("road_works", 8)])
 def test_obstacles(kind, reason):
-    a, r = T.labels(base_graph(ego_obstacle={"kind": kind, "t": 0.65}))
+    a, r = scenes.labels(base_graph(ego_obstacle={"kind": kind, "t": 0.65}))
     assert a[1] == 1 and reason in on(r)
 
 
 @pytest.mark.parametrize("side,act,off", [("left", 2, 0), ("right", 3, 6)])
 def test_side_rules_and_mirrors(side, act, off):
-    a, r = T.labels(base_graph(lanes={"left": "dashed", "right": "dashed", side: "solid"}))
+    a, r = scenes.labels(base_graph(lanes={"left": "dashed", "right": "dashed", side: "solid"}))
     assert a[act] == 0 and on(r) == {2, 11 + off}
-    a, r = T.labels(base_graph(lanes={"left": "dashed", "right": "dashed", side: "none"}))
+    a, r = scenes.labels(base_graph(lanes={"left": "dashed", "right": "dashed", side: "none"}))
     assert a[act] == 0 and 9 + off in on(r)
-    a, r = T.labels(base_graph(**{f"{side}_lane_obstacle": {"kind": "car", "t": 0.5, "color": [1, 1, 1]}}))
+    a, r = scenes.labels(base_graph(**{f"{side}_lane_obstacle": {"kind": "car", "t": 0.5, "color": [1, 1, 1]}}))
     assert a[act] == 0 and 10 + off in on(r)
-    a, r = T.labels(base_graph(ego_lane=f"{side}_turn"))
+    a, r = scenes.labels(base_graph(ego_lane=f"{side}_turn"))
     assert a[act] == 1 and a[0] == 0 and on(r) == {12 + off}
-    a, r = T.labels(base_graph(light={"color": "red", "arrow": side}))
+    a, r = scenes.labels(base_graph(light={"color": "red", "arrow": side}))
     assert a[act] == 1 and a[1] == 1 and on(r) == {3, 13 + off}
-    a, r = T.labels(base_graph(front_car={"distance": "mid", "turning": side, "t": 0.45, "kind": "car",
+    a, r = scenes.labels(base_graph(front_car={"distance": "mid", "turning": side, "t": 0.45, "kind": "car",
                                           "color": [1, 1, 1]}))
     assert a[act] == 1 and 14 + off in on(r)
 
@@ -74,8 +74,8 @@ def test_side_rules_and_mirrors(side, act, off):
 def test_sampled_graphs_are_consistent():
     for bal in ("uniform", "bdd"):
         for i in range(300):
-            g = T.sample_scene(0, "t", i, bal)
-            a, r = T.labels(g)
+            g = scenes.sample_scene(0, "t", i, bal)
+            a, r = scenes.labels(g)
             assert any(a), g
             assert a[2] == int(bool(on(r) & {12, 13, 14})) and not (a[2] and on(r) & {9, 10, 11})
             assert a[3] == int(bool(on(r) & {18, 19, 20})) and not (a[3] and on(r) & {15, 16, 17})
@@ -85,7 +85,7 @@ def test_sampled_graphs_are_consistent():
 
 def test_bdd_balance_skews_toward_stop_and_light():
     def shares(bal):
-        rs = [T.labels(T.sample_scene(0, "s", i, bal))[1] for i in range(400)]
+        rs = [scenes.labels(scenes.sample_scene(0, "s", i, bal))[1] for i in range(400)]
         return sum(r[3] for r in rs) / 400, sum(r[13] + r[19] for r in rs) / 400
     u3, uturn = shares("uniform")
     b3, bturn = shares("bdd")
@@ -139,7 +139,7 @@ def test_bdd_writer_layout_determinism_and_resume(tmp_path):
         side = {c["file_name"]: c for c in __import__("kit.runs", fromlist=["x"]).read_jsonl(
             tmp_path / "a" / "toy" / f"scenes_{split}.jsonl")}
         for s in ds.samples:                                            # labels == labels(graph)
-            assert (s.actions, s.reasons) == tuple(map(list, T.labels(side[s.file_name]["graph"])))
+            assert (s.actions, s.reasons) == tuple(map(list, scenes.labels(side[s.file_name]["graph"])))
     img = tmp_path / "a" / "lastframe" / "data" / ds.samples[0].file_name
     mtime = img.stat().st_mtime_ns
     again = T.generate_bdd_oia(tmp_path / "a", CFG, progress=False)
