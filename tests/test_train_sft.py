@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from kit.models.device import trainer_precision_kwargs
 from kit.params import load_profile
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40)}
@@ -91,19 +92,19 @@ def test_full_finetune_resume_and_rerun(run_dir, tmp_path):
     model, proc = load_vlm(P, run_dir, for_training=True)
     out = tmp_path / "sft"
     cfg = {**CFG, "epochs": 2, "save_each_epoch": True}
-    res = train_sft(model, proc, _rows(8), out, cfg, P)
+    res = train_sft(model, proc, _rows(8), out, cfg, trainer_precision_kwargs(P))
     assert res["steps"] == 4 and len(res["train_loss"]) == 4
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     m2, p2 = load_vlm(P, run_dir, res["checkpoint"])
     assert isinstance(_answer(m2, p2, "red"), str)
     # a finished run returns its result without training again
-    assert train_sft(model, proc, _rows(8), out, cfg, P)["seconds"] == res["seconds"]
+    assert train_sft(model, proc, _rows(8), out, cfg, trainer_precision_kwargs(P))["seconds"] == res["seconds"]
     # a crash after epoch 1: resume from checkpoint-2, do only the remaining steps
     shutil.rmtree(out / "final")
     shutil.rmtree(out / "checkpoint-4")
     (out / RESULT_FILE).unlink()
     model, proc = load_vlm(P, run_dir, for_training=True)
-    res2 = train_sft(model, proc, _rows(8), out, cfg, P)
+    res2 = train_sft(model, proc, _rows(8), out, cfg, trainer_precision_kwargs(P))
     assert res2["resumed_from"].endswith("checkpoint-2") and res2["steps"] == 4
     assert [p["step"] for p in res2["train_loss"]] == [1, 2, 3, 4]
 
@@ -123,7 +124,7 @@ def test_lora_and_qlora_train_then_generate(run_dir, tmp_path, quant):
         assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
         _answer(model, proc, "red")  # a no-grad generate before training: the CPU 4-bit repack bug
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    res = train_sft(model, proc, _rows(8), tmp_path / "sft", {**CFG, "peft_config": lora_config(P)}, P)
+    res = train_sft(model, proc, _rows(8), tmp_path / "sft", {**CFG, "peft_config": lora_config(P)}, trainer_precision_kwargs(P))
     assert res["steps"] == 2 and all(p["loss"] > 0 for p in res["train_loss"])
     assert (tmp_path / "sft" / "final" / "adapter_config.json").is_file()
     m2, p2 = load_vlm(P, run_dir, res["checkpoint"])
@@ -148,7 +149,7 @@ def test_tiny_vlm_learns_a_visible_label(run_dir, tmp_path):
     model, proc = load_vlm(P, run_dir, for_training=True)
     res = train_sft(model, proc, _rows(64), tmp_path / "sft",
                     {**CFG, "epochs": 30, "lr": 1e-3, "batch_size": 8, "lr_scheduler": "cosine",
-                     "logging_steps": 8}, P)
+                     "logging_steps": 8}, trainer_precision_kwargs(P))
     assert res["train_loss"][-1]["loss"] < res["train_loss"][0]["loss"]
     model, proc = load_vlm(P, run_dir, res["checkpoint"])
     names = list(COLORS)
@@ -173,5 +174,5 @@ def test_rows_with_image_paths_decode_lazily(run_dir, tmp_path):
     assert isinstance(ds[0]["images"][0], Image.Image)  # decoded on access, not stored as pixels
     P = load_profile("tiny")
     model, proc = load_vlm(P, run_dir, for_training=True)
-    res = train_sft(model, proc, rows, tmp_path / "sft", CFG, P)
+    res = train_sft(model, proc, rows, tmp_path / "sft", CFG, trainer_precision_kwargs(P))
     assert res["steps"] == 1

@@ -24,6 +24,7 @@ from kit.eval.generate import generate_records
 from kit.judge.factory import make_judge
 from kit.judge.score import judge_submission
 from kit.keys import artifact_id, keyed_training, stage_key
+from kit.models.device import trainer_precision_kwargs
 from kit.models.vlm import load_vlm, lora_config, resolve_vlm_path, vlm_settings
 from kit.params import params_hash
 from kit.runs import require_metrics
@@ -143,7 +144,8 @@ def train_coda_sft(P: Mapping, run_dir, train_items: Mapping[str, list[VqaItem]]
 
     def train_it(out):
         model, processor = load_vlm(P, run_dir, base if Path(base).is_dir() else None, for_training=True)
-        return train_sft(model, processor, sft_rows(train_items, tasks), out, {**cfg, "peft_config": lora_config(P)}, P)
+        return train_sft(model, processor, sft_rows(train_items, tasks), out, {**cfg, "peft_config": lora_config(P)},
+                         trainer_precision_kwargs(P))
 
     return keyed_training(Path(out_parent or runs.stage_dir(run_dir, SFT) / "checkpoints"), key, train_it,
                           stage=SFT, base=base)

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 from kit.data import DataError
 from kit.data.render import render_scene
-from kit.data.scene_text import REGION_NAME, GENERAL_KEYS, caption, coda_annotation
+from kit.data.scene_text import GENERAL_KEYS, REGION_NAME, caption, coda_annotation
 from kit.data.scenes import file_name_for, labels, sample_scene
 from kit.labels import (
     ACTION_PROMPT,

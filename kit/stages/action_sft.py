@@ -24,6 +24,7 @@ from kit.eval.metrics import best_on_val, track_b_metrics
 from kit.eval.parse import parse_answer
 from kit.keys import artifact_id, keyed_training, samples_id, stage_key
 from kit.labels import ACTION_PROMPT, format_action_answer
+from kit.models.device import trainer_precision_kwargs
 from kit.models.vlm import load_vlm, vlm_settings
 from kit.reward import load_reward
 from kit.rl.figures import figures_from_run as _figs
@@ -160,7 +161,7 @@ def run_action_sft(P: Mapping, run_dir) -> dict:
 
     def train_it(out):
         model, processor = load_vlm(P, run_dir, path=ckpt1, for_training=True)
-        return train_sft(model, processor, rows, out, cfg, P)
+        return train_sft(model, processor, rows, out, cfg, trainer_precision_kwargs(P))
 
     res = keyed_training(sd / "checkpoints", key, train_it, stage=STAGE, stage1=ckpt1)
     chosen, val_curve = res["checkpoint"], []

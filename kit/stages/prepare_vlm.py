@@ -25,6 +25,7 @@ from kit.data import DataError, bdd_oia_root, load_bdd_split, toyworld
 from kit.eval.generate import generate
 from kit.keys import mark, processes
 from kit.labels import DESCRIBE_PROMPT
+from kit.models.device import trainer_precision_kwargs
 from kit.models.tiny_vlm import build_tiny_vlm
 from kit.models.vlm import TINY, load_vlm, resolve_vlm_path, tiny_vlm_dir
 from kit.params import params_hash
@@ -149,7 +150,7 @@ def run_prepare_vlm(P: dict, run_dir) -> dict:
            "grad_accum": 1, "weight_decay": 0.0, "warmup_ratio": float(pt.get("vlm_warmup_ratio", 0.05)),
            "lr_scheduler": "cosine", "save_each_epoch": True, "seed": int(P["seed"]),
            "logging_steps": max(1, len(rows) // int(pt["vlm_batch_size"]) // 5)}
-    tr = train_sft(model, processor, rows, work / "trainer", cfg, base_P)
+    tr = train_sft(model, processor, rows, work / "trainer", cfg, trainer_precision_kwargs(base_P))
     del model
     model, processor = load_vlm(base_P, rd, tr["checkpoint"])
     after = caption_loss(model, processor, val_rows)

@@ -26,6 +26,7 @@ from kit.eval.generate import predict_bdd
 from kit.eval.metrics import majority_labels, summary_row, track_b_metrics
 from kit.keys import artifact_id, keyed_training, samples_id, stage_key
 from kit.labels import ACTIONS, ANSWER_PROMPT, REASONS, format_answer
+from kit.models.device import trainer_precision_kwargs
 from kit.models.vlm import load_vlm, lora_config, resolve_vlm_path, vlm_settings
 from kit.train.rows import vlm_row
 from kit.train.sft import train_sft
@@ -106,7 +107,8 @@ def run_sft_baseline(P: Mapping, run_dir) -> dict:
 
     def train_it(ckpt_dir):
         model, processor = load_vlm(P, run_dir, for_training=True)
-        return train_sft(model, processor, sft_rows(train.samples), ckpt_dir, {**cfg, "peft_config": lora_config(P)}, P)
+        return train_sft(model, processor, sft_rows(train.samples), ckpt_dir, {**cfg, "peft_config": lora_config(P)},
+                         trainer_precision_kwargs(P))
 
     tr = keyed_training(out / "checkpoints", key, train_it, stage=STAGE, base=base)
 

@@ -40,6 +40,7 @@ from kit.judge.battles import run_battles
 from kit.judge.elo import win_rates
 from kit.judge.factory import make_judge
 from kit.keys import artifact_id, keyed_dir, keyed_training, mark, marked_key, stage_key
+from kit.models.device import trainer_precision_kwargs
 from kit.models.vlm import load_vlm, lora_config, vlm_settings
 from kit.params import params_hash
 from kit.synth import pipeline
@@ -224,8 +225,8 @@ def run_spin(P: Mapping, run_dir, variant: str) -> dict:
             # full fine-tune: a frozen copy of model r-1; LoRA: DPOTrainer copies its adapter to `ref`
             ref = None if lora else load_vlm(P, run_dir, ckpt)[0]
             return train_dpo(policy, proc, [preference_row([p["image"]], p["question"], p["chosen"], p["rejected"])
-                                            for p in rows], out, {**cfg, "logging_steps": sp["logging_steps"]}, P,
-                             ref_model=ref)
+                                            for p in rows], out, {**cfg, "logging_steps": sp["logging_steps"]},
+                             trainer_precision_kwargs(P), ref_model=ref)
 
         del model
         tr = keyed_training(rd / "checkpoints", key, train_it, stage=stage, base=prev_ckpt)

@@ -52,7 +52,7 @@ def weights_digest(model, adapter: str | None = None) -> str:
     return h.hexdigest()[:16]
 
 
-def dpo_args(cfg: Mapping, P: Mapping, out_dir: str | Path, n_rows: int):
+def dpo_args(cfg: Mapping, precision: Mapping, out_dir: str | Path, n_rows: int):
     """TRL's DPOConfig for a round: the shared trainer arguments plus DPO's beta and loss."""
     from trl import DPOConfig
 
@@ -60,17 +60,18 @@ def dpo_args(cfg: Mapping, P: Mapping, out_dir: str | Path, n_rows: int):
         beta=float(cfg["beta"]),
         loss_type=[str(cfg.get("loss_type") or "sigmoid")],
         save_total_limit=1,            # resuming needs the last checkpoint only (a round's are full models)
-        **trainer_args(cfg, P, Path(out_dir), n_rows),
+        **trainer_args(cfg, precision, Path(out_dir), n_rows),
     )
 
 
-def train_dpo(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cfg: Mapping, P: Mapping,
+def train_dpo(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cfg: Mapping, precision: Mapping,
               ref_model=None) -> dict:
     """DPO on preference rows (kit.train.rows.preference_row) with TRL's DPOTrainer.
 
     cfg: epochs, lr, batch_size, grad_accum, weight_decay, beta; optional loss_type (default
     sigmoid), warmup_ratio, lr_scheduler, adam_beta2, max_length, logging_steps, max_steps, seed,
-    save_each_epoch. Resumes from the last checkpoint-* in out_dir; a finished out_dir returns its
+    save_each_epoch; precision: kit.models.device.trainer_precision_kwargs(P). Resumes from the last
+    checkpoint-* in out_dir; a finished out_dir returns its
     result. Returns {"log_history", "curve" (dpo_curve), "checkpoint", "seconds", "steps", "n_rows",
     "start_digest", "ref_digest", "resumed_from"}.
     """
@@ -90,7 +91,7 @@ def train_dpo(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cf
         raise ValueError("train_dpo: rows[0] lacks prompt/chosen/rejected/images; expected "
                          "kit.train.rows.preference_row rows")
     ds = rows_dataset(rows, "train_dpo rows")
-    args = dpo_args(cfg, P, out_dir, len(ds))
+    args = dpo_args(cfg, precision, out_dir, len(ds))
     start = weights_digest(model, "default" if hasattr(model, "peft_config") else None)
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=ds, processing_class=processor)
     if ref_model is not None:

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from kit.models.device import trainer_precision_kwargs
 from kit.runs import read_json, write_json
 from kit.train.rows import rows_dataset
 
@@ -46,12 +45,14 @@ def finished(out_dir: Path) -> dict | None:
     return done if done and (out_dir / "final").is_dir() and Path(done.get("checkpoint", "")).is_dir() else None
 
 
-def trainer_args(cfg: Mapping, P: Mapping, out_dir: Path, n_rows: int) -> dict:
+def trainer_args(cfg: Mapping, precision: Mapping, out_dir: Path, n_rows: int) -> dict:
     """The TrainingArguments every kit wrapper of a TRL trainer shares (SFT here, DPO in kit.train.dpo),
-    from the same cfg keys: schedule, batching, checkpoints per epoch, seed, precision."""
+    from the same cfg keys: schedule, batching, checkpoints per epoch, seed; and `precision`, the
+    keywords the profile's device and precision resolve to (kit.models.device.trainer_precision_kwargs,
+    resolved once by the stage)."""
     bs, ga = int(cfg["batch_size"]), int(cfg["grad_accum"])
     steps_per_epoch = max(1, math.ceil(n_rows / bs / ga))
-    seed = int(cfg.get("seed", P.get("seed", 0)))
+    seed = int(cfg.get("seed", 0))
     extra = {"adam_beta2": float(cfg["adam_beta2"])} if cfg.get("adam_beta2") is not None else {}
     return dict(
         output_dir=str(out_dir),
@@ -75,11 +76,11 @@ def trainer_args(cfg: Mapping, P: Mapping, out_dir: Path, n_rows: int) -> dict:
         data_seed=seed,
         disable_tqdm=False,
         **extra,
-        **trainer_precision_kwargs(P),
+        **precision,
     )
 
 
-def train_sft(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cfg: Mapping, P: Mapping,
+def train_sft(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cfg: Mapping, precision: Mapping,
               eval_rows: Sequence[Mapping] | None = None) -> dict:
     """Fine-tune `model` on vlm_row rows (completion-only loss) with TRL's SFTTrainer.
 
@@ -87,6 +88,7 @@ def train_sft(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cf
     (e.g. kit.models.vlm.lora_config(P)); an already-wrapped PeftModel trains its adapter.
     cfg: epochs, lr, batch_size, grad_accum, weight_decay; optional warmup_ratio, lr_scheduler,
     adam_beta2, max_length (null: no truncation), save_each_epoch (default True), logging_steps, max_steps, seed, peft_config.
+    precision: kit.models.device.trainer_precision_kwargs(P), resolved once by the stage.
     Resumes from the last checkpoint-* in out_dir; if out_dir already holds a finished run
     (train_result.json and final/), returns that result without training.
     Returns {"log_history", "train_loss": [{step, epoch, loss}], "eval_loss", "checkpoint"
@@ -112,7 +114,7 @@ def train_sft(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cf
         per_device_eval_batch_size=int(cfg.get("eval_batch_size") or bs),
         eval_strategy="epoch" if eval_ds is not None else "no",
         completion_only_loss=True,     # prompt-completion rows: loss on the answer only
-        **trainer_args(cfg, P, out_dir, len(train_ds)),
+        **trainer_args(cfg, precision, out_dir, len(train_ds)),
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=processor, peft_config=cfg.get("peft_config"))
