@@ -28,6 +28,7 @@ from kit.models.device import trainer_precision_kwargs
 from kit.models.vlm import load_vlm, lora_config, resolve_vlm_path, vlm_settings
 from kit.params import params_hash
 from kit.runs import require_metrics
+from kit.train.config import train_config
 from kit.train.rows import vlm_row
 from kit.train.sft import train_sft
 
@@ -112,11 +113,8 @@ def sft_rows(items: Mapping[str, list[VqaItem]], tasks=TASKS) -> list[dict]:
 
 def sft_config(P: Mapping) -> dict:
     s = P["coda_sft"]
-    cfg = {k: s[k] for k in ("epochs", "lr", "batch_size", "grad_accum", "weight_decay", "warmup_ratio",
-                             "lr_scheduler", "adam_beta2", "max_length", "logging_steps", "max_steps")}
-    cfg["save_each_epoch"] = bool(s.get("save_each_epoch", True))
-    cfg["seed"] = int(P["seed"])
-    return cfg
+    return train_config(s, P["seed"], extra=("adam_beta2", "max_length", "logging_steps", "max_steps"),
+                        save_each_epoch=bool(s.get("save_each_epoch", True)))
 
 
 def sft_key(P: Mapping, run_dir, train_items: Mapping[str, list[VqaItem]], base: str | None = None, *,

@@ -29,6 +29,7 @@ from kit.models.vlm import load_vlm, vlm_settings
 from kit.reward import load_reward
 from kit.rl.figures import figures_from_run as _figs
 from kit.rl.samples import frame_paths_of, frames_of, load_samples
+from kit.train.config import train_config
 from kit.train.rows import vlm_row
 from kit.train.sft import train_sft
 
@@ -69,11 +70,8 @@ def action_rows(samples: Sequence, descriptions: Mapping[str, str], P: Mapping, 
 
 def sft_cfg(P: Mapping) -> dict:
     """The `action_sft:` section for train_sft; schedule/logging defaults come from `sft:`."""
-    stage2, sft = P["action_sft"], P["sft"]
-    return {**{k: stage2[k] for k in ("epochs", "lr", "batch_size", "grad_accum", "weight_decay")},
-            "warmup_ratio": sft.get("warmup_ratio", 0.0),
-            "lr_scheduler": sft.get("lr_scheduler", "linear"), "logging_steps": sft.get("logging_steps"),
-            "save_each_epoch": True, "seed": P["seed"],
+    return {**train_config(P["action_sft"], P["seed"], extra=("logging_steps",), schedule_from=P["sft"]),
+            "save_each_epoch": True,
             # with LoRA the stage-1 checkpoint is an adapter that load_vlm returns trainable, and
             # train_sft keeps training it; without LoRA it is a full fine-tune: no new adapter either way
             "peft_config": None}

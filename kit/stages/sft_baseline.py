@@ -28,6 +28,7 @@ from kit.keys import artifact_id, keyed_training, samples_id, stage_key
 from kit.labels import ACTIONS, ANSWER_PROMPT, REASONS, format_answer
 from kit.models.device import trainer_precision_kwargs
 from kit.models.vlm import load_vlm, lora_config, resolve_vlm_path, vlm_settings
+from kit.train.config import train_config
 from kit.train.rows import vlm_row
 from kit.train.sft import train_sft
 
@@ -48,12 +49,7 @@ def sft_rows(samples, prompt: str = ANSWER_PROMPT) -> list[dict]:
 
 def sft_config(P: Mapping) -> dict:
     """The `sft:` section as train_sft's cfg (without the adapter, which lora_config(P) adds)."""
-    sp = P["sft"]
-    cfg = {k: sp[k] for k in ("epochs", "lr", "batch_size", "grad_accum", "weight_decay", "warmup_ratio",
-                              "lr_scheduler", "save_each_epoch", "logging_steps")}
-    cfg["max_steps"] = sp.get("max_steps")
-    cfg["seed"] = int(P["seed"])
-    return cfg
+    return train_config(P["sft"], P["seed"], extra=("save_each_epoch", "logging_steps", "max_steps"))
 
 
 def majority_records(train_samples, test_samples) -> list[dict]:

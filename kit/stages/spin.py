@@ -46,17 +46,14 @@ from kit.params import params_hash
 from kit.synth import pipeline
 from kit.synth.pipeline import pool_images
 from kit.synth.writer import make_writer
+from kit.train.config import train_config
 from kit.train.dpo import train_dpo
 from kit.train.rows import preference_row
 
 
 def dpo_config(P: Mapping) -> dict:
     """The DPO settings that decide what a round trains (its key); logging_steps is added for the trainer."""
-    s = P["spin"]
-    cfg = {k: s[k] for k in ("epochs", "lr", "batch_size", "grad_accum", "weight_decay", "adam_beta2", "warmup_ratio",
-                             "lr_scheduler", "max_length", "beta", "loss_type")}
-    cfg["seed"] = int(P["seed"])
-    return cfg
+    return train_config(P["spin"], P["seed"], extra=("adam_beta2", "max_length", "beta", "loss_type"))
 
 
 def _own_answers(model, processor, items: list[VqaItem], P: Mapping, out_dir: Path, model_id: str, source: str) -> list[str]:
