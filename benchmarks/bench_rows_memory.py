@@ -47,7 +47,7 @@ def _child(mode: str, n: int, root: str) -> dict:
         for s in samples:
             s.frame_paths = s.load_images()
     P = {"rloo": {"frames": 1}}
-    builders = [lambda: sft_rows(samples), lambda: rloo_rows(samples, P),
+    builders = [lambda: sft_rows(samples), lambda: rloo_rows(samples, int(P["rloo"]["frames"])),
                 lambda: action_rows(samples, {s.id: "a red light ahead" for s in samples}, P)]
     drawn = 0
     for build in builders:  # one stage at a time, as a run builds them

@@ -144,11 +144,11 @@ def _P(**rloo):
 
 @pytest.mark.parametrize("baseline", ["greedy", "none"])
 def test_kl_penalty_with_another_baseline_fails_clearly(tiny, tmp_path, baseline):
-    from kit.rl.trainer import make_trainer
+    from kit.rl.trainer import make_trainer, stage_config
 
     model, proc, reward, rows = tiny
     with pytest.raises(ValueError, match="rloo.beta=0"):
-        make_trainer(model, proc, reward, rows, tmp_path, _P(baseline=baseline, beta=0.05))
+        make_trainer(model, proc, reward, rows, tmp_path, *stage_config(_P(baseline=baseline, beta=0.05)))
 
 
 @pytest.mark.parametrize("baseline", ["rloo", "greedy", "none"])
@@ -156,11 +156,11 @@ def test_trainer_uses_the_selected_baseline(tiny, tmp_path, baseline):
     import copy
 
     from kit import runs
-    from kit.rl.trainer import make_trainer
+    from kit.rl.trainer import make_trainer, stage_config
 
     model, proc, reward, rows = tiny
     P = _P(baseline=baseline)
-    trainer, ckpt = make_trainer(copy.deepcopy(model), proc, reward, rows, tmp_path, P)
+    trainer, ckpt = make_trainer(copy.deepcopy(model), proc, reward, rows, tmp_path, *stage_config(P))
     assert ckpt is None
     trainer.model.train()
     out = trainer._generate_and_score_completions([dict(rows[0]) for _ in range(3)] + [dict(rows[1]) for _ in range(3)])
@@ -186,27 +186,27 @@ def test_train_rloo_logs_epochs_and_resumes(tiny, tmp_path):
     import copy
 
     from kit import runs
-    from kit.rl.trainer import train_rloo
+    from kit.rl.trainer import stage_config, train_rloo
 
     model, proc, reward, rows = tiny
     P = _P(epochs=2)
-    res = train_rloo(copy.deepcopy(model), proc, reward, rows, tmp_path, P)
+    res = train_rloo(copy.deepcopy(model), proc, reward, rows, tmp_path, *stage_config(P))
     assert [e["epoch"] for e in res["per_epoch"]] == [0, 1]
     assert all(e["steps"] == 2 for e in res["per_epoch"])  # 4 prompts / 2 per step
     assert (Path(res["checkpoint"]) / "config.json").is_file()
     n = len(runs.read_jsonl(tmp_path / "reward_log.jsonl"))
-    again = train_rloo(copy.deepcopy(model), proc, reward, rows, tmp_path, P)  # finished: resumes, no new steps
+    again = train_rloo(copy.deepcopy(model), proc, reward, rows, tmp_path, *stage_config(P))  # finished: resumes, no new steps
     assert len(again["reward_log"]) == n == 4
 
 
 def test_gradient_variance_on_shared_batches(tiny, tmp_path):
     import copy
 
-    from kit.rl.trainer import make_trainer
+    from kit.rl.trainer import make_trainer, stage_config
     from kit.rl.variance import gradient_variance
 
     model, proc, reward, rows = tiny
-    trainer, _ = make_trainer(copy.deepcopy(model), proc, reward, rows, tmp_path, _P())
+    trainer, _ = make_trainer(copy.deepcopy(model), proc, reward, rows, tmp_path, *stage_config(_P()))
     v = gradient_variance(trainer, rows, n_prompts=2, repeats=2, max_coords=50_000)
     assert set(v["estimators"]) == {"rloo", "greedy", "none"}
     assert v["n_coords"] == 50_000 < v["n_params"]

@@ -36,11 +36,11 @@ REWARD_LOG = "reward_log.jsonl"
 SAMPLES = "samples.jsonl"
 
 
-def rloo_rows(samples: Sequence, P: Mapping, prompt: str = DESCRIBE_PROMPT) -> list[dict]:
-    """TRL conversational prompt rows (no completion): the paths of the last `rloo.frames` frames of
-    each sample + the description prompt, and the sample id (TRL hands every extra column to the
-    reward). Frames stay on disk; the trainer's dataset decodes them per batch (make_trainer)."""
-    n_frames = int(P["rloo"]["frames"])
+def rloo_rows(samples: Sequence, frames: int, prompt: str = DESCRIBE_PROMPT) -> list[dict]:
+    """TRL conversational prompt rows (no completion): the paths of the last `frames` frames of each
+    sample (`rloo.frames`) + the description prompt, and the sample id (TRL hands every extra column
+    to the reward). Frames stay on disk; the trainer's dataset decodes them per batch (make_trainer)."""
+    n_frames = int(frames)
     if n_frames < 1:
         raise ValueError(f"params rloo.frames: expected an integer >= 1, got {n_frames}")
     rows = []
@@ -51,13 +51,18 @@ def rloo_rows(samples: Sequence, P: Mapping, prompt: str = DESCRIBE_PROMPT) -> l
     return rows
 
 
-def rloo_config(P: Mapping, out_dir: str | Path, **overrides: Any) -> RLOOConfig:
-    """The profile's `rloo:` section as TRL's RLOOConfig.
+def stage_config(P: Mapping) -> tuple[dict, dict]:
+    """What this module takes from a profile, resolved once: the `rloo:` section with the run's seed,
+    and the TrainingArguments precision keywords of its device (kit.models.device)."""
+    return {**P["rloo"], "seed": int(P["seed"])}, trainer_precision_kwargs(P)
+
+
+def rloo_config(rloo_cfg: Mapping, precision: Mapping, out_dir: str | Path, **overrides: Any) -> RLOOConfig:
+    """The `rloo:` section (with the run's `seed`, stage_config) as TRL's RLOOConfig.
 
     `rloo.batch_size` counts prompts (image sequences) per device micro-batch; TRL counts
     completions, so per_device_train_batch_size = batch_size * k (every prompt's k completions
     stay in one micro-batch, as the leave-one-out baseline needs)."""
-    rloo_cfg = P["rloo"]
     k = int(rloo_cfg["k"])
     if k < 2:
         raise ValueError(f"params rloo.k: expected an integer >= 2 (leave-one-out needs 2 completions), got {k}")
@@ -80,10 +85,10 @@ def rloo_config(P: Mapping, out_dir: str | Path, **overrides: Any) -> RLOOConfig
         save_strategy="epoch",
         save_total_limit=1,
         report_to="none",
-        seed=int(P["seed"]),
+        seed=int(rloo_cfg["seed"]),
         disable_tqdm=False,
         dataloader_num_workers=0,
-        **trainer_precision_kwargs(P),
+        **precision,
     )
     kw.update(overrides)
     return RLOOConfig(**kw)
@@ -252,15 +257,15 @@ def _resume_point(out_dir: Path) -> tuple[str | None, int]:
 
 
 def make_trainer(model, processor, reward_funcs: Callable | list, rows: list[dict], out_dir: str | Path,
-                 P: Mapping, *, baseline: str | None = None, config_overrides: Mapping | None = None,
+                 rloo_cfg: Mapping, precision: Mapping, *, baseline: str | None = None, config_overrides: Mapping | None = None,
                  peft_config=None, callbacks: list | None = None) -> tuple["KitRLOOTrainer", str | None]:
     """A KitRLOOTrainer over `rows` writing to out_dir (TRL's files in out_dir/trainer), and the
     checkpoint to resume from (None for a fresh start). Records of steps after that checkpoint are
     dropped, since the resumed run redoes them."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    baseline = baseline or P["rloo"]["baseline"]
-    args = rloo_config(P, out_dir / "trainer", **dict(config_overrides or {}))
+    baseline = baseline or rloo_cfg["baseline"]
+    args = rloo_config(rloo_cfg, precision, out_dir / "trainer", **dict(config_overrides or {}))
     ckpt, done_steps = _resume_point(out_dir / "trainer")
     old_log, old_samples = [], []
     if ckpt is not None:
@@ -278,7 +283,7 @@ def make_trainer(model, processor, reward_funcs: Callable | list, rows: list[dic
 
 
 def train_rloo(model, processor, reward_funcs: Callable | list, rows: list[dict], out_dir: str | Path,
-               P: Mapping, *, baseline: str | None = None, config_overrides: Mapping | None = None,
+               rloo_cfg: Mapping, precision: Mapping, *, baseline: str | None = None, config_overrides: Mapping | None = None,
                peft_config=None, callbacks: list | None = None,
                before_train: Callable[["KitRLOOTrainer", str | None], Any] | None = None) -> dict:
     """Train with KitRLOOTrainer (paper B stage 1); resumes from the last checkpoint in out_dir.
@@ -290,8 +295,9 @@ def train_rloo(model, processor, reward_funcs: Callable | list, rows: list[dict]
     "trainer": the trainer, "before_train": the hook's result}. `reward_log.jsonl` and
     `samples.jsonl` are written in out_dir with every checkpoint and at the end; the final model goes to out_dir/final."""
     out_dir = Path(out_dir)
-    trainer, ckpt = make_trainer(model, processor, reward_funcs, rows, out_dir, P, baseline=baseline,
-                                 config_overrides=config_overrides, peft_config=peft_config, callbacks=callbacks)
+    trainer, ckpt = make_trainer(model, processor, reward_funcs, rows, out_dir, rloo_cfg, precision,
+                                 baseline=baseline, config_overrides=config_overrides, peft_config=peft_config,
+                                 callbacks=callbacks)
     hook = before_train(trainer, ckpt) if before_train else None
     t0 = time.time()
     trainer.train(resume_from_checkpoint=ckpt)

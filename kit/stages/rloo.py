@@ -32,7 +32,7 @@ from kit.rl.advantages import leave_one_out
 from kit.rl.figures import figures_from_run as _figs
 from kit.rl.results import work_dir
 from kit.rl.samples import frames_of, load_samples
-from kit.rl.trainer import per_epoch, rloo_rows, train_rloo
+from kit.rl.trainer import per_epoch, rloo_rows, stage_config, train_rloo
 from kit.rl.variance import gradient_variance
 
 STAGE = "rloo"
@@ -77,7 +77,7 @@ def _train_one(P: Mapping, run_dir: Path, train: Sequence, reward, baseline: str
     resumes or reuses; anything else starts afresh). With `with_variance`, the estimators' gradient
     variance is measured on the untrained model first (without moving the RNGs training draws from)."""
     rloo_cfg = P["rloo"]
-    rows = rloo_rows(train, P)
+    rows = rloo_rows(train, int(P["rloo"]["frames"]))
 
     def train_it(out: Path) -> dict:
         model, processor = load_vlm(P, run_dir, for_training=True)
@@ -88,8 +88,8 @@ def _train_one(P: Mapping, run_dir: Path, train: Sequence, reward, baseline: str
                 runs.write_json(var_path, gradient_variance(trainer, n_prompts=int(rloo_cfg["variance_prompts"]),
                                                             repeats=int(rloo_cfg["variance_repeats"]), seed=int(P["seed"])))
 
-        res = train_rloo(model, processor, reward, rows, out, P, baseline=baseline, peft_config=lora_config(P),
-                         before_train=before)
+        res = train_rloo(model, processor, reward, rows, out, *stage_config(P), baseline=baseline,
+                         peft_config=lora_config(P), before_train=before)
         del model, res["trainer"]
         gc.collect()
         return {"checkpoint": res["checkpoint"], "per_epoch": per_epoch(res["reward_log"]),
