@@ -98,11 +98,12 @@ def machine() -> dict:
 
     cpu, cpu_id = platform.processor() or platform.machine(), None
     try:
-        info = dict(ln.split(":", 1) for ln in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines() if ":" in ln)
-        info = {k.strip(): v.strip() for k, v in info.items()}
+        first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]  # the first core's block
+        info = {k.strip(): v.strip() for k, v in (ln.split(":", 1) for ln in first.splitlines() if ":" in ln)}
         cpu = info.get("model name", cpu)
         units = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in info.get("flags", "").split()]
-        cpu_id = f"family {info.get('cpu family')} model {info.get('model')} stepping {info.get('stepping')}: {' '.join(units)}"
+        cpu_id = (f"family {info.get('cpu family')} model {info.get('model')} stepping {info.get('stepping')}: "
+                  + " ".join(units))
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "threads": os.environ.get("OMP_NUM_THREADS") or "default (one per core)",
