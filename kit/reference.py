@@ -8,8 +8,9 @@
      "tolerance": {"sd": 2, "floor": 0.01},
      "metrics": {name: {"path", "mean", "sd", "min", "max", "n", "values"}},
      "comparisons": [{"name", "claim", "a", "b", "diffs", "mean", "ci", "holds", "n", ...}],
-     "per_run": [{"seed", "threads", "seconds", "metrics": {name: value}}...],
-     "extended_by": [made_by of each later `--extend` sweep, with the runs it "added" and "reproduced"]}
+     "per_run": [{"seed", "threads", "sweep", "seconds", "metrics": {name: value}}...],
+     "extended_by": [made_by of each later `--extend` sweep, with the runs it "added", "reproduced" and
+                     "differed" (rerun on "other_machine")]}
 
 `kit verify RUN_DIR` compares a run's headline numbers with its profile's bands: a number is inside
 when it lies within [min - t, max + t], t = max(2 sd, 0.01 x max(1, |mean|)) (sd over the sweep's
