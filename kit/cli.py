@@ -232,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "results from them (no --grid/--set/--only/--track)")
     sw.add_argument("--extend", action="store_true",
                     help="with --expected: add this sweep's runs to the bands the file already holds (same parameters, "
-                         "lock and machine; at least one of its runs rerun here, which must give its numbers to the digit)")
+                         "package versions and machine; at least one of its runs rerun here, which must give its "
+                         "numbers to the digit, unless --other-machine)")
     sw.add_argument("--other-machine", action="store_true",
                     help="with --extend: the runs were made on another machine of the same kind, so a seed the bands "
                          "hold may give other numbers there; every run is added (nothing since the bands' commit may "

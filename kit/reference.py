@@ -326,7 +326,7 @@ def extend_bands(old: Mapping, new: Mapping, where: str | os.PathLike = "the ban
     """`old` (the profile's bands) with the runs of `new` (a later sweep's bands) added: `kit sweep
     --expected --extend`, so that seeds can be added on another day, in another session, at another
     commit, or on another machine. Allowed only where the numbers are the same experiment: the same
-    resolved parameters, lock, package versions and kind of machine (CPU name and cores), and either
+    resolved parameters, package versions and kind of machine (CPU name and cores), and either
 
     - on the same machine: at least one run of `new` that `old` already holds (same seed and threads)
       giving every headline number to the digit, which shows that this commit and machine reproduce
@@ -342,8 +342,9 @@ def extend_bands(old: Mapping, new: Mapping, where: str | os.PathLike = "the ban
         raise ValueError(f"{where}: the new runs' parameters differ from the bands' in {', '.join(differs[:5])}; "
                          "make the bands anew (kit sweep --expected without --extend)")
     mo, mn = old.get("made_by") or {}, new.get("made_by") or {}
-    for what, said, get in (("lock", "requirements.lock", lambda m: m.get("lock")),
-                            ("packages", "set of package versions", lambda m: m.get("packages")),
+    # the packages the numbers depend on (the manifests' tracked ones, as kit verify compares), not the
+    # lock file's bytes: a development tool added to the lock changes no number
+    for what, said, get in (("packages", "set of package versions", lambda m: m.get("packages")),
                             ("machine", "kind of machine", lambda m: _kind(m.get("machine")))):
         if get(mo) != get(mn):
             raise ValueError(f"{where}: the new runs were made with another {said} ({get(mn)}) than the bands "

@@ -20,7 +20,7 @@ kit.reference as paired differences with a bootstrap interval, rebuilt by `--sum
 directories alone. `--expected` (no grid) writes those numbers as the profile's reference bands,
 `params/expected/<profile>.json`, and renders the README's results section from them; with
 `--extend` it adds the sweep's runs to the bands that file already holds (kit.reference.extend_bands:
-the same parameters, lock and kind of machine, and one of its runs rerun to the digit, or
+the same parameters, package versions and kind of machine, and one of its runs rerun to the digit, or
 `--other-machine`), so the seeds of the bands can be run on different days and machines. A call in
 a sweep folder of the same profile and settings adds its runs to those the folder holds (`sweep.json`
 lists every call).
