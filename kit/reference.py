@@ -580,11 +580,15 @@ def _step_text(x: Mapping) -> str:
     where = " on another machine of the same kind" if x.get("other_machine") else ""
     out = f"{_made_text(x)}{where}, adding {_runs_text(x['added'])}"
     if x.get("reproduced"):
-        out += f" (rerunning {_runs_text(x['reproduced'])} of the earlier runs gave every headline number to the digit)"
+        out += f"; its {_labels(x['reproduced'])}, which an earlier sweep ran too, gave every headline number to the digit"
     if x.get("differed"):
-        out += (f" ({_runs_text(x['differed'])} of the earlier runs, rerun there, gave other numbers: another "
-                "CPU's floats; both are in the bands)")
+        out += (f"; its {_labels(x['differed'])}, which an earlier sweep ran too, gave other numbers there (another "
+                "CPU's floats): both runs are in the bands")
     return out
+
+
+def _labels(rs: Sequence[Mapping]) -> str:
+    return ", ".join(_label(r) for r in rs)
 
 
 def _runs_text(rs: Sequence[Mapping]) -> str:

@@ -235,7 +235,7 @@ def test_runs_of_another_machine_join_the_bands_as_runs_of_their_own(tmp_path, b
     assert step["other_machine"] and step["differed"] == [{"seed": 0, "threads": 1}, {"seed": 0, "threads": 2}]
     assert step["reproduced"] == []
     text = reference.readme_section(both)
-    assert "on another machine of the same kind, adding 4 runs" in text and "gave other numbers" in text
+    assert "on another machine of the same kind, adding 4 runs" in text and "gave other numbers there" in text
     assert "10 runs (seeds 0, 1, 2, 3 x 1 and 2 threads)" in text
     # another kind of machine is another experiment
     runs.write_json(f"{recs[0]['run_dir']}/manifest.json",
