@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kit.rl.advantages import (best_of_k, compute_advantages, greedy_baseline, group, leave_one_out,
-                               no_baseline)
+from kit.rl.advantages import best_of_k, compute_advantages, greedy_baseline, group, leave_one_out, no_baseline
 
 
 # ---- Eq. 1 on hand-made rewards --------------------------------------------------------------------------
@@ -70,7 +69,7 @@ def test_group_and_best_of_k():
 
 
 def test_per_epoch_aggregates_steps():
-    from kit.rl.trainer import per_epoch
+    from kit.rl.results import per_epoch
 
     log = [{"step": s, "epoch": s // 3, "mean_reward": 0.1 * s, "best_of_k": 0.2 * s} for s in range(6)]
     rows = per_epoch(log)

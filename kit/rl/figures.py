@@ -24,8 +24,10 @@ from kit.eval.figures import plot_action_confusion, plot_examples, plot_train_lo
 from kit.eval.metrics import best_on_val  # noqa: E402
 from kit.labels import ACTIONS  # noqa: E402
 from kit.reward.metrics import clip_summary  # noqa: E402
-from kit.rl.results import work_dir  # noqa: E402
-from kit.rl.trainer import per_epoch  # noqa: E402
+from kit.rl.results import (
+    per_epoch,  # noqa: E402
+    work_dir,  # noqa: E402
+)
 
 STAGES = ("rloo", "action_sft")
 COLORS = {"rloo": "#4c72b0", "greedy": "#dd8452", "none": "#55a868"}

@@ -30,6 +30,7 @@ from kit import runs
 from kit.labels import DESCRIBE_PROMPT
 from kit.models.device import trainer_precision_kwargs
 from kit.rl.advantages import BASELINES, best_of_k, compute_advantages
+from kit.rl.results import per_epoch
 from kit.train.rows import rows_dataset, vlm_row
 
 REWARD_LOG = "reward_log.jsonl"
@@ -225,25 +226,6 @@ class KitRLOOTrainer(RLOOTrainer):
         # the records must cover every step a resumed run will not redo
         self.flush_logs()
         return super()._save_checkpoint(model, trial)
-
-
-def per_epoch(reward_log: Sequence[Mapping]) -> list[dict]:
-    """Per epoch: mean reward, mean best-of-k reward (paper B's Fig. 6), their spread, steps."""
-    out: dict[int, dict] = {}
-    for r in reward_log:
-        e = out.setdefault(int(r["epoch"]), {"epoch": int(r["epoch"]), "_r": [], "_b": [], "_z": []})
-        e["_r"].append(r["mean_reward"])
-        e["_b"].append(r["best_of_k"])
-        e["_z"].append(r.get("frac_zero_std", 0.0))
-    rows = []
-    for ep in sorted(out):
-        e = out[ep]
-        n = len(e["_r"])
-        mean = sum(e["_r"]) / n
-        rows.append({"epoch": ep, "mean_reward": mean, "best_of_k": sum(e["_b"]) / n,
-                     "reward_sem": (sum((x - mean) ** 2 for x in e["_r"]) / max(n - 1, 1)) ** 0.5 / n ** 0.5,
-                     "frac_zero_std": sum(e["_z"]) / n, "steps": n})
-    return rows
 
 
 def _resume_point(out_dir: Path) -> tuple[str | None, int]:

@@ -30,9 +30,9 @@ from kit.reward import load_reward
 from kit.reward.metrics import clip_summary
 from kit.rl.advantages import leave_one_out
 from kit.rl.figures import figures_from_run as _figs
-from kit.rl.results import work_dir
+from kit.rl.results import per_epoch, work_dir
 from kit.rl.samples import frames_of, load_samples
-from kit.rl.trainer import per_epoch, rloo_rows, stage_config, train_rloo
+from kit.rl.trainer import rloo_rows, stage_config, train_rloo
 from kit.rl.variance import gradient_variance
 
 STAGE = "rloo"
