@@ -25,7 +25,8 @@ def figures_from_run(run_dir: str | os.PathLike, stages: Iterable[str] | None = 
     """Redraw the figures of every stage in the run (or of the stage folders `stages` only) from its files;
     returns their paths."""
     rd = _run_dir(run_dir)
-    present = [f for f in pipeline.folders() if (rd / f).is_dir() and (stages is None or f in set(stages))]
+    wanted = None if stages is None else set(stages)
+    present = [f for f in pipeline.folders() if (rd / f).is_dir() and (wanted is None or f in wanted)]
     paths: list[Path] = []
     for module in pipeline.figure_modules(present):
         paths += list(importlib.import_module(module).figures_from_run(rd))

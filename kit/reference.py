@@ -266,7 +266,7 @@ def bands_from_runs(profile: str, run_records: Sequence[Mapping], made_by: Mappi
         rd = Path(r["run_dir"])
         man = runs.read_json(rd / "manifest.json", {}) or {}
         metrics = runs.read_metrics(rd)
-        per_run.append({**{k: r["settings"][k] for k in ("seed", "threads") if k in r["settings"]},
+        per_run.append({**_settings(r["settings"]),
                         "seconds": run_seconds(man, metrics) if times else None, "metrics": headline_metrics(metrics)})
         p = _comparable(man.get("params") or {})
         if params is None:
@@ -290,7 +290,7 @@ def _assemble(profile: str, per_run: Sequence[Mapping], params: Mapping, made_by
         if r.get("seconds") is not None:
             seconds.setdefault(str(r.get("threads", "default")), []).append(r["seconds"])
     return {"profile": profile, "made_by": dict(made_by), **extra,
-            "runs": [{k: r[k] for k in ("seed", "threads") if k in r} for r in per_run], "params": params,
+            "runs": [_settings(r) for r in per_run], "params": params,
             "tolerance": dict(TOLERANCE), "metrics": metrics, "comparisons": compare([r["metrics"] for r in per_run]),
             # seconds of each whole `kit run` (its notebooks, run_seconds), by thread count (the 1-thread
             # runs went two side by side)
@@ -364,7 +364,8 @@ def extend_bands(old: Mapping, new: Mapping, where: str | os.PathLike = "the ban
                 return f"{_label(r)} gives {name} = {y} here and {x} in the bands"
         return None
 
-    diffs = [d for r in again if (d := differing(r))]
+    verdicts = [(r, differing(r)) for r in again]
+    diffs = [d for _, d in verdicts if d]
     if not other_machine:
         if not again:
             raise ValueError(f"{where}: --extend needs at least one run the bands already hold (e.g. "
@@ -376,8 +377,8 @@ def extend_bands(old: Mapping, new: Mapping, where: str | os.PathLike = "the ban
                              "with --other-machine; else make the bands anew (kit sweep --expected without --extend)")
     added = new_runs if other_machine else [r for r in new_runs if key(r) not in held]
     step = {**mn, "added": [_settings(r) for r in added], "other_machine": other_machine,
-            "reproduced": [_settings(r) for r in again if not differing(r)],
-            "differed": [_settings(r) for r in again if differing(r)]}
+            "reproduced": [_settings(r) for r, d in verdicts if not d],
+            "differed": [_settings(r) for r, d in verdicts if d]}
     return _assemble(old["profile"], old_runs + added, old["params"], mo,
                      extended_by=[*(old.get("extended_by") or []), step])
 
@@ -587,12 +588,12 @@ def _step_text(x: Mapping) -> str:
     return out
 
 
-def _labels(rs: Sequence[Mapping]) -> str:
-    return ", ".join(_label(r) for r in rs)
+def _labels(rs: Sequence[Mapping], sep: str = ", ") -> str:
+    return sep.join(_label(r) for r in rs)
 
 
 def _runs_text(rs: Sequence[Mapping]) -> str:
-    return f"{len(rs)} run{'s' if len(rs) != 1 else ''} ({'; '.join(_label(r) for r in rs)})"
+    return f"{len(rs)} run{'s' if len(rs) != 1 else ''} ({_labels(rs, '; ')})"
 
 
 def readme_section(bands: Mapping) -> str:

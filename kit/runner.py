@@ -235,9 +235,10 @@ def run_lock(rd: Path):
 def _run(nbs, P, rd, phash, over, nb_profile, force, log_output, launcher, config_file, n_proc) -> dict:
     manifest_path = rd / "manifest.json"
     runs.forget_json(manifest_path, ["overrides", "finished"])  # this run's, not merged with an earlier run's
+    git = git_commit()
     runs.update_json(manifest_path, {
         "profile": P["profile"], "params": P, "params_hash": phash, "seed": P["seed"],
-        "git": git_commit(), "packages": package_versions(), "lock": lock_status(), "machine": machine(),
+        "git": git, "packages": package_versions(), "lock": lock_status(), "machine": machine(),
         "overrides": over,
         "started": _dt.datetime.now().isoformat(timespec="seconds"),
     })
@@ -246,7 +247,8 @@ def _run(nbs, P, rd, phash, over, nb_profile, force, log_output, launcher, confi
     if n_proc:  # the notebooks' kernels (papermill starts them with our environment) key as the launch did
         os.environ[dist.KEY_PROCESSES] = str(n_proc)
     try:
-        _run_notebooks(nbs, P, rd, phash, over, nb_profile, force, log_output, launcher, config_file, summary)
+        _run_notebooks(nbs, P, rd, phash, over, nb_profile, force, log_output, launcher, config_file, summary,
+                       git["commit"])
     finally:
         if n_proc:
             os.environ.pop(dist.KEY_PROCESSES, None)
@@ -256,11 +258,13 @@ def _run(nbs, P, rd, phash, over, nb_profile, force, log_output, launcher, confi
     return {"run_dir": str(rd), "stages": summary}
 
 
-def _run_notebooks(nbs, P, rd, phash, over, nb_profile, force, log_output, launcher, config_file, summary) -> None:
+def _run_notebooks(nbs, P, rd, phash, over, nb_profile, force, log_output, launcher, config_file, summary,
+                   commit: str | None) -> None:
+    """Each notebook in turn; `commit` is recorded per stage (a resumed run's notebooks may have run at
+    other commits)."""
     import papermill as pm
 
     manifest_path = rd / "manifest.json"
-    commit = git_commit()["commit"]  # per stage: a resumed run's notebooks may have run at other commits
     for i, nb in enumerate(nbs, 1):
         stage = stage_of(nb)
         executed = rd / "notebooks" / nb.name
