@@ -208,7 +208,7 @@ def test_extending_refuses_what_is_not_the_same_experiment(tmp_path, bands):
         reference.extend_bands(bands, new_of(_more(tmp_path / "b", [3])))
     recs = [{"settings": {"seed": 0, "threads": 1},
              "run_dir": str(_run(tmp_path / "c", "s0", sft=0.602, direct=0.02, stage2=0.55, overall=50,
-                                 params=load_profile("tiny", ["seed=0", "sft.lr=0.001"])))}]
+                                 params=load_profile("tiny", ["seed=0", "sft.lr=0.0005"])))}]
     with pytest.raises(ValueError, match=r"parameters differ from the bands' in sft\.lr"):
         reference.extend_bands(bands, new_of(recs))
     recs = [{"settings": {"seed": 0, "threads": 1},
