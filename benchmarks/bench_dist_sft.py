@@ -78,9 +78,9 @@ def _worker(run_dir: str, out_dir: str, spec: str) -> None:
     import trl
     from transformers import TrainerCallback
 
+    from kit.models.device import model_spec
     from kit.models.vlm import load_vlm
     from kit.params import load_profile
-    from kit.models.device import trainer_precision_kwargs
     from kit.train.sft import train_sft
 
     ends: list[float] = []
@@ -101,13 +101,13 @@ def _worker(run_dir: str, out_dir: str, spec: str) -> None:
     trl.SFTTrainer = TimedSFTTrainer  # train_sft imports it from trl when called
     torch.manual_seed(0)
     P = load_profile("tiny")
-    model, proc = load_vlm(P, run_dir, for_training=True)
+    model, proc = load_vlm(model_spec(P), run_dir, for_training=True)
     n_steps = warmup + steps
     cfg = {"epochs": 1, "lr": 1e-3, "batch_size": per_device, "grad_accum": 1, "weight_decay": 0.0,
            "save_each_epoch": False, "max_steps": n_steps, "logging_steps": n_steps, "seed": 0}
     t0 = time.perf_counter()
     res = train_sft(model, proc, _rows(per_device * spec["processes"] * n_steps), Path(out_dir) / "sft", cfg,
-                    trainer_precision_kwargs(P))
+                    model_spec(P).trainer_precision())
     total = time.perf_counter() - t0
     summary = next((e for e in reversed(res["log_history"]) if "train_samples_per_second" in e), {})
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)

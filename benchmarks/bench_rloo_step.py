@@ -59,9 +59,10 @@ class _Timers:
 def _run(trainer_cls, model, proc, reward, rows, P, out_dir: Path, **extra) -> dict:
     from transformers import TrainerCallback
 
-    from kit.rl.trainer import rloo_config, stage_config
+    from kit.rl.trainer import rloo_config
+    from kit.stages.rloo import trainer_settings
 
-    args = rloo_config(*stage_config(P), out_dir, max_steps=WARMUP + STEPS, save_strategy="no", logging_steps=1000,
+    args = rloo_config(*trainer_settings(P), out_dir, max_steps=WARMUP + STEPS, save_strategy="no", logging_steps=1000,
                        disable_tqdm=True)
     from datasets import Dataset
 

@@ -88,3 +88,10 @@ def format_answer(actions: Sequence[int], reasons: Sequence[int]) -> str:
 def format_action_answer(actions: Sequence[int]) -> str:
     """Stage-2 target: the action only, e.g. `Action: stop.`"""
     return f"Action: {action_text(actions)}."
+
+
+def stage2_prompt(description: str) -> str:
+    """The stage-2 question: the stage-1 description, then paper B's action question verbatim."""
+    if not isinstance(description, str):
+        raise TypeError(f"stage2_prompt: description must be a string, got {type(description).__name__}")
+    return f"Caption: {description.strip()}\n{ACTION_PROMPT}"

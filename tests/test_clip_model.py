@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from kit.models import clip as kclip
+from kit.models.device import model_spec
 
 P_TINY = {"device": "cpu", "models": {"clip": {"name": "tiny", "pretrained": None}}}
 
@@ -38,38 +39,38 @@ def test_save_and_load_round_trip(tiny, tmp_path):
         want_i, want_t = tiny.encode_images(x), tiny.encode_texts(["red", "blue"])
     kclip.save_clip(tiny, tmp_path / "ck", {"note": "test"})
     assert (tmp_path / "ck" / kclip.CONFIG_FILE).is_file() and (tmp_path / "ck" / kclip.WEIGHTS_FILE).is_file()
-    b = kclip.load_clip(P_TINY, tmp_path, checkpoint=tmp_path / "ck")
+    b = kclip.load_clip(model_spec(P_TINY), tmp_path, checkpoint=tmp_path / "ck")
     with torch.no_grad():
         assert torch.allclose(b.encode_images(x), want_i, atol=1e-6)
         assert torch.allclose(b.encode_texts(["red", "blue"]), want_t, atol=1e-6)
     assert not b.model.training
     # the tiny CLIP of a run dir is found by the profile alone
     kclip.save_clip(tiny, kclip.tiny_clip_dir(tmp_path / "run"))
-    assert kclip.load_clip(P_TINY, tmp_path / "run").image_size == 128
+    assert kclip.load_clip(model_spec(P_TINY), tmp_path / "run").image_size == 128
 
 
 def test_logit_bias_survives_save_and_load(tmp_path):
     b = kclip.build_tiny_clip(seed=1)
     b.model.logit_bias = torch.nn.Parameter(torch.tensor(-2.5))
     kclip.save_clip(b, tmp_path / "ck")
-    b2 = kclip.load_clip(P_TINY, tmp_path, checkpoint=tmp_path / "ck")
+    b2 = kclip.load_clip(model_spec(P_TINY), tmp_path, checkpoint=tmp_path / "ck")
     assert b2.model.logit_bias is not None and float(b2.model.logit_bias.detach()) == pytest.approx(-2.5)
 
 
 def test_loader_errors_say_what_was_looked_for(tmp_path):
     with pytest.raises(kclip.ClipLoadError, match="notebook 00"):
-        kclip.load_clip(P_TINY, tmp_path / "empty_run")
+        kclip.load_clip(model_spec(P_TINY), tmp_path / "empty_run")
     with pytest.raises(kclip.ClipLoadError, match="does not exist"):
-        kclip.load_clip(P_TINY, tmp_path, checkpoint=tmp_path / "nope")
+        kclip.load_clip(model_spec(P_TINY), tmp_path, checkpoint=tmp_path / "nope")
     (tmp_path / "half").mkdir()
     with pytest.raises(kclip.ClipLoadError, match=kclip.CONFIG_FILE):
-        kclip.load_clip(P_TINY, tmp_path, checkpoint=tmp_path / "half")
+        kclip.load_clip(model_spec(P_TINY), tmp_path, checkpoint=tmp_path / "half")
     bad = {"device": "cpu", "models": {"clip": {"name": "ViT-B-33", "pretrained": None}}}
     with pytest.raises(kclip.ClipLoadError, match="ViT-B-32"):
-        kclip.load_clip(bad, tmp_path)
+        kclip.load_clip(model_spec(bad), tmp_path)
     bad_tag = {"device": "cpu", "models": {"clip": {"name": "ViT-B-32", "pretrained": "no-such-tag"}}}
     with pytest.raises(kclip.ClipLoadError, match="openai"):
-        kclip.load_clip(bad_tag, tmp_path)
+        kclip.load_clip(model_spec(bad_tag), tmp_path)
 
 
 def test_contrastive_pretraining_learns_held_out_pairs():

@@ -13,6 +13,7 @@ from PIL import Image
 
 from kit import labels as L
 from kit.models import clip as kclip
+from kit.models.device import model_spec
 from kit.reward.clip_reward import CLIPReward, completion_text
 from kit.reward.pairs import make_pairs, swap_left_right, true_texts
 
@@ -305,7 +306,7 @@ def test_finetune_trains_keeps_best_and_resumes(tmp_path):
     assert hist[-1]["train_loss"] < hist[1]["train_loss"] or res["best_val_auroc"] > hist[0]["val_auroc"]
     # the best checkpoint loads through the one loader and scores like the in-memory model
     store = ImageStore.for_bundle([p.image_path for p in val], b)
-    loaded = kclip.load_clip(P_TINY, tmp_path, checkpoint=res["checkpoint"])
+    loaded = kclip.load_clip(model_spec(P_TINY), tmp_path, checkpoint=res["checkpoint"])
     assert loaded.model.logit_bias is not None
     s1, s2 = score_pairs(b, val, store), score_pairs(loaded, val, store)
     assert np.allclose(s1["prob"], s2["prob"], atol=1e-5)
@@ -423,7 +424,8 @@ def test_stage_end_to_end_on_toy_data(tmp_path):
     from kit import runs
     from kit.params import load_profile
     from kit.reward import load_reward
-    from kit.stages.clip_finetune import results_table, run_clip_finetune, table1
+    from kit.reward.results import results_table, table1
+    from kit.stages.clip_finetune import run_clip_finetune
     from kit.stages.prepare_clip import run_prepare_clip
     from kit.stages.prepare_data import run_prepare_data
 

@@ -44,12 +44,13 @@ from pathlib import Path
 from PIL import Image
 from kit import dist
 from kit.eval.generate import generate_records
+from kit.models.device import model_spec
 from kit.models.vlm import load_vlm
 from kit.params import load_profile
 
 tmp, vlm = Path(sys.argv[1]), sys.argv[2]
 P = load_profile("tiny", {})
-model, processor = load_vlm(P, tmp, vlm)
+model, processor = load_vlm(model_spec(P), tmp, vlm)
 
 class S:
     def __init__(self, i):

@@ -200,12 +200,12 @@ def test_rloo_samples_pair_each_prompt_with_its_own_completions_and_rewards(two_
     from kit.rl.samples import frames_of, load_samples
 
     P, rd = setup("tiny", two, _sets())
-    by_id = {s.id: s for s in load_samples(P, rd, "train")}
+    by_id = {s.id: s for s in load_samples(P["data"], rd, "train")}
     reward = load_reward(P, rd)
     samples = runs.read_jsonl(work_dir(rd) / "samples.jsonl")
     assert samples
     for s in samples:
-        frames = frames_of(by_id[s["id"]], P)
+        frames = frames_of(by_id[s["id"]], P["rloo"]["frames"])
         again = reward.clip_score([frames] * len(s["completions"]), s["completions"], kind=P["clip_finetune"]["reward_score"])
         assert again == pytest.approx(s["rewards"], abs=1e-4), s["id"]
 

@@ -5,6 +5,7 @@ import pytest
 
 from kit import runs
 from kit.labels import ACTION_TEXTS, ANSWER_PROMPT, N_ACTIONS, N_REASONS, REASONS, format_answer
+from kit.models.device import model_spec
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def tiny(tmp_path_factory):
     texts += [format_answer([1, 0, 1, 0], [1] + [0] * 20), "a car on the road", "a red light ahead"] * 5
     build_tiny_vlm(tiny_vlm_dir(rd), texts, image_size=64)
     P = load_profile("tiny", {"eval.batch_size": 3, "eval.max_new_tokens": 6})
-    model, processor = load_vlm(P, rd)
+    model, processor = load_vlm(model_spec(P), rd)
     return P, rd, model, processor
 
 

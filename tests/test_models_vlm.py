@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from kit.models.device import model_spec
 from kit.params import load_profile
 
 TEXTS = [f"A {c} car is {d} ahead in the same lane. A traffic light above the road shows {l}."
@@ -86,7 +87,7 @@ def test_build_save_reload_generate(tiny_dir):
 def test_load_vlm_tiny_device_dtype(run_dir):
     from kit.models.vlm import load_vlm
 
-    model, proc = load_vlm(load_profile("tiny"), run_dir)
+    model, proc = load_vlm(model_spec(load_profile("tiny")), run_dir)
     p = next(model.parameters())
     assert p.device.type == "cpu" and p.dtype == torch.float32
     assert not model.training
@@ -99,13 +100,13 @@ def test_missing_model_errors_are_clear(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     P = load_profile("tiny", {"models.vlm.name": "nobody-here/no-such-vlm"})
     with pytest.raises(ModelNotFoundError) as e:
-        load_vlm(P, tmp_path)
+        load_vlm(model_spec(P), tmp_path)
     msg = str(e.value)
     assert "nobody-here/no-such-vlm" in msg and "hf download nobody-here/no-such-vlm" in msg and "tiny" in msg
     with pytest.raises(ModelNotFoundError, match="notebook 00"):
-        load_vlm(load_profile("tiny"), tmp_path)  # tiny, but notebook 00 never ran here
+        load_vlm(model_spec(load_profile("tiny")), tmp_path)  # tiny, but notebook 00 never ran here
     with pytest.raises(ModelNotFoundError, match="config.json"):
-        load_vlm(load_profile("tiny"), tmp_path, tmp_path / "checkpoint-9")
+        load_vlm(model_spec(load_profile("tiny")), tmp_path, tmp_path / "checkpoint-9")
 
 
 def test_lora_config_follows_profile():
@@ -113,11 +114,11 @@ def test_lora_config_follows_profile():
 
     from kit.models.vlm import lora_config
 
-    assert lora_config(load_profile("tiny")) is None
-    cfg = lora_config(load_profile("tiny", {"models.lora.enabled": True, "models.lora.r": 4}))
+    assert lora_config(model_spec(load_profile("tiny"))) is None
+    cfg = lora_config(model_spec(load_profile("tiny", {"models.lora.enabled": True, "models.lora.r": 4})))
     assert isinstance(cfg, LoraConfig) and cfg.r == 4 and "q_proj" in cfg.target_modules
     with pytest.raises(ValueError, match="lora.enabled"):
-        lora_config(load_profile("tiny", {"models.quantization": "4bit"}))
+        lora_config(model_spec(load_profile("tiny", {"models.quantization": "4bit"})))
 
 
 def test_prepare_vlm_stage_on_toy_data(tmp_path):
@@ -142,6 +143,21 @@ def test_prepare_vlm_stage_on_toy_data(tmp_path):
     assert all((tmp_path / "prepare" / "figures" / f).is_file()
                for f in ("vlm_pretrain_loss.png", "vlm_pretrain_captions.png"))
     assert len(runs.read_jsonl(res["captions"])) == 2
-    model, _ = load_vlm(P, tmp_path)
+    model, _ = load_vlm(model_spec(P), tmp_path)
     assert type(model).__name__ == "Idefics3ForConditionalGeneration"
     assert run_prepare_vlm(P, tmp_path).get("skipped") is True
+
+
+def test_model_spec_resolves_once_and_keys_keep_the_profile_as_written():
+    """model_spec(P) is all the model layer sees: device and dtype resolved, and the profile's own
+    `device:`/`precision:` strings for stage keys (so a key does not change with where `auto` lands)."""
+    from kit.models.vlm import vlm_settings
+
+    P = load_profile("tiny", {"device": "auto", "precision": "auto"})
+    spec = model_spec(P)
+    assert spec.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert spec.dtype == (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+    s = vlm_settings(spec)
+    assert (s["device"], s["precision"]) == ("auto", "auto") and s["vlm"] == P["models"]["vlm"] and s["lora"] is None
+    with pytest.raises(ValueError, match="precision='fp8'"):
+        model_spec({**P, "precision": "fp8"})

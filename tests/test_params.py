@@ -116,13 +116,13 @@ def test_deepspeed_builds_its_config_from_zero_files_and_paper_settings(tmp_path
     from transformers import AutoConfig
     from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
 
+    from kit.models.device import model_spec
     from kit.models.tiny_vlm import build_tiny_vlm
-    from kit.models.device import trainer_precision_kwargs
     from kit.train.dpo import dpo_args
 
     P = kp.load_profile("paper-iterative", ["device=cpu"])  # the profile's cuda is not here; bf16 put back below
     cfg = P["spin"]
-    args = dpo_args(cfg, trainer_precision_kwargs(P), tmp_path / "out", n_rows=1000)
+    args = dpo_args(cfg, model_spec(P).trainer_precision(), tmp_path / "out", n_rows=1000)
     args.bf16 = True  # what paper-iterative.yaml trains in on its GPUs
     model_cfg = AutoConfig.from_pretrained(build_tiny_vlm(tmp_path / "vlm", ["a car ahead"] * 20, image_size=64))
 

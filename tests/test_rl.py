@@ -82,7 +82,8 @@ def test_per_epoch_aggregates_steps():
 # ---- stage 2 prompt ----------------------------------------------------------------------------------------
 def test_stage2_prompt_contains_stage1_description_and_paper_question():
     from kit.labels import ACTION_PROMPT
-    from kit.stages.action_sft import action_rows, stage2_prompt
+    from kit.labels import stage2_prompt
+    from kit.stages.action_sft import action_rows
 
     desc = "a red light ahead and a car stopped in the right lane"
     p = stage2_prompt(desc)
@@ -143,11 +144,12 @@ def _P(**rloo):
 
 @pytest.mark.parametrize("baseline", ["greedy", "none"])
 def test_kl_penalty_with_another_baseline_fails_clearly(tiny, tmp_path, baseline):
-    from kit.rl.trainer import make_trainer, stage_config
+    from kit.rl.trainer import make_trainer
+    from kit.stages.rloo import trainer_settings
 
     model, proc, reward, rows = tiny
     with pytest.raises(ValueError, match="rloo.beta=0"):
-        make_trainer(model, proc, reward, rows, tmp_path, *stage_config(_P(baseline=baseline, beta=0.05)))
+        make_trainer(model, proc, reward, rows, tmp_path, *trainer_settings(_P(baseline=baseline, beta=0.05)))
 
 
 @pytest.mark.parametrize("baseline", ["rloo", "greedy", "none"])
@@ -155,11 +157,12 @@ def test_trainer_uses_the_selected_baseline(tiny, tmp_path, baseline):
     import copy
 
     from kit import runs
-    from kit.rl.trainer import make_trainer, stage_config
+    from kit.rl.trainer import make_trainer
+    from kit.stages.rloo import trainer_settings
 
     model, proc, reward, rows = tiny
     P = _P(baseline=baseline)
-    trainer, ckpt = make_trainer(copy.deepcopy(model), proc, reward, rows, tmp_path, *stage_config(P))
+    trainer, ckpt = make_trainer(copy.deepcopy(model), proc, reward, rows, tmp_path, *trainer_settings(P))
     assert ckpt is None
     trainer.model.train()
     out = trainer._generate_and_score_completions([dict(rows[0]) for _ in range(3)] + [dict(rows[1]) for _ in range(3)])
@@ -185,27 +188,29 @@ def test_train_rloo_logs_epochs_and_resumes(tiny, tmp_path):
     import copy
 
     from kit import runs
-    from kit.rl.trainer import stage_config, train_rloo
+    from kit.rl.trainer import train_rloo
+    from kit.stages.rloo import trainer_settings
 
     model, proc, reward, rows = tiny
     P = _P(epochs=2)
-    res = train_rloo(copy.deepcopy(model), proc, reward, rows, tmp_path, *stage_config(P))
+    res = train_rloo(copy.deepcopy(model), proc, reward, rows, tmp_path, *trainer_settings(P))
     assert [e["epoch"] for e in res["per_epoch"]] == [0, 1]
     assert all(e["steps"] == 2 for e in res["per_epoch"])  # 4 prompts / 2 per step
     assert (Path(res["checkpoint"]) / "config.json").is_file()
     n = len(runs.read_jsonl(tmp_path / "reward_log.jsonl"))
-    again = train_rloo(copy.deepcopy(model), proc, reward, rows, tmp_path, *stage_config(P))  # finished: resumes, no new steps
+    again = train_rloo(copy.deepcopy(model), proc, reward, rows, tmp_path, *trainer_settings(P))  # finished: resumes, no new steps
     assert len(again["reward_log"]) == n == 4
 
 
 def test_gradient_variance_on_shared_batches(tiny, tmp_path):
     import copy
 
-    from kit.rl.trainer import make_trainer, stage_config
+    from kit.rl.trainer import make_trainer
     from kit.rl.variance import gradient_variance
+    from kit.stages.rloo import trainer_settings
 
     model, proc, reward, rows = tiny
-    trainer, _ = make_trainer(copy.deepcopy(model), proc, reward, rows, tmp_path, *stage_config(_P()))
+    trainer, _ = make_trainer(copy.deepcopy(model), proc, reward, rows, tmp_path, *trainer_settings(_P()))
     v = gradient_variance(trainer, rows, n_prompts=2, repeats=2, max_coords=50_000)
     assert set(v["estimators"]) == {"rloo", "greedy", "none"}
     assert v["n_coords"] == 50_000 < v["n_params"]

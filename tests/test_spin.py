@@ -9,6 +9,7 @@ import pytest
 from kit import runs
 from kit.coda.rounds import build_pairs, mix_rounds, sample_items
 from kit.data.coda_vqa import VqaItem
+from kit.models.device import model_spec
 
 
 def _item(task, qid, answer):
@@ -72,8 +73,8 @@ def _sft_run(rd, **extra):
     03's SFT on it (3 steps): what notebook 04 starts from."""
     import torch
 
-    from kit.data.coda_vqa import vqa_for
     from kit.data import toyworld
+    from kit.data.coda_vqa import vqa_for
     from kit.models.tiny_vlm import build_tiny_vlm
     from kit.models.vlm import tiny_vlm_dir
     from kit.stages.coda import run_coda_sft
@@ -100,7 +101,7 @@ def _digest(P, rd, ckpt):
     from kit.models.vlm import load_vlm
     from kit.train.dpo import weights_digest
 
-    return weights_digest(load_vlm(P, rd, ckpt)[0])
+    return weights_digest(load_vlm(model_spec(P), rd, ckpt)[0])
 
 
 def test_round_r_refers_to_round_r_minus_1_and_resumes_after_a_kill(sft_run, tmp_path, monkeypatch):
@@ -214,9 +215,9 @@ def test_lora_round_refers_to_the_previous_adapter(tmp_path):
     m = runs.read_metrics(rd)
     t = m["spin/original/round_1"]["train"]
     sft_ckpt = m["coda_sft"]["coda_lm"]["checkpoint"]
-    sft_adapter = weights_digest(load_vlm(P, rd, sft_ckpt)[0], "default")
+    sft_adapter = weights_digest(load_vlm(model_spec(P), rd, sft_ckpt)[0], "default")
     assert t["start_digest"] == t["ref_digest"] == sft_adapter
-    final = load_vlm(P, rd, t["checkpoint"])[0]
+    final = load_vlm(model_spec(P), rd, t["checkpoint"])[0]
     assert hasattr(final, "peft_config") and list(final.peft_config) == ["default"]
     assert weights_digest(final, "default") != sft_adapter
     assert not (rd / "spin" / "original" / "round_1" / "checkpoints" / t["key"] / "final" / "ref").exists()

@@ -204,7 +204,7 @@ def test_prepare_stage(tmp_path):
     m = runs.read_metrics(tmp_path)["prepare"]["datasets"]
     assert m["sizes"]["bdd_oia"] == {"train": 24, "val": 22, "test": 21}
     assert m["sizes"]["coda_lm"] == {"Train": 3, "Val": 3, "Test": 2, "Mini": 1}
-    assert bdd_oia_root(P, tmp_path) == Path(m["bdd_oia_root"]) and coda_lm_root(P, tmp_path).is_dir()
+    assert bdd_oia_root(P["data"], tmp_path) == Path(m["bdd_oia_root"]) and coda_lm_root(P["data"], tmp_path).is_dir()
     assert all(Path(f).stat().st_size > 5000 for f in out["figures"]) and len(out["figures"]) == 3
     again = run_prepare_data(P, tmp_path)
     assert all(v["skipped"] for v in again["generated"]["bdd_oia"].values())

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from kit.models.device import trainer_precision_kwargs
+from kit.models.device import model_spec
 from kit.params import load_profile
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40)}
@@ -89,22 +89,22 @@ def test_full_finetune_resume_and_rerun(run_dir, tmp_path):
     from kit.train.sft import RESULT_FILE, train_sft
 
     P = load_profile("tiny")
-    model, proc = load_vlm(P, run_dir, for_training=True)
+    model, proc = load_vlm(model_spec(P), run_dir, for_training=True)
     out = tmp_path / "sft"
     cfg = {**CFG, "epochs": 2, "save_each_epoch": True}
-    res = train_sft(model, proc, _rows(8), out, cfg, trainer_precision_kwargs(P))
+    res = train_sft(model, proc, _rows(8), out, cfg, model_spec(P).trainer_precision())
     assert res["steps"] == 4 and len(res["train_loss"]) == 4
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
-    m2, p2 = load_vlm(P, run_dir, res["checkpoint"])
+    m2, p2 = load_vlm(model_spec(P), run_dir, res["checkpoint"])
     assert isinstance(_answer(m2, p2, "red"), str)
     # a finished run returns its result without training again
-    assert train_sft(model, proc, _rows(8), out, cfg, trainer_precision_kwargs(P))["seconds"] == res["seconds"]
+    assert train_sft(model, proc, _rows(8), out, cfg, model_spec(P).trainer_precision())["seconds"] == res["seconds"]
     # a crash after epoch 1: resume from checkpoint-2, do only the remaining steps
     shutil.rmtree(out / "final")
     shutil.rmtree(out / "checkpoint-4")
     (out / RESULT_FILE).unlink()
-    model, proc = load_vlm(P, run_dir, for_training=True)
-    res2 = train_sft(model, proc, _rows(8), out, cfg, trainer_precision_kwargs(P))
+    model, proc = load_vlm(model_spec(P), run_dir, for_training=True)
+    res2 = train_sft(model, proc, _rows(8), out, cfg, model_spec(P).trainer_precision())
     assert res2["resumed_from"].endswith("checkpoint-2") and res2["steps"] == 4
     assert [p["step"] for p in res2["train_loss"]] == [1, 2, 3, 4]
 
@@ -117,17 +117,17 @@ def test_lora_and_qlora_train_then_generate(run_dir, tmp_path, quant):
     from kit.train.sft import train_sft
 
     P = load_profile("tiny", {"models.lora.enabled": True, "models.lora.r": 4, "models.quantization": quant})
-    model, proc = load_vlm(P, run_dir, for_training=True)
+    model, proc = load_vlm(model_spec(P), run_dir, for_training=True)
     if quant:
         import bitsandbytes as bnb
 
         assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
         _answer(model, proc, "red")  # a no-grad generate before training: the CPU 4-bit repack bug
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    res = train_sft(model, proc, _rows(8), tmp_path / "sft", {**CFG, "peft_config": lora_config(P)}, trainer_precision_kwargs(P))
+    res = train_sft(model, proc, _rows(8), tmp_path / "sft", {**CFG, "peft_config": lora_config(model_spec(P))}, model_spec(P).trainer_precision())
     assert res["steps"] == 2 and all(p["loss"] > 0 for p in res["train_loss"])
     assert (tmp_path / "sft" / "final" / "adapter_config.json").is_file()
-    m2, p2 = load_vlm(P, run_dir, res["checkpoint"])
+    m2, p2 = load_vlm(model_spec(P), run_dir, res["checkpoint"])
     assert isinstance(m2, PeftModel)
     lora_b = [p for n, p in m2.named_parameters() if "lora_B" in n]
     assert lora_b and any(float(p.abs().sum()) > 0 for p in lora_b)  # the adapter moved from its zero init
@@ -146,12 +146,12 @@ def test_tiny_vlm_learns_a_visible_label(run_dir, tmp_path):
     from kit.train.sft import train_sft
 
     P = load_profile("tiny")
-    model, proc = load_vlm(P, run_dir, for_training=True)
+    model, proc = load_vlm(model_spec(P), run_dir, for_training=True)
     res = train_sft(model, proc, _rows(64), tmp_path / "sft",
                     {**CFG, "epochs": 30, "lr": 1e-3, "batch_size": 8, "lr_scheduler": "cosine",
-                     "logging_steps": 8}, trainer_precision_kwargs(P))
+                     "logging_steps": 8}, model_spec(P).trainer_precision())
     assert res["train_loss"][-1]["loss"] < res["train_loss"][0]["loss"]
-    model, proc = load_vlm(P, run_dir, res["checkpoint"])
+    model, proc = load_vlm(model_spec(P), run_dir, res["checkpoint"])
     names = list(COLORS)
     tests = [(names[i % 2], _img(COLORS[names[i % 2]], 500 + i)) for i in range(20)]
     outs = generate(model, proc, [([im], PROMPT) for _, im in tests], batch_size=10, max_new_tokens=6,
@@ -173,6 +173,6 @@ def test_rows_with_image_paths_decode_lazily(run_dir, tmp_path):
     ds = rows_dataset(rows, "rows")
     assert isinstance(ds[0]["images"][0], Image.Image)  # decoded on access, not stored as pixels
     P = load_profile("tiny")
-    model, proc = load_vlm(P, run_dir, for_training=True)
-    res = train_sft(model, proc, rows, tmp_path / "sft", CFG, trainer_precision_kwargs(P))
+    model, proc = load_vlm(model_spec(P), run_dir, for_training=True)
+    res = train_sft(model, proc, rows, tmp_path / "sft", CFG, model_spec(P).trainer_precision())
     assert res["steps"] == 1

@@ -24,7 +24,7 @@ from kit.eval.generate import generate_records
 from kit.judge.factory import make_judge
 from kit.judge.score import judge_submission
 from kit.keys import artifact_id, keyed_training, stage_key
-from kit.models.device import trainer_precision_kwargs
+from kit.models.device import model_spec
 from kit.models.vlm import load_vlm, lora_config, resolve_vlm_path, vlm_settings
 from kit.params import params_hash
 from kit.runs import require_metrics
@@ -37,7 +37,7 @@ MODEL_NAMES = {DIRECT: "direct", SFT: "sft", SFT_SYNTH: "sft+synth"}
 
 
 def split_dir(P: Mapping, run_dir, split: str) -> Path:
-    d = coda_lm_root(P, run_dir) / "CODA-LM" / split
+    d = coda_lm_root(P["data"], run_dir) / "CODA-LM" / split
     if not d.is_dir():
         raise FileNotFoundError(f"{d}: no CODA-LM split '{split}' (params coda.{'eval' if split != 'Train' else 'train'}_split); "
                                 "expected <coda_lm_root>/CODA-LM/<Split>/*.json")
@@ -124,8 +124,9 @@ def sft_key(P: Mapping, run_dir, train_items: Mapping[str, list[VqaItem]], base:
     cfg = sft_config(P)
     if max_steps is not None:
         cfg["max_steps"] = int(max_steps)
-    return stage_key({"sft": cfg, "tasks": tasks, **vlm_settings(P)},
-                     {"model": artifact_id(base or resolve_vlm_path(P, run_dir)),
+    spec = model_spec(P)
+    return stage_key({"sft": cfg, "tasks": tasks, **vlm_settings(spec)},
+                     {"model": artifact_id(base or resolve_vlm_path(spec, run_dir)),
                       "data": data_id({t: train_items[t] for t in tasks})})
 
 
@@ -134,16 +135,17 @@ def train_coda_sft(P: Mapping, run_dir, train_items: Mapping[str, list[VqaItem]]
     """SFT on CODA-LM VQA rows into `<out_parent>/<key>/`, resumed only under the same key.
     Returns train_sft's result plus "key" (the final model folder is marked with it)."""
     tasks = list(tasks or P["coda_sft"]["tasks"])
-    base = base or resolve_vlm_path(P, run_dir)
+    spec = model_spec(P)
+    base = base or resolve_vlm_path(spec, run_dir)
     cfg = sft_config(P)
     if max_steps is not None:
         cfg["max_steps"] = int(max_steps)
     key = sft_key(P, run_dir, train_items, base, tasks=tasks, max_steps=max_steps)
 
     def train_it(out):
-        model, processor = load_vlm(P, run_dir, base if Path(base).is_dir() else None, for_training=True)
-        return train_sft(model, processor, sft_rows(train_items, tasks), out, {**cfg, "peft_config": lora_config(P)},
-                         trainer_precision_kwargs(P))
+        model, processor = load_vlm(spec, run_dir, base if Path(base).is_dir() else None, for_training=True)
+        return train_sft(model, processor, sft_rows(train_items, tasks), out, {**cfg, "peft_config": lora_config(spec)},
+                         spec.trainer_precision())
 
     return keyed_training(Path(out_parent or runs.stage_dir(run_dir, SFT) / "checkpoints"), key, train_it,
                           stage=SFT, base=base)

@@ -13,9 +13,8 @@ class DataError(ValueError):
     """Malformed dataset input; the message names the file, the field and what was expected."""
 
 
-def _root_from(P: Mapping, run_dir, key: str, metric_key: str) -> Path:
-
-    given = (P.get("data") or {}).get(key)
+def _root_from(data: Mapping, run_dir, key: str, metric_key: str) -> Path:
+    given = data.get(key)
     if given:
         return Path(given).expanduser().resolve()
     ds = (runs.read_metrics(run_dir).get("prepare") or {}).get("datasets") or {}
@@ -26,23 +25,23 @@ def _root_from(P: Mapping, run_dir, key: str, metric_key: str) -> Path:
         f"data.{key} is null; run notebook 00 (prepare) for this run directory first, or set data.{key}")
 
 
-def bdd_oia_root(P: Mapping, run_dir) -> Path:
-    """The BDD-OIA root: the profile's `data.bdd_oia_root`, else the toy data notebook 00 generated."""
-    return _root_from(P, run_dir, "bdd_oia_root", "bdd_oia_root")
+def bdd_oia_root(data: Mapping, run_dir) -> Path:
+    """The BDD-OIA root: the `data:` section's `bdd_oia_root`, else the toy data notebook 00 generated."""
+    return _root_from(data, run_dir, "bdd_oia_root", "bdd_oia_root")
 
 
-def coda_lm_root(P: Mapping, run_dir) -> Path:
-    """The CODA-LM root: the profile's `data.coda_lm_root`, else the toy data notebook 00 generated."""
-    return _root_from(P, run_dir, "coda_lm_root", "coda_lm_root")
+def coda_lm_root(data: Mapping, run_dir) -> Path:
+    """The CODA-LM root: the `data:` section's `coda_lm_root`, else the toy data notebook 00 generated."""
+    return _root_from(data, run_dir, "coda_lm_root", "coda_lm_root")
 
 
-def load_bdd_split(P: Mapping, run_dir, split: str, cap: int | None = None):
-    """This run's BDD-OIA split, capped by `data.max_samples[split]` and a stage's own cap (the
-    smaller wins). An empty split is an error: every stage downstream needs samples."""
+def load_bdd_split(data: Mapping, run_dir, split: str, cap: int | None = None):
+    """This run's BDD-OIA split (`data` is the profile's `data:` section), capped by its
+    `max_samples[split]` and a stage's own cap (the smaller wins). An empty split is an error: every stage downstream needs samples."""
     from kit.data.bdd_oia import load_split  # here, not above: bdd_oia imports DataError from this file
 
-    caps = [c for c in (((P.get("data") or {}).get("max_samples") or {}).get(split), cap) if c]
-    s = load_split(bdd_oia_root(P, run_dir), split, max_samples=min(caps) if caps else None)
+    caps = [c for c in ((data.get("max_samples") or {}).get(split), cap) if c]
+    s = load_split(bdd_oia_root(data, run_dir), split, max_samples=min(caps) if caps else None)
     if not s.samples:
         raise DataError(f"{s.root}: BDD-OIA split '{split}' has no usable samples (stats: {s.stats}); "
                         "expected images under lastframe/data and annotations in the split's JSON files")

@@ -24,7 +24,7 @@ import open_clip
 import torch
 
 from kit import runs
-from kit.models.device import resolve_device
+from kit.models.device import ModelSpec
 
 TINY_NAME = "kit-tiny-clip"
 TINY_CONFIG = Path(__file__).resolve().parent / "configs" / f"{TINY_NAME}.json"
@@ -231,16 +231,15 @@ def tiny_clip_dir(run_dir: str | os.PathLike) -> Path:
     return runs.resolve_run_dir(run_dir) / "prepare" / "models" / "clip"
 
 
-def load_clip(P: Mapping, run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> ClipBundle:
+def load_clip(spec: ModelSpec, run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> ClipBundle:
     """Load the CLIP a profile names, or a saved checkpoint (directory or weights file), in eval mode.
 
     `checkpoint` None: `models.clip.name` (`tiny` -> run_dir/prepare/models/clip, built by notebook 00)
     with `models.clip.pretrained`. A directory: one written by `save_clip`. A file: weights for the
     architecture `models.clip.name`.
     """
-    device = resolve_device(P)
-    spec = P.get("models", {}).get("clip", {}) or {}
-    name = spec.get("name") or "tiny"
+    device, clip = spec.device, spec.clip
+    name = clip.get("name") or "tiny"
     if checkpoint is not None:
         ck = Path(checkpoint).expanduser()
         if not ck.is_absolute():
@@ -260,6 +259,6 @@ def load_clip(P: Mapping, run_dir: str | os.PathLike, checkpoint: str | os.PathL
                                 "(kit.stages.prepare_clip.run_prepare_clip) for this run directory first")
         bundle = _load_dir(d, device)
     else:
-        bundle = _load_named(name, spec.get("pretrained"), device)
+        bundle = _load_named(name, clip.get("pretrained"), device)
     bundle.model.eval()
     return bundle

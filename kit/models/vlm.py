@@ -1,11 +1,12 @@
 """One loader for every VLM the kit uses: the tiny offline model, a model hub id, a local checkpoint,
 or a PEFT adapter directory, with LoRA and 4-/8-bit QLoRA (bitsandbytes) chosen by the profile.
 
-    model, processor = load_vlm(P, run_dir)                       # profile's models.vlm.name
-    model, processor = load_vlm(P, run_dir, ckpt, for_training=True)
-    trainer = SFTTrainer(model, ..., peft_config=lora_config(P))
+    spec = model_spec(P)                                         # kit.models.device, once per stage
+    model, processor = load_vlm(spec, run_dir)                   # the profile's models.vlm.name
+    model, processor = load_vlm(spec, run_dir, ckpt, for_training=True)
+    trainer = SFTTrainer(model, ..., peft_config=lora_config(spec))
 
-Device and dtype come from kit.models.device, so every stage places and casts models the same way.
+Every function here takes that ModelSpec (the `models:` section, device and dtype), never the profile.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlparse
 
-from kit.models.device import resolve_device, resolve_dtype
+from kit.models.device import ModelSpec
 from kit.runs import resolve_run_dir
 
 TINY = "tiny"
@@ -28,10 +29,6 @@ class ModelNotFoundError(FileNotFoundError):
 def tiny_vlm_dir(run_dir: str | os.PathLike) -> Path:
     """Where notebook 00 saves the tiny VLM of a run."""
     return resolve_run_dir(run_dir) / "prepare" / "models" / "vlm"
-
-
-def _vlm_params(P: Mapping) -> Mapping:
-    return (P.get("models") or {}).get("vlm") or {}
 
 
 def _is_model_dir(p: Path) -> bool:
@@ -70,7 +67,7 @@ def _not_found(spec: str, what: str, extra: str = "") -> ModelNotFoundError:
         f"downloaded folder, or use the offline default `--profile tiny`.{extra}")
 
 
-def resolve_vlm_path(P: Mapping, run_dir: str | os.PathLike, path: str | os.PathLike | None = None) -> str:
+def resolve_vlm_path(spec: ModelSpec, run_dir: str | os.PathLike, path: str | os.PathLike | None = None) -> str:
     """The directory or hub id `load_vlm` will read, or a ModelNotFoundError that says what to do."""
     if path is not None:
         p = Path(path).expanduser()
@@ -82,8 +79,8 @@ def resolve_vlm_path(P: Mapping, run_dir: str | os.PathLike, path: str | os.Path
                 f"(a PEFT adapter); {'it has ' + ', '.join(sorted(x.name for x in p.iterdir())[:8]) if p.is_dir() else 'it does not exist'}. "
                 "Run the stage that writes it first (see metrics.json of the run for checkpoint paths).")
         return str(p)
-    spec = str(_vlm_params(P).get("name") or TINY)
-    if spec == TINY:
+    name = str(spec.vlm.get("name") or TINY)
+    if name == TINY:
         d = tiny_vlm_dir(run_dir)
         if not _is_model_dir(d):
             raise ModelNotFoundError(
@@ -91,29 +88,29 @@ def resolve_vlm_path(P: Mapping, run_dir: str | os.PathLike, path: str | os.Path
                 f"notebook 00 (00_prepare.ipynb, or `kit run --profile tiny --run-dir {run_dir}`) for this run "
                 "directory; run that first.")
         return str(d)
-    p = Path(spec).expanduser()
-    if p.exists() or _looks_like_path(spec):
+    p = Path(name).expanduser()
+    if p.exists() or _looks_like_path(name):
         if not _is_model_dir(p):
-            raise ModelNotFoundError(f"models.vlm.name={spec!r}: no model folder there (expected config.json "
+            raise ModelNotFoundError(f"models.vlm.name={name!r}: no model folder there (expected config.json "
                                      "or adapter_config.json). Check the path, or download the model with "
                                      "`hf download MODEL_ID --local-dir PATH`.")
         return str(p.resolve())
-    if _hub_cached(spec):
-        return spec
+    if _hub_cached(name):
+        return name
     if not _hub_reachable():
-        raise _not_found(spec, "not in the local Hugging Face cache and the hub cannot be reached from here")
-    return spec
+        raise _not_found(name, "not in the local Hugging Face cache and the hub cannot be reached from here")
+    return name
 
 
-def _quant_config(P: Mapping):
-    q = (P.get("models") or {}).get("quantization")
+def _quant_config(spec: ModelSpec):
+    q = spec.quantization
     if q in (None, "", "none"):
         return None
     from transformers import BitsAndBytesConfig
 
     if q == "4bit":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=resolve_dtype(P))
+                                  bnb_4bit_compute_dtype=spec.dtype)
     if q == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     raise ValueError(f"params models.quantization={q!r}: expected null, '4bit' or '8bit'")
@@ -134,18 +131,17 @@ def _disable_cpu_4bit_repack(model) -> int:
     return n
 
 
-def vlm_settings(P: Mapping) -> dict:
-    """What, beyond a stage's own section, decides how a VLM trains: the model spec, LoRA (when
-    enabled), quantization, device precision."""
-    m = P.get("models") or {}
-    return {"vlm": m.get("vlm"), "lora": m.get("lora") if (m.get("lora") or {}).get("enabled") else None,
-            "quantization": m.get("quantization"), "precision": P.get("precision"), "device": P.get("device")}
+def vlm_settings(spec: ModelSpec) -> dict:
+    """What, beyond a stage's own section, decides how a VLM trains (for stage keys): the model,
+    LoRA (when enabled), quantization, and the profile's device and precision as written."""
+    m = spec.models
+    return {"vlm": m.get("vlm"), "lora": m.get("lora") if spec.lora.get("enabled") else None,
+            "quantization": m.get("quantization"), "precision": spec.precision_setting, "device": spec.device_setting}
 
 
-def lora_config(P: Mapping):
+def lora_config(spec: ModelSpec):
     """The profile's LoRA as a peft.LoraConfig (pass as TRL `peft_config`), or None for full fine-tuning."""
-    lp = (P.get("models") or {}).get("lora") or {}
-    q = (P.get("models") or {}).get("quantization")
+    lp, q = spec.lora, spec.quantization
     if not lp.get("enabled"):
         if q not in (None, "", "none"):
             raise ValueError(f"params models.quantization={q!r} needs models.lora.enabled: true "
@@ -157,7 +153,7 @@ def lora_config(P: Mapping):
                       target_modules=lp["target_modules"], bias="none", task_type="CAUSAL_LM")
 
 
-def load_vlm(P: Mapping, run_dir: str | os.PathLike, path: str | os.PathLike | None = None, *,
+def load_vlm(spec: ModelSpec, run_dir: str | os.PathLike, path: str | os.PathLike | None = None, *,
              for_training: bool = False):
     """Load (model, processor) for the profile's VLM (`path` None) or a checkpoint/adapter folder.
 
@@ -169,9 +165,9 @@ def load_vlm(P: Mapping, run_dir: str | os.PathLike, path: str | os.PathLike | N
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    vp = _vlm_params(P)
-    where = resolve_vlm_path(P, run_dir, path)
-    device, dtype = resolve_device(P), resolve_dtype(P)
+    vp = spec.vlm
+    where = resolve_vlm_path(spec, run_dir, path)
+    device, dtype = spec.device, spec.dtype
     trust = bool(vp.get("trust_remote_code", False))
     adapter_dir = None
     base = where
@@ -187,7 +183,7 @@ def load_vlm(P: Mapping, run_dir: str | os.PathLike, path: str | os.PathLike | N
             raise ModelNotFoundError(f"{where}/adapter_config.json: base model {base!r} does not exist (moved run "
                                      "directory?); expected the folder the adapter was trained from")
 
-    quant = _quant_config(P)
+    quant = _quant_config(spec)
     kw = {"dtype": dtype, "trust_remote_code": trust}
     if vp.get("attn_implementation"):
         kw["attn_implementation"] = vp["attn_implementation"]

@@ -6,6 +6,7 @@ from typing import Mapping
 
 from kit import runs
 from kit.models.clip import load_clip
+from kit.models.device import model_spec
 from kit.reward.clip_reward import CLIPReward
 
 
@@ -19,7 +20,7 @@ def load_reward(P: Mapping, run_dir: str | os.PathLike, checkpoint: str | os.Pat
             raise FileNotFoundError(f"{runs.resolve_run_dir(run_dir) / 'metrics.json'}: field "
                                     "clip_finetune.reward_checkpoint is missing; rerun notebook 02")
     cfg = P.get("clip_finetune", {}) or {}
-    bundle = load_clip(P, run_dir, checkpoint=checkpoint)
+    bundle = load_clip(model_spec(P), run_dir, checkpoint=checkpoint)
     return CLIPReward(bundle, score=cfg.get("reward_score", "cosine"), threshold=float(cfg.get("threshold", 0.5)),
                       cache_size=int(cfg.get("reward_cache_size", 4096)))
 

@@ -28,7 +28,6 @@ from trl.data_utils import prepare_multimodal_messages
 
 from kit import runs
 from kit.labels import DESCRIBE_PROMPT
-from kit.models.device import trainer_precision_kwargs
 from kit.rl.advantages import BASELINES, best_of_k, compute_advantages
 from kit.rl.results import per_epoch
 from kit.train.rows import rows_dataset, vlm_row
@@ -52,14 +51,8 @@ def rloo_rows(samples: Sequence, frames: int, prompt: str = DESCRIBE_PROMPT) -> 
     return rows
 
 
-def stage_config(P: Mapping) -> tuple[dict, dict]:
-    """What this module takes from a profile, resolved once: the `rloo:` section with the run's seed,
-    and the TrainingArguments precision keywords of its device (kit.models.device)."""
-    return {**P["rloo"], "seed": int(P["seed"])}, trainer_precision_kwargs(P)
-
-
 def rloo_config(rloo_cfg: Mapping, precision: Mapping, out_dir: str | Path, **overrides: Any) -> RLOOConfig:
-    """The `rloo:` section (with the run's `seed`, stage_config) as TRL's RLOOConfig.
+    """The `rloo:` section (with the run's `seed`: kit.stages.rloo.trainer_settings) as TRL's RLOOConfig.
 
     `rloo.batch_size` counts prompts (image sequences) per device micro-batch; TRL counts
     completions, so per_device_train_batch_size = batch_size * k (every prompt's k completions

@@ -23,8 +23,8 @@ from kit.eval.generate import generate_records
 from kit.eval.metrics import best_on_val, track_b_metrics
 from kit.eval.parse import parse_answer
 from kit.keys import artifact_id, keyed_training, samples_id, stage_key
-from kit.labels import ACTION_PROMPT, format_action_answer
-from kit.models.device import trainer_precision_kwargs
+from kit.labels import ACTION_PROMPT, format_action_answer, stage2_prompt
+from kit.models.device import model_spec
 from kit.models.vlm import load_vlm, vlm_settings
 from kit.reward import load_reward
 from kit.rl.figures import figures_from_run as _figs
@@ -34,13 +34,6 @@ from kit.train.rows import vlm_row
 from kit.train.sft import train_sft
 
 STAGE = "action_sft"
-
-
-def stage2_prompt(description: str) -> str:
-    """The stage-2 question: the stage-1 description, then paper B's action question verbatim."""
-    if not isinstance(description, str):
-        raise TypeError(f"stage2_prompt: description must be a string, got {type(description).__name__}")
-    return f"Caption: {description.strip()}\n{ACTION_PROMPT}"
 
 
 def _descriptions(run_dir: Path, split: str) -> dict[str, str]:
@@ -63,7 +56,7 @@ def action_rows(samples: Sequence, descriptions: Mapping[str, str], P: Mapping, 
     for s in samples:
         if s.id not in descriptions:
             raise KeyError(f"{where}: no stage-1 description for sample id {s.id!r}")
-        rows.append(vlm_row(frame_paths_of(s, P), stage2_prompt(descriptions[s.id]),
+        rows.append(vlm_row(frame_paths_of(s, P["rloo"]["frames"]), stage2_prompt(descriptions[s.id]),
                             format_action_answer(s.actions) if with_answer else None))
     return rows
 
@@ -96,7 +89,7 @@ def predict_actions(model, processor, samples: Sequence, descriptions: Mapping[s
         return recs
 
     return generate_records(model, processor, samples, out_path, {"tag": tag},
-                            items=lambda part: [(frames_of(s, P), stage2_prompt(descriptions[s.id])) for s in part],
+                            items=lambda part: [(frames_of(s, P["rloo"]["frames"]), stage2_prompt(descriptions[s.id])) for s in part],
                             records=records, batch_size=int(P["eval"]["batch_size"]),
                             max_new_tokens=int(P["action_sft"]["max_new_tokens"]), desc="predict actions")
 
@@ -114,12 +107,12 @@ def select_on_val(P: Mapping, run_dir: Path, key: str, final) -> tuple[str, list
     ckpts = sorted(final.parent.glob("checkpoint-*"), key=lambda c: int(c.name.rsplit("-", 1)[1]))
     if len(ckpts) < 2:  # one epoch, or no per-epoch checkpoints: nothing to choose
         return str(final), []
-    val = load_samples(P, run_dir, "val", P["rloo"].get("eval_samples"))
+    val = load_samples(P["data"], run_dir, "val", P["rloo"].get("eval_samples"))
     d_val = _descriptions(run_dir, "val")
     desc_id = artifact_id(run_dir / "rloo" / "descriptions_val.jsonl")
-    curve = []
+    curve, spec = [], model_spec(P)
     for epoch, c in enumerate(tqdm(ckpts, desc="stage 2: each epoch on val"), 1):
-        model, processor = load_vlm(P, run_dir, path=c)
+        model, processor = load_vlm(spec, run_dir, path=c)
         recs = predict_actions(model, processor, val, d_val, P, runs.stage_dir(run_dir, STAGE) / "val" / f"{c.name}.jsonl",
                                tag=f"key:{key}/{c.name}+{desc_id}")
         curve.append({"epoch": epoch, "step": int(c.name.rsplit("-", 1)[1]), "checkpoint": str(c),
@@ -143,29 +136,29 @@ def run_action_sft(P: Mapping, run_dir) -> dict:
                                 "rerun notebook 05 (rloo)")
     stage2 = P["action_sft"]
     eval_split = P["eval"]["split"]
-    train = load_samples(P, run_dir, "train", stage2.get("train_samples"))
-    test = load_samples(P, run_dir, eval_split, P["rloo"].get("eval_samples"))
+    train = load_samples(P["data"], run_dir, "train", stage2.get("train_samples"))
+    test = load_samples(P["data"], run_dir, eval_split, P["rloo"].get("eval_samples"))
     d_train, d_test = _descriptions(run_dir, "train"), _descriptions(run_dir, eval_split)
     train = [s for s in train if s.id in d_train]
     rows = action_rows(train, d_train, P, where=str(run_dir / "rloo" / "descriptions_train.jsonl"))
 
     # one training per key: the stage-2 settings, the stage-1 model (its own key) and the exact
     # descriptions and frames it learns from; a retrained stage 1 means a new stage 2
-    cfg = sft_cfg(P)
+    cfg, spec = sft_cfg(P), model_spec(P)
     desc_train = run_dir / "rloo" / "descriptions_train.jsonl"
     key = stage_key({"sft": {k: v for k, v in cfg.items() if k != "peft_config"}, "prompt": ACTION_PROMPT,
-                     "frames": int(P["rloo"]["frames"]), **vlm_settings(P)},
+                     "frames": int(P["rloo"]["frames"]), **vlm_settings(spec)},
                     {"model": artifact_id(ckpt1), "descriptions": artifact_id(desc_train), "data": samples_id(train)})
 
     def train_it(out):
-        model, processor = load_vlm(P, run_dir, path=ckpt1, for_training=True)
-        return train_sft(model, processor, rows, out, cfg, trainer_precision_kwargs(P))
+        model, processor = load_vlm(spec, run_dir, path=ckpt1, for_training=True)
+        return train_sft(model, processor, rows, out, cfg, spec.trainer_precision())
 
     res = keyed_training(sd / "checkpoints", key, train_it, stage=STAGE, stage1=ckpt1)
     chosen, val_curve = res["checkpoint"], []
     if stage2["select_checkpoint"] == "val":
         chosen, val_curve = select_on_val(P, run_dir, key, res["checkpoint"])
-    model, processor = load_vlm(P, run_dir, path=chosen)
+    model, processor = load_vlm(spec, run_dir, path=chosen)
     reward = load_reward(P, run_dir)
     # answers are reused only for this key and these eval descriptions
     tag = f"key:{key}/{Path(chosen).name}+{artifact_id(run_dir / 'rloo' / f'descriptions_{eval_split}.jsonl')}"
@@ -203,34 +196,3 @@ def run_action_sft(P: Mapping, run_dir) -> dict:
     metrics["seconds"] = time.time() - t0
     runs.record_metrics(run_dir, STAGE, {"figures": metrics["figures"], "seconds": metrics["seconds"]})
     return metrics
-
-
-# ---- tables for notebook 06 --------------------------------------------------------------------------------
-def example_prompts(run_dir, n: int = 3):
-    """The first `n` stage-2 prompts (stage-1 description + action question) with their targets."""
-    import pandas as pd
-
-    recs = runs.read_jsonl(runs.resolve_run_dir(run_dir) / STAGE / "predictions.jsonl")[:n]
-
-    return pd.DataFrame([{"id": r["id"], "prompt": stage2_prompt(r["description"]),
-                          "target": format_action_answer(r["gt_actions"]), "model output": r["output"]}
-                         for r in recs])
-
-
-def summary_table(run_dir):
-    """Headline Track B metrics and CLIP scores of stage 2."""
-    import pandas as pd
-
-    e = (runs.read_metrics(run_dir).get(STAGE) or {}).get("eval") or {}
-    row = {"action accuracy": e["action"]["accuracy"], "action mF1": e["action"]["macro_f1"],
-           "action F1_all": e["action"]["f1_all"], "reason accuracy": e["reason"]["accuracy"],
-           "reason mF1": e["reason"]["macro_f1"], "CLIP score (output)": e["clip_score"],
-           "CLIP match (output)": e["clip_match"], "CLIP score (stage-1 description)": e["description_clip_score"],
-           "unparseable": e.get("unparseable"), "n": e.get("n")}
-    curve = (runs.read_metrics(run_dir).get(STAGE) or {}).get("val_curve") or []
-    if curve:  # the epoch that answered test, chosen on val (action_sft.select_checkpoint)
-
-        best = best_on_val(curve)
-        row.update({"epoch chosen on val": best["epoch"], "epochs trained": len(curve),
-                    "val action mF1": best["val_action_mF1"]})
-    return pd.DataFrame([row], index=["stage 2"]).T.round(4)

@@ -22,12 +22,13 @@ from kit import dist, runs
 from kit.data import load_bdd_split
 from kit.keys import artifact_id, keyed_dir, samples_id
 from kit.models.clip import load_clip
+from kit.models.device import model_spec
 from kit.reward.clip_reward import CLIPReward
 from kit.reward.figures import figures_from_run
 from kit.reward.finetune import clone_bundle, finetune_clip, finetune_key
 from kit.reward.images import ImageStore
 from kit.reward.loss import score_pairs
-from kit.reward.metrics import binary_metrics, similarity_table, table_frame
+from kit.reward.metrics import binary_metrics, similarity_table
 from kit.reward.pairs import TARGETS, make_pairs, true_texts
 
 STAGE = "clip_finetune"
@@ -48,10 +49,10 @@ def run_clip_finetune(P: Mapping, run_dir) -> dict:
         raise ValueError(f"params clip_finetune.target: expected one of {TARGETS}, got {target!r}")
     thr = float(clip_cfg.get("threshold", 0.5))
     sd = runs.stage_dir(rd, STAGE)
-    samples = [s for sp in (clip_cfg.get("source_splits") or ["train"]) for s in load_bdd_split(P, rd, sp).samples]
+    samples = [s for sp in (clip_cfg.get("source_splits") or ["train"]) for s in load_bdd_split(P["data"], rd, sp).samples]
     targets = [target] + ([t for t in TARGETS if t != target] if clip_cfg.get("compare_targets", True) else [])
 
-    base = load_clip(P, rd)
+    base = load_clip(model_spec(P), rd)
     upstream = {"clip": artifact_id(base.source) if Path(base.source).exists() else f"id:{base.name}/{base.source}",
                 "images": samples_id(samples)}
     results: dict = {}
@@ -86,7 +87,7 @@ def run_clip_finetune(P: Mapping, run_dir) -> dict:
         results[tgt] = res
         tuned[tgt] = bundle
 
-    table_samples = load_bdd_split(P, rd, "test", int(clip_cfg.get("table_samples") or 0) or None).samples
+    table_samples = load_bdd_split(P["data"], rd, "test", int(clip_cfg.get("table_samples") or 0) or None).samples
     rewards = {"pretrained": CLIPReward(base, threshold=thr)}
     rewards.update({f"{t}_ft": CLIPReward(b, threshold=thr) for t, b in tuned.items()})
     table = dist.on_main(similarity_table, rewards, table_samples, thr)
@@ -104,38 +105,3 @@ def run_clip_finetune(P: Mapping, run_dir) -> dict:
     runs.record_metrics(rd, STAGE, out)
     out["figures"] = [str(p) for p in dist.on_main(figures_from_run, rd)]
     return out
-
-
-# ---- tables for notebook 02 (read from the run directory) ------------------------------------------
-
-def results_table(run_dir):
-    """Val/test AUROC, accuracy, precision, recall, F1 of each fine-tuned model and of the pretrained
-    CLIP on the same pairs (paper B, Appendix B.4)."""
-    import pandas as pd
-
-    m = runs.require_metrics(run_dir, STAGE, "results_table")
-    rows = []
-    for tgt, res in m["models"].items():
-        for who, block in ((f"pretrained (on {tgt} pairs)", res["pretrained"]), (f"{tgt}-fine-tuned", res)):
-            for sp in ("val", "test"):
-                b = block[sp]
-                rows.append({"model": who, "split": sp, "pairs": b["n"], "AUROC": b["auroc"], "accuracy": b["accuracy"],
-                             "precision": b["precision"], "recall": b["recall"], "F1": b["f1"],
-                             "TP": b["tp"], "TN": b["tn"], "FP": b["fp"], "FN": b["fn"]})
-    return pd.DataFrame(rows).set_index(["model", "split"]).round(4)
-
-
-def table1(run_dir):
-    """Paper B's Table 1 (Avg. Sim. / Match %) from run_dir/clip_finetune/table1.json."""
-    t = runs.read_json(runs.resolve_run_dir(run_dir) / STAGE / "table1.json")
-    if not t:
-        raise FileNotFoundError(f"{runs.resolve_run_dir(run_dir) / STAGE / 'table1.json'}: missing; run notebook 02")
-    return table_frame(t["table"])
-
-
-def pairs_preview(run_dir, target: str = "reason", split: str = "train", n: int = 8):
-    """A few pairs with their label, as the fine-tune sees them."""
-    import pandas as pd
-
-    recs = runs.read_jsonl(runs.resolve_run_dir(run_dir) / STAGE / target / f"pairs_{split}.jsonl")
-    return pd.DataFrame(recs[:n])[["id", "text", "label", "anchor"]]

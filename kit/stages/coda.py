@@ -21,6 +21,7 @@ from typing import Mapping
 from kit import runs
 from kit.coda.sft import DIRECT, SFT, SFT_SYNTH, evaluate_model, sft_config, split_items, synth_sft_plan, train_coda_sft
 from kit.keys import artifact_id
+from kit.models.device import model_spec
 from kit.models.vlm import load_vlm, resolve_vlm_path
 
 
@@ -28,8 +29,9 @@ def run_coda_direct(P: Mapping, run_dir) -> dict:
     """The base VLM, untrained on CODA-LM, answering the eval split's three tasks."""
     t0 = time.time()
     refs = split_items(P, run_dir, "eval")
-    model, processor = load_vlm(P, run_dir)
-    base = resolve_vlm_path(P, run_dir)
+    spec = model_spec(P)
+    model, processor = load_vlm(spec, run_dir)
+    base = resolve_vlm_path(spec, run_dir)
     entry = evaluate_model(P, run_dir, DIRECT, model, processor, artifact_id(base), refs)
     runs.record_metrics(run_dir, DIRECT, {"coda_lm": {"seconds": round(time.time() - t0, 2), "model": base}})
     return entry
@@ -41,7 +43,7 @@ def run_coda_sft(P: Mapping, run_dir) -> dict:
     train = split_items(P, run_dir, "train")
     refs = split_items(P, run_dir, "eval")
     tr = train_coda_sft(P, run_dir, train)
-    model, processor = load_vlm(P, run_dir, tr["checkpoint"])
+    model, processor = load_vlm(model_spec(P), run_dir, tr["checkpoint"])
     entry = evaluate_model(P, run_dir, SFT, model, processor, f"key:{tr['key']}", refs)
     runs.record_metrics(run_dir, SFT, {"coda_lm": {
         "train_loss": tr["train_loss"], "checkpoint": tr["checkpoint"], "train_key": tr["key"],
@@ -61,7 +63,7 @@ def run_coda_sft_synth(P: Mapping, run_dir) -> dict:
     both, steps, plan = synth_sft_plan(P, run_dir)
     tr = train_coda_sft(P, run_dir, both, out_parent=runs.stage_dir(run_dir, SFT_SYNTH) / "checkpoints",
                         max_steps=steps)
-    model, processor = load_vlm(P, run_dir, tr["checkpoint"])
+    model, processor = load_vlm(model_spec(P), run_dir, tr["checkpoint"])
     entry = evaluate_model(P, run_dir, SFT_SYNTH, model, processor, f"key:{tr['key']}", refs)
     cfg = sft_config(P)
     seen = int(tr.get("steps") or 0) * int(cfg["batch_size"]) * int(cfg["grad_accum"])

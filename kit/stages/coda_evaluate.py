@@ -17,7 +17,6 @@ from typing import Mapping
 
 from kit import runs
 from kit.coda.figures import figures_from_run
-from kit.coda.paper import PAPER_A_TABLE1
 from kit.coda.results import evaluated_models
 from kit.coda.sft import split_dir, split_items
 from kit.data.coda_vqa import TASKS, read_answers
@@ -27,18 +26,6 @@ from kit.judge.factory import make_judge
 from kit.judge.validity import perturbation_study
 
 STAGE = "evaluate"
-
-
-def scores_table(run_dir):
-    """One row per model: the three task scores and the overall, on 0-100, with coverage (pandas)."""
-    import pandas as pd
-
-    rows = []
-    for name, e in evaluated_models(run_dir).items():
-        s = e["scores"]
-        rows.append({"model": name, **{t: s[t]["score_100"] for t in TASKS}, "overall": s["overall_100"],
-                     "coverage": s["coverage"]})
-    return pd.DataFrame(rows).set_index("model") if rows else pd.DataFrame()
 
 
 def run_coda_evaluate(P: Mapping, run_dir) -> dict:
@@ -82,21 +69,3 @@ def run_coda_evaluate(P: Mapping, run_dir) -> dict:
     runs.record_metrics(run_dir, STAGE, {"coda_lm": {"figures": [str(f) for f in figs],
                                                      "seconds": round(time.time() - t0, 2)}})
     return res
-
-
-def synthetic_gain_table(run_dir):
-    """What the synthetic data adds, this run beside paper A: SFT + synthetic minus SFT on this run's
-    judge (overall and per task), and paper A's gain from its 200k synthetic set (Table 1, Ours w/ 200k
-    minus Ours w/ 30k) per base model (pandas)."""
-    import pandas as pd
-
-
-    models = evaluated_models(run_dir)
-    rows = []
-    if "sft" in models and "sft+synth" in models:
-        a, b = models["sft"]["scores"], models["sft+synth"]["scores"]
-        rows.append({"source": "this run: sft+synth - sft", "overall": b["overall_100"] - a["overall_100"],
-                     **{t: b[t]["score_100"] - a[t]["score_100"] for t in TASKS}})
-    for base, t in PAPER_A_TABLE1.items():
-        rows.append({"source": f"paper A, {base}: w/ 200k - w/ 30k", "overall": t["Ours w/ 200k"] - t["Ours w/ 30k"]})
-    return pd.DataFrame(rows).set_index("source")

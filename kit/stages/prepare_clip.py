@@ -20,7 +20,7 @@ from kit.data.bdd_oia import load_split
 from kit.data.toyworld import load_captions
 from kit.keys import mark, processes
 from kit.models import clip as kclip
-from kit.models.device import resolve_device
+from kit.models.device import model_spec
 from kit.params import params_hash
 from kit.reward.clip_reward import CLIPReward
 from kit.reward.pairs import swap_left_right
@@ -139,9 +139,9 @@ def run_prepare_clip(P: Mapping, run_dir) -> dict:
         return out
 
     t0 = time.perf_counter()
-    root = bdd_oia_root(P, rd)
+    root = bdd_oia_root(P["data"], rd)
     seed = int(P.get("seed", 0))
-    bundle = kclip.build_tiny_clip(seed=seed, device=_device(P))
+    bundle = kclip.build_tiny_clip(seed=seed, device=model_spec(P).device)
     val = _load_items(root, "val")
     before = dist.on_main(retrieval_accuracy, bundle, [im for im, _ in val], [c for _, c in val])
     hist = []
@@ -164,6 +164,3 @@ def run_prepare_clip(P: Mapping, run_dir) -> dict:
     runs.record_metrics(rd, "prepare", {"models": {"clip": out}})
     return out
 
-
-def _device(P: Mapping):
-    return resolve_device(P)

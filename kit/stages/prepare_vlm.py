@@ -25,7 +25,7 @@ from kit.data import DataError, bdd_oia_root, load_bdd_split, toyworld
 from kit.eval.generate import generate
 from kit.keys import mark, processes
 from kit.labels import DESCRIBE_PROMPT
-from kit.models.device import trainer_precision_kwargs
+from kit.models.device import model_spec
 from kit.models.tiny_vlm import build_tiny_vlm
 from kit.models.vlm import TINY, load_vlm, resolve_vlm_path, tiny_vlm_dir
 from kit.params import params_hash
@@ -94,7 +94,7 @@ def run_prepare_vlm(P: dict, run_dir) -> dict:
     vp = P["models"]["vlm"]
     pt = P.get("pretrain") or {}
     if vp["name"] != TINY:
-        where = resolve_vlm_path(P, rd)  # fails early, with the download command, if it is not here
+        where = resolve_vlm_path(model_spec(P), rd)  # fails early, with the download command, if it is not here
         res = {"name": vp["name"], "path": where, "tiny": False, "pretrained": False,
                "note": "real model: used as downloaded, no pretraining"}
         runs.record_metrics(rd, STAGE, {"models": {"vlm": res}})
@@ -107,7 +107,7 @@ def run_prepare_vlm(P: dict, run_dir) -> dict:
         return {**prev, "skipped": True}
 
     work = runs.stage_dir(rd, STAGE) / SUB
-    root = bdd_oia_root(P, rd)
+    root = bdd_oia_root(P["data"], rd)
     data_root = root.parent if (root.parent / "coda_lm").exists() else root
     init_dir = work / "init"
 
@@ -136,23 +136,23 @@ def run_prepare_vlm(P: dict, run_dir) -> dict:
         runs.record_metrics(rd, STAGE, {"models": {"vlm": res}})
         return res
 
-    train = load_bdd_split(P, rd, "train")
-    val = load_bdd_split(P, rd, "val")
+    train = load_bdd_split(P["data"], rd, "train")
+    val = load_bdd_split(P["data"], rd, "val")
     rows = caption_rows(train.samples, toyworld.load_captions(root, "train"))
     val_rows = caption_rows(val.samples, toyworld.load_captions(root, "val"))
 
     # the build's model path is used as the "base": pretraining is a full fine-tune of it
-    base_P = {**P, "models": {**P["models"], "lora": {**P["models"]["lora"], "enabled": False},
-                              "quantization": None}}
-    model, processor = load_vlm(base_P, rd, init_dir, for_training=True)
+    spec = model_spec({**P, "models": {**P["models"], "lora": {**P["models"]["lora"], "enabled": False},
+                                       "quantization": None}})
+    model, processor = load_vlm(spec, rd, init_dir, for_training=True)
     before = caption_loss(model, processor, val_rows)
     cfg = {"epochs": pt["vlm_epochs"], "lr": pt["vlm_lr"], "batch_size": pt["vlm_batch_size"],
            "grad_accum": 1, "weight_decay": 0.0, "warmup_ratio": float(pt.get("vlm_warmup_ratio", 0.05)),
            "lr_scheduler": "cosine", "save_each_epoch": True, "seed": int(P["seed"]),
            "logging_steps": max(1, len(rows) // int(pt["vlm_batch_size"]) // 5)}
-    tr = train_sft(model, processor, rows, work / "trainer", cfg, trainer_precision_kwargs(base_P))
+    tr = train_sft(model, processor, rows, work / "trainer", cfg, spec.trainer_precision())
     del model
-    model, processor = load_vlm(base_P, rd, tr["checkpoint"])
+    model, processor = load_vlm(spec, rd, tr["checkpoint"])
     after = caption_loss(model, processor, val_rows)
 
     # a few captions on held-out scenes

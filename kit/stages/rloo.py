@@ -25,14 +25,14 @@ from kit import dist, runs
 from kit.eval.generate import generate_records
 from kit.keys import artifact_id, keyed_training, samples_id, stage_key
 from kit.labels import DESCRIBE_PROMPT
+from kit.models.device import model_spec
 from kit.models.vlm import load_vlm, lora_config, resolve_vlm_path, vlm_settings
 from kit.reward import load_reward
 from kit.reward.metrics import clip_summary
-from kit.rl.advantages import leave_one_out
 from kit.rl.figures import figures_from_run as _figs
-from kit.rl.results import per_epoch, work_dir
+from kit.rl.results import per_epoch
 from kit.rl.samples import frames_of, load_samples
-from kit.rl.trainer import rloo_rows, stage_config, train_rloo
+from kit.rl.trainer import rloo_rows, train_rloo
 from kit.rl.variance import gradient_variance
 
 STAGE = "rloo"
@@ -53,9 +53,15 @@ def describe(model, processor, samples: Sequence, P: Mapping, reward, out_path: 
                  "clip_score_other_image": o} for s, t, c, o in zip(part, texts, scores, others)]
 
     return generate_records(model, processor, samples, out_path, {"tag": tag, "version": 2},
-                            items=lambda part: [(frames_of(s, P), DESCRIBE_PROMPT) for s in part],
+                            items=lambda part: [(frames_of(s, P["rloo"]["frames"]), DESCRIBE_PROMPT) for s in part],
                             records=records, batch_size=int(P["eval"]["batch_size"]),
                             max_new_tokens=int(P["rloo"]["max_new_tokens"]), desc=desc)
+
+
+def trainer_settings(P: Mapping) -> tuple[dict, dict]:
+    """What kit.rl.trainer takes from a profile, resolved once: the `rloo:` section with the run's
+    seed, and the TrainingArguments precision keywords of its device (kit.models.device)."""
+    return {**P["rloo"], "seed": int(P["seed"])}, model_spec(P).trainer_precision()
 
 
 def rloo_key(P: Mapping, run_dir, baseline: str, train: Sequence, reward) -> str:
@@ -65,10 +71,10 @@ def rloo_key(P: Mapping, run_dir, baseline: str, train: Sequence, reward) -> str
     other baselines to compare) is left out."""
     rloo_cfg = {k: v for k, v in P["rloo"].items()
                 if k not in ("eval_samples", "describe_train_samples", "compare_baselines")}
-    clip_cfg = P.get("clip_finetune") or {}
+    clip_cfg, spec = P.get("clip_finetune") or {}, model_spec(P)
     settings = {"rloo": {**rloo_cfg, "baseline": baseline}, "seed": int(P["seed"]), "prompt": DESCRIBE_PROMPT,
-                "reward": {"score": clip_cfg.get("reward_score"), "threshold": clip_cfg.get("threshold")}, **vlm_settings(P)}
-    return stage_key(settings, {"model": artifact_id(resolve_vlm_path(P, run_dir)),
+                "reward": {"score": clip_cfg.get("reward_score"), "threshold": clip_cfg.get("threshold")}, **vlm_settings(spec)}
+    return stage_key(settings, {"model": artifact_id(resolve_vlm_path(spec, run_dir)),
                                 "reward": artifact_id(reward.bundle.source), "data": samples_id(train)})
 
 
@@ -76,11 +82,11 @@ def _train_one(P: Mapping, run_dir: Path, train: Sequence, reward, baseline: str
     """Stage 1 with one baseline, once per key, in rloo/checkpoints/<key>/ (a rerun with the same key
     resumes or reuses; anything else starts afresh). With `with_variance`, the estimators' gradient
     variance is measured on the untrained model first (without moving the RNGs training draws from)."""
-    rloo_cfg = P["rloo"]
+    rloo_cfg, spec = P["rloo"], model_spec(P)
     rows = rloo_rows(train, int(P["rloo"]["frames"]))
 
     def train_it(out: Path) -> dict:
-        model, processor = load_vlm(P, run_dir, for_training=True)
+        model, processor = load_vlm(spec, run_dir, for_training=True)
 
         def before(trainer, ckpt):
             var_path = out / "variance.json"
@@ -88,8 +94,8 @@ def _train_one(P: Mapping, run_dir: Path, train: Sequence, reward, baseline: str
                 runs.write_json(var_path, gradient_variance(trainer, n_prompts=int(rloo_cfg["variance_prompts"]),
                                                             repeats=int(rloo_cfg["variance_repeats"]), seed=int(P["seed"])))
 
-        res = train_rloo(model, processor, reward, rows, out, *stage_config(P), baseline=baseline,
-                         peft_config=lora_config(P), before_train=before)
+        res = train_rloo(model, processor, reward, rows, out, *trainer_settings(P), baseline=baseline,
+                         peft_config=lora_config(spec), before_train=before)
         del model, res["trainer"]
         gc.collect()
         return {"checkpoint": res["checkpoint"], "per_epoch": per_epoch(res["reward_log"]),
@@ -109,9 +115,9 @@ def run_rloo(P: Mapping, run_dir) -> dict:
     rloo_cfg = P["rloo"]
     t0 = time.time()
     reward = load_reward(P, run_dir)
-    train = load_samples(P, run_dir, "train", rloo_cfg["train_samples"])
+    train = load_samples(P["data"], run_dir, "train", rloo_cfg["train_samples"])
     eval_split = P["eval"]["split"]
-    test = load_samples(P, run_dir, eval_split, rloo_cfg.get("eval_samples"))
+    test = load_samples(P["data"], run_dir, eval_split, rloo_cfg.get("eval_samples"))
 
     curves: dict[str, list] = {}
     for b in [b for b in (rloo_cfg.get("compare_baselines") or []) if b != rloo_cfg["baseline"]]:
@@ -121,22 +127,23 @@ def run_rloo(P: Mapping, run_dir) -> dict:
     work = Path(ckpt).parent
 
     # the base model's descriptions of the eval split (reused while the base model is the same)
-    base = resolve_vlm_path(P, run_dir)
-    model, processor = load_vlm(P, run_dir)
+    spec = model_spec(P)
+    base = resolve_vlm_path(spec, run_dir)
+    model, processor = load_vlm(spec, run_dir)
     before = describe(model, processor, test, P, reward, sd / f"descriptions_{eval_split}_base.jsonl",
                       tag=artifact_id(base), desc="describe (base model)")
     # the saved stage-1 model (what stage 2 loads) describes; its answers are reused only under its key.
     # stage 2 trains on every train sample up to rloo.describe_train_samples, not only the RL prompts
     # (greedy decoding is cheap; a tiny model needs more than rloo.train_samples examples to learn the actions)
-    model, processor = load_vlm(P, run_dir, ckpt)
+    model, processor = load_vlm(spec, run_dir, ckpt)
     tag = f"key:{key}"
-    to_describe = load_samples(P, run_dir, "train", rloo_cfg.get("describe_train_samples"))
+    to_describe = load_samples(P["data"], run_dir, "train", rloo_cfg.get("describe_train_samples"))
     desc_train = describe(model, processor, to_describe, P, reward, sd / "descriptions_train.jsonl", tag=tag,
                           desc="describe (train)")
     desc_eval = describe(model, processor, test, P, reward, sd / f"descriptions_{eval_split}.jsonl", tag=tag,
                          desc=f"describe ({eval_split})")
     # the val split's descriptions: what settings such as rloo.beta are chosen on (test is reported once)
-    val = load_samples(P, run_dir, "val", rloo_cfg.get("eval_samples"))
+    val = load_samples(P["data"], run_dir, "val", rloo_cfg.get("eval_samples"))
     desc_val = describe(model, processor, val, P, reward, sd / "descriptions_val.jsonl", tag=tag, desc="describe (val)")
 
     per_epoch = res["per_epoch"]
@@ -171,71 +178,3 @@ def run_rloo(P: Mapping, run_dir) -> dict:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return metrics
-
-
-# ---- tables for notebook 05 (read from the run directory only) -----------------------------------------------
-def per_epoch_table(run_dir):
-    """Per-epoch mean reward and mean best-of-k (paper B's Fig. 6) as a DataFrame."""
-    import pandas as pd
-
-    log = runs.read_jsonl(work_dir(run_dir) / "reward_log.jsonl")
-    df = pd.DataFrame(per_epoch(log))
-    df["epoch"] += 1
-    return df.set_index("epoch").round(4)
-
-
-def advantage_table(run_dir, step: int | None = None):
-    """One group of k rewards (the first prompt of a step, default the first step): the trainer's
-    advantages next to Eq. 1 recomputed by kit.rl.advantages.leave_one_out."""
-    import pandas as pd
-    import torch
-
-    samples = runs.read_jsonl(work_dir(run_dir) / "samples.jsonl")
-    s = samples[0] if step is None else next(x for x in samples if x["step"] == step)
-    r = torch.tensor([s["rewards"]])
-    k = r.shape[1]
-    return pd.DataFrame({
-        "completion": [c[:60] for c in s["completions"]],
-        "reward r_i": s["rewards"],
-        "mean of the other k-1": ((r.sum() - r[0]) / (k - 1)).tolist(),
-        "A_i (Eq. 1, kit)": leave_one_out(r)[0].tolist(),
-        "A_i (trainer)": s["advantages"],
-    }).round(4)
-
-
-def samples_table(run_dir, n_steps: int = 2):
-    """Sampled descriptions of the first and last `n_steps` steps, with their rewards."""
-    import pandas as pd
-
-    samples = runs.read_jsonl(work_dir(run_dir) / "samples.jsonl")
-    picked = [("early", s) for s in samples[:n_steps]] + [("late", s) for s in samples[-n_steps:]]
-    rows = [{"when": w, "step": s["step"], "epoch": s["epoch"] + 1, "image": s["id"], "description": c,
-             "reward": round(r, 4)} for w, s in picked for c, r in zip(s["completions"], s["rewards"])]
-    return pd.DataFrame(rows)
-
-
-def variance_table(run_dir):
-    """The estimators' gradient variance on the same batches, and its ratio to RLOO's."""
-    import pandas as pd
-
-    v = runs.read_json(work_dir(run_dir) / "variance.json")
-    if not v:
-        return pd.DataFrame()
-    return pd.DataFrame({b: {k: e[k] for k in ("within_prompt", "within_ratio_to_rloo", "total",
-                                                "total_ratio_to_rloo", "mean_grad_norm") if k in e}
-                         for b, e in v["estimators"].items()}).T.round(4)
-
-
-CLIP_COLUMNS = ("clip_score", "clip_match", "specificity", "distinct", "n")
-
-
-def clip_table(run_dir):
-    """CLIP score and match of the eval split's greedy descriptions: base model vs after stage 1."""
-    import pandas as pd
-
-    e = (runs.read_metrics(run_dir).get(STAGE) or {}).get("eval") or {}
-    rows = {}
-    if e.get("base_model"):
-        rows["base model"] = {k: e["base_model"].get(k) for k in CLIP_COLUMNS}
-    rows["after stage 1 (RLOO)"] = {k: e.get(k) for k in CLIP_COLUMNS}
-    return pd.DataFrame(rows).T

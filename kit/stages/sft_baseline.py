@@ -21,12 +21,12 @@ from tqdm.auto import tqdm
 
 from kit import dist, runs
 from kit.data import load_bdd_split
-from kit.eval.figures import figures_for_predictions, figures_from_run, per_class_table
+from kit.eval.figures import figures_for_predictions, figures_from_run
 from kit.eval.generate import predict_bdd
 from kit.eval.metrics import majority_labels, summary_row, track_b_metrics
 from kit.keys import artifact_id, keyed_training, samples_id, stage_key
-from kit.labels import ACTIONS, ANSWER_PROMPT, REASONS, format_answer
-from kit.models.device import trainer_precision_kwargs
+from kit.labels import ANSWER_PROMPT, format_answer
+from kit.models.device import model_spec
 from kit.models.vlm import load_vlm, lora_config, resolve_vlm_path, vlm_settings
 from kit.train.config import train_config
 from kit.train.rows import vlm_row
@@ -37,7 +37,7 @@ DIRECT = "direct"
 
 
 def _split(P: Mapping, run_dir, split: str):
-    return load_bdd_split(P, run_dir, split)
+    return load_bdd_split(P["data"], run_dir, split)
 
 
 def sft_rows(samples, prompt: str = ANSWER_PROMPT) -> list[dict]:
@@ -48,7 +48,7 @@ def sft_rows(samples, prompt: str = ANSWER_PROMPT) -> list[dict]:
 
 
 def sft_config(P: Mapping) -> dict:
-    """The `sft:` section as train_sft's cfg (without the adapter, which lora_config(P) adds)."""
+    """The `sft:` section as train_sft's cfg (without the adapter, which lora_config(spec) adds)."""
     return train_config(P["sft"], P["seed"], extra=("save_each_epoch", "logging_steps", "max_steps"))
 
 
@@ -75,8 +75,9 @@ def run_direct(P: Mapping, run_dir) -> dict:
     out = runs.stage_dir(run_dir, DIRECT)
     split = P["eval"]["split"]
     test = _split(P, run_dir, split)
-    model, processor = load_vlm(P, run_dir)
-    tag = resolve_vlm_path(P, run_dir)
+    spec = model_spec(P)
+    model, processor = load_vlm(spec, run_dir)
+    tag = resolve_vlm_path(spec, run_dir)
     m, figs = _evaluate(model, processor, test.samples, P, out, artifact_id(tag), "Direct (base model)")
     res = {"eval": m, "split": split, "model": tag, "prompt": ANSWER_PROMPT,
            "predictions": str(out / "predictions.jsonl"), "figures": [str(f) for f in figs],
@@ -96,20 +97,20 @@ def run_sft_baseline(P: Mapping, run_dir) -> dict:
 
     # 1. train once per key (settings + base model + training data): a rerun with the same key resumes
     #    or reuses, anything else trains afresh in its own folder (kit.keys)
-    cfg = sft_config(P)
-    base = resolve_vlm_path(P, run_dir)
-    key = stage_key({"sft": cfg, "prompt": ANSWER_PROMPT, **vlm_settings(P)},
+    cfg, spec = sft_config(P), model_spec(P)
+    base = resolve_vlm_path(spec, run_dir)
+    key = stage_key({"sft": cfg, "prompt": ANSWER_PROMPT, **vlm_settings(spec)},
                     {"model": artifact_id(base), "data": samples_id(train.samples)})
 
     def train_it(ckpt_dir):
-        model, processor = load_vlm(P, run_dir, for_training=True)
-        return train_sft(model, processor, sft_rows(train.samples), ckpt_dir, {**cfg, "peft_config": lora_config(P)},
-                         trainer_precision_kwargs(P))
+        model, processor = load_vlm(spec, run_dir, for_training=True)
+        return train_sft(model, processor, sft_rows(train.samples), ckpt_dir, {**cfg, "peft_config": lora_config(spec)},
+                         spec.trainer_precision())
 
     tr = keyed_training(out / "checkpoints", key, train_it, stage=STAGE, base=base)
 
     # 2. evaluate the saved checkpoint (what later stages load), not the in-memory model
-    model, processor = load_vlm(P, run_dir, tr["checkpoint"])
+    model, processor = load_vlm(spec, run_dir, tr["checkpoint"])
     m, _ = _evaluate(model, processor, test.samples, P, out, f"key:{key}", "SFT baseline")
     del model
 
@@ -134,7 +135,7 @@ def run_sft_baseline(P: Mapping, run_dir) -> dict:
         "config": cfg,
         "key": key,
         "reused": tr["reused"],
-        "lora": lora_config(P) is not None,
+        "lora": lora_config(spec) is not None,
         "prompt": ANSWER_PROMPT,
         "predictions": str(out / "predictions.jsonl"),
         "beats_baselines": _beats(m, mm, direct),
@@ -155,17 +156,3 @@ def _beats(m: Mapping, majority: Mapping, direct: Mapping | None) -> dict:
         if direct:
             out[f"{fam}_mF1_vs_direct"] = m[fam]["macro_f1"] > direct[fam]["macro_f1"]
     return out
-
-
-def per_class_tables(run_dir, stage: str = STAGE, key: str = "eval"):
-    """Paper B's Tables 2 and 3 (per-class test distribution and F1) from metrics.json."""
-    m = runs.require_metrics(run_dir, stage, "the per-class tables")[key]
-    return per_class_table(m["action"], ACTIONS), per_class_table(m["reason"], REASONS)
-
-
-def comparison_table(run_dir):
-    """Direct vs majority class vs SFT baseline, one row each (pandas)."""
-    import pandas as pd
-
-    m = runs.require_metrics(run_dir, STAGE, "the comparison table")
-    return pd.DataFrame(m["comparison"]).set_index("model").round(4)

@@ -40,7 +40,7 @@ from kit.judge.battles import run_battles
 from kit.judge.elo import win_rates
 from kit.judge.factory import make_judge
 from kit.keys import artifact_id, keyed_dir, keyed_training, mark, marked_key, stage_key
-from kit.models.device import trainer_precision_kwargs
+from kit.models.device import model_spec
 from kit.models.vlm import load_vlm, lora_config, vlm_settings
 from kit.params import params_hash
 from kit.synth import pipeline
@@ -173,7 +173,8 @@ def run_spin(P: Mapping, run_dir, variant: str) -> dict:
     if variant == "synthetic":
         records, pool, synth_root = _synthetic_source(P, run_dir)
         synth_key = marked_key(synth_root) or artifact_id(synth_root)
-    lora = lora_config(P) is not None
+    spec = model_spec(P)
+    lora = lora_config(spec) is not None
     seed = int(P["seed"])
     rounds = int(sp["rounds"])
     if rounds < 1:
@@ -184,7 +185,7 @@ def run_spin(P: Mapping, run_dir, variant: str) -> dict:
                         + [(spin_rounds.STAGE, "variants", variant)])
     prev_ckpt, prev_name, prev_pairs = start["checkpoint"], start["name"], []
     prev_pred = start["predictions"]
-    model, processor = load_vlm(P, run_dir, prev_ckpt)
+    model, processor = load_vlm(spec, run_dir, prev_ckpt)
     stages = []
     for r in range(1, rounds + 1):
         stage = spin_rounds.round_stage(variant, r)
@@ -210,24 +211,24 @@ def run_spin(P: Mapping, run_dir, variant: str) -> dict:
         if not mixed:
             raise ValueError(f"{rd / 'pairs.jsonl'}: round {r} has no pairs: the model's own answers equal every "
                              f"dataset answer ({same} identical); nothing is left for SPIN to prefer")
-        key = stage_key({"dpo": cfg, **vlm_settings(P)},
+        key = stage_key({"dpo": cfg, **vlm_settings(spec)},
                         {"model": prev_id, "pairs": params_hash([(p["id"], p["chosen"], p["rejected"], artifact_id(p["image"]))
                                                                  for p in mixed])})
 
         def train_it(out, ckpt=prev_ckpt, rows=mixed):
-            policy, proc = load_vlm(P, run_dir, ckpt, for_training=True)
+            policy, proc = load_vlm(spec, run_dir, ckpt, for_training=True)
             if hasattr(policy, "peft_config") != lora:
                 raise ValueError(f"{ckpt}: a {'LoRA adapter' if hasattr(policy, 'peft_config') else 'full model'}, but "
                                  f"params models.lora.enabled is {lora}; SPIN continues the SFT model as it was trained")
             # full fine-tune: a frozen copy of model r-1; LoRA: DPOTrainer copies its adapter to `ref`
-            ref = None if lora else load_vlm(P, run_dir, ckpt)[0]
+            ref = None if lora else load_vlm(spec, run_dir, ckpt)[0]
             return train_dpo(policy, proc, [preference_row([p["image"]], p["question"], p["chosen"], p["rejected"])
                                             for p in rows], out, {**cfg, "logging_steps": sp["logging_steps"]},
-                             trainer_precision_kwargs(P), ref_model=ref)
+                             spec.trainer_precision(), ref_model=ref)
 
         del model
         tr = keyed_training(rd / "checkpoints", key, train_it, stage=stage, base=prev_ckpt)
-        model, processor = load_vlm(P, run_dir, tr["checkpoint"])
+        model, processor = load_vlm(spec, run_dir, tr["checkpoint"])
         name = spin_rounds.model_name(variant, r)
         entry = evaluate_model(P, run_dir, stage, model, processor, f"key:{tr['key']}", refs, name=name)
         opponents = {name: entry["predictions"], prev_name: prev_pred}

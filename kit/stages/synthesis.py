@@ -21,7 +21,7 @@ from kit.data import coda_lm, coda_lm_root
 from kit.judge.factory import make_judge
 from kit.keys import artifact_id, keyed_dir, mark, marked_key, stage_key
 from kit.models.clip import load_clip, tiny_clip_dir
-from kit.models.device import resolve_device
+from kit.models.device import model_spec
 from kit.models.vlm import load_vlm, resolve_vlm_path
 from kit.params import params_hash
 from kit.synth import pipeline, quality
@@ -36,11 +36,11 @@ STAGE = "synthesis"
 
 
 def clip_id(P: Mapping, run_dir) -> str:
-    spec = P["models"]["clip"]
-    if (spec.get("name") or "tiny") == "tiny":
+    clip = P["models"]["clip"]
+    if (clip.get("name") or "tiny") == "tiny":
         return artifact_id(tiny_clip_dir(run_dir))
-    pre = spec.get("pretrained")
-    return f"open_clip:{spec['name']}:" + (artifact_id(pre) if pre and Path(str(pre)).expanduser().exists() else str(pre))
+    pre = clip.get("pretrained")
+    return f"open_clip:{clip['name']}:" + (artifact_id(pre) if pre and Path(str(pre)).expanduser().exists() else str(pre))
 
 
 def captioner_source(P: Mapping, run_dir, captioner=None) -> str:
@@ -48,20 +48,19 @@ def captioner_source(P: Mapping, run_dir, captioner=None) -> str:
     else the profile's VLM."""
     given = captioner or P["synth"]["caption"].get("model")
     if given and Path(str(given)).expanduser().exists():
-        return resolve_vlm_path(P, run_dir, given)
-    return str(given) if given else resolve_vlm_path(P, run_dir)
+        return resolve_vlm_path(model_spec(P), run_dir, given)
+    return str(given) if given else resolve_vlm_path(model_spec(P), run_dir)
 
 
 def load_captioner(P: Mapping, run_dir, source: str):
     if Path(source).exists():
-        return load_vlm(P, run_dir, source)
+        return load_vlm(model_spec(P), run_dir, source)
     # a hub id: load it as the profile's VLM would be loaded
-    Q = {**P, "models": {**P["models"], "vlm": {**P["models"]["vlm"], "name": source}}}
-    return load_vlm(Q, run_dir)
+    return load_vlm(model_spec({**P, "models": {**P["models"], "vlm": {**P["models"]["vlm"], "name": source}}}), run_dir)
 
 
 def train_samples(P: Mapping, run_dir):
-    return coda_lm.load_split(coda_lm_root(P, run_dir), P["coda"]["train_split"],
+    return coda_lm.load_split(coda_lm_root(P["data"], run_dir), P["coda"]["train_split"],
                               max_samples=P["coda"].get("train_samples")).samples
 
 
@@ -100,13 +99,13 @@ def database(P: Mapping, run_dir, bundle, proposer, samples, clip: str):
 def build_steps(P: Mapping, run_dir, captioner=None, *, writer_cache=None):
     """Every step's backend, in the order that fails fastest: what needs a file, an endpoint or a
     key (SAM checkpoint, detections, knowledge base, the LLM writer) is checked before any model runs."""
-    cfg = P["synth"]
-    proposer = make_proposer(cfg["regions"], str(resolve_device(P)))
+    cfg, spec = P["synth"], model_spec(P)
+    proposer = make_proposer(cfg["regions"], str(spec.device))
     detections = load_detections(cfg["regions"]["detections"]) if cfg["regions"].get("detections") else {}
     kb = KnowledgeBase.from_params(cfg["knowledge"])
     writer = make_writer(cfg["writer"], writer_cache or cfg["writer"].get("cache_dir")
                          or runs.stage_dir(run_dir, STAGE) / "llm_cache")
-    bundle = load_clip(P, run_dir)
+    bundle = load_clip(spec, run_dir)
     samples = train_samples(P, run_dir)
     clip = clip_id(P, run_dir)
     db, db_key = database(P, run_dir, bundle, proposer, samples, clip)
@@ -150,7 +149,7 @@ def run_synthesis(P: Mapping, run_dir, *, captioner=None, stage: str = STAGE, bu
     runs.atomic_write_text(sd / "card.md", pipeline.card_markdown(card))
     runs.write_jsonl(sd / "records.jsonl", records)
     entry = {"card": card, "data_root": str(out_root), "key": key}
-    hidden = quality.hidden_pool(coda_lm_root(P, run_dir))
+    hidden = quality.hidden_pool(coda_lm_root(P["data"], run_dir))
     if hidden is not None:
         judge = make_judge(P["judge"], run_dir)
         entry["quality"] = {"named_objects": quality.named_object_scores(records, hidden),

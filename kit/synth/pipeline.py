@@ -42,7 +42,7 @@ GENERAL_KEY_OF_CLASS = {"vehicle": "vehicles", "vru": "vulnerable_road_users", "
 def pool_images(P: Mapping, run_dir) -> list[Path]:
     """The unlabeled images: `synth.pool_dir`, else the toy world's pool; sorted, capped by `synth.max_images`."""
     s = P["synth"]
-    d = Path(s["pool_dir"]).expanduser() if s.get("pool_dir") else coda_lm_root(P, run_dir) / POOL_DIR
+    d = Path(s["pool_dir"]).expanduser() if s.get("pool_dir") else coda_lm_root(P["data"], run_dir) / POOL_DIR
     if not d.is_dir():
         raise DataError(f"{d}: no folder of unlabeled images (params synth.pool_dir"
                         f"{'' if s.get('pool_dir') else ' is null and the toy world has no pool: data.toy.coda_unlabeled'}); "

@@ -70,7 +70,7 @@ def train_dpo(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cf
 
     cfg: epochs, lr, batch_size, grad_accum, weight_decay, beta; optional loss_type (default
     sigmoid), warmup_ratio, lr_scheduler, adam_beta2, max_length, logging_steps, max_steps, seed,
-    save_each_epoch; precision: kit.models.device.trainer_precision_kwargs(P). Resumes from the last
+    save_each_epoch; precision: kit.models.device.model_spec(P).trainer_precision(). Resumes from the last
     checkpoint-* in out_dir; a finished out_dir returns its
     result. Returns {"log_history", "curve" (dpo_curve), "checkpoint", "seconds", "steps", "n_rows",
     "start_digest", "ref_digest", "resumed_from"}.

@@ -48,7 +48,7 @@ def finished(out_dir: Path) -> dict | None:
 def trainer_args(cfg: Mapping, precision: Mapping, out_dir: Path, n_rows: int) -> dict:
     """The TrainingArguments every kit wrapper of a TRL trainer shares (SFT here, DPO in kit.train.dpo),
     from the same cfg keys: schedule, batching, checkpoints per epoch, seed; and `precision`, the
-    keywords the profile's device and precision resolve to (kit.models.device.trainer_precision_kwargs,
+    keywords the profile's device and precision resolve to (kit.models.device.ModelSpec.trainer_precision,
     resolved once by the stage)."""
     bs, ga = int(cfg["batch_size"]), int(cfg["grad_accum"])
     steps_per_epoch = max(1, math.ceil(n_rows / bs / ga))
@@ -85,14 +85,14 @@ def train_sft(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cf
     """Fine-tune `model` on vlm_row rows (completion-only loss) with TRL's SFTTrainer.
 
     `model` is a full model (full fine-tune) or gets the adapter in `cfg["peft_config"]`
-    (e.g. kit.models.vlm.lora_config(P)); an already-wrapped PeftModel trains its adapter.
+    (e.g. kit.models.vlm.lora_config(spec)); an already-wrapped PeftModel trains its adapter.
     cfg: epochs, lr, batch_size, grad_accum, weight_decay; optional warmup_ratio, lr_scheduler,
     adam_beta2, max_length (null: no truncation), save_each_epoch (default True), logging_steps, max_steps, seed, peft_config.
-    precision: kit.models.device.trainer_precision_kwargs(P), resolved once by the stage.
+    precision: kit.models.device.model_spec(P).trainer_precision(), resolved once by the stage.
     Resumes from the last checkpoint-* in out_dir; if out_dir already holds a finished run
     (train_result.json and final/), returns that result without training.
     Returns {"log_history", "train_loss": [{step, epoch, loss}], "eval_loss", "checkpoint"
-    (the final model or adapter folder, loadable with load_vlm(P, run_dir, path)), "seconds", "resumed_from"}.
+    (the final model or adapter folder, loadable with load_vlm(spec, run_dir, path)), "seconds", "resumed_from"}.
     """
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig, SFTTrainer
