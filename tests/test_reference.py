@@ -243,3 +243,12 @@ def test_runs_of_another_machine_join_the_bands_as_runs_of_their_own(tmp_path, b
     other = reference.bands_from_runs("tiny", recs[:1], reference.made_by("kit sweep", [recs[0]["run_dir"]]))
     with pytest.raises(ValueError, match="another kind of machine"):
         reference.extend_bands(bands, other, other_machine=True)
+
+
+def test_the_bands_are_of_the_profile_as_it_is_now():
+    """A change to the tiny profile lands with bands made under it: otherwise `kit verify` tells every
+    user that their run's parameters differ from the reference sweep's and gives no verdict."""
+    bands = reference.load_bands("tiny")
+    differs = reference._diff_keys(reference._comparable(load_profile("tiny")), bands["params"])
+    assert not differs, (f"params/expected/tiny.json was made with other values of {differs}: make the bands "
+                         "again (kit sweep --profile tiny --seeds 0,1,2,3,4 --threads 1,2 --expected)")
