@@ -37,7 +37,8 @@ def coda_lm_root(data: Mapping, run_dir) -> Path:
 
 def load_bdd_split(data: Mapping, run_dir, split: str, cap: int | None = None):
     """This run's BDD-OIA split (`data` is the profile's `data:` section), capped by its
-    `max_samples[split]` and a stage's own cap (the smaller wins). An empty split is an error: every stage downstream needs samples."""
+    `max_samples[split]` and a stage's own cap (the smaller wins). An empty split is an error:
+    every stage downstream needs samples."""
     from kit.data.bdd_oia import load_split  # here, not above: bdd_oia imports DataError from this file
 
     caps = [c for c in ((data.get("max_samples") or {}).get(split), cap) if c]
