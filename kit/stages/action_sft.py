@@ -89,7 +89,8 @@ def predict_actions(model, processor, samples: Sequence, descriptions: Mapping[s
         return recs
 
     return generate_records(model, processor, samples, out_path, {"tag": tag},
-                            items=lambda part: [(frames_of(s, P["rloo"]["frames"]), stage2_prompt(descriptions[s.id])) for s in part],
+                            items=lambda part: [(frames_of(s, P["rloo"]["frames"]), stage2_prompt(descriptions[s.id]))
+                                                for s in part],
                             records=records, batch_size=int(P["eval"]["batch_size"]),
                             max_new_tokens=int(P["action_sft"]["max_new_tokens"]), desc="predict actions")
 
