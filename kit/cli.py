@@ -20,7 +20,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
     try:
         out = run(profile=a.profile, run_dir=a.run_dir, only=a.only.split(",") if a.only else None,
                   overrides=a.set, force=a.force, log_output=a.log_output, track=a.track,
-                  launcher=a.launcher, config_file=a.config_file)
+                  launcher=a.launcher, config_file=a.config_file, jobs=a.jobs)
     except (StageFailed, RunInUse) as e:
         print(f"kit run: {e}", file=sys.stderr)
         return 1
@@ -211,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--launcher", choices=["accelerate"],
                    help="run each notebook's stages under `accelerate launch` first (several GPUs, DeepSpeed)")
     r.add_argument("--config-file", help="the accelerate config for --launcher, e.g. params/accelerate/zero2.yaml")
+    r.add_argument("--jobs", type=int, help="stage processes side by side, each with threads / jobs threads (default: "
+                   "one per thread on a CPU, at most 4; 1 on a GPU): the stages first, then the notebooks find them")
     r.add_argument("--report", help=argparse.SUPPRESS)  # JSON of what ran and what was skipped (kit sweep)
     r.set_defaults(func=_cmd_run)
 

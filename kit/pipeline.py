@@ -35,27 +35,38 @@ class Stage:
     on_main: bool = False        # under several processes (accelerate), the main process runs it alone:
     #                              the toy world's rendering, the report and the judge's battles are cheap
     #                              or wait on an API with its own concurrency
+    after: tuple[str, ...] = ()  # the stages whose results it reads: `kit run --jobs N` starts it once they
+    #                              are done (stages side by side, kit.runner.StagePool)
 
 
 STAGES: tuple[Stage, ...] = (
     Stage("prepare_data", "00", None, "kit.stages.prepare_data:run_prepare_data", "prepare", "kit.data.figures",
           on_main=True),
-    Stage("prepare_clip", "00", None, "kit.stages.prepare_clip:run_prepare_clip", "prepare"),
-    Stage("prepare_vlm", "00", None, "kit.stages.prepare_vlm:run_prepare_vlm", "prepare", "kit.stages.prepare_vlm"),
-    Stage("synthesis", "01", "A", "kit.stages.synthesis:run_synthesis", "synthesis", "kit.synth.figures"),
+    Stage("prepare_clip", "00", None, "kit.stages.prepare_clip:run_prepare_clip", "prepare", after=("prepare_data",)),
+    Stage("prepare_vlm", "00", None, "kit.stages.prepare_vlm:run_prepare_vlm", "prepare", "kit.stages.prepare_vlm",
+          after=("prepare_data",)),
+    Stage("synthesis", "01", "A", "kit.stages.synthesis:run_synthesis", "synthesis", "kit.synth.figures",
+          after=("prepare_clip", "prepare_vlm")),
     Stage("clip_finetune", "02", "B", "kit.stages.clip_finetune:run_clip_finetune", "clip_finetune",
-          "kit.reward.figures"),
-    Stage("direct", "03", "B", "kit.stages.sft_baseline:run_direct", "direct", "kit.eval.figures"),
-    Stage("sft_baseline", "03", "B", "kit.stages.sft_baseline:run_sft_baseline", "sft_baseline", "kit.eval.figures"),
-    Stage("coda_direct", "03", "A", "kit.stages.coda:run_coda_direct", "coda_direct"),
-    Stage("coda_sft", "03", "A", "kit.stages.coda:run_coda_sft", "coda_sft"),
-    Stage("coda_sft_synth", "03", "A", "kit.stages.coda:run_coda_sft_synth", "coda_sft_synth"),
-    Stage("spin", "04", "A", "kit.stages.spin:run_spin_all", "spin", "kit.coda.rounds"),
-    Stage("rloo", "05", "B", "kit.stages.rloo:run_rloo", "rloo", "kit.rl.figures"),
-    Stage("action_sft", "06", "B", "kit.stages.action_sft:run_action_sft", "action_sft", "kit.rl.figures"),
-    Stage("evaluate", "07", "B", "kit.report:run_evaluate", "evaluate", "kit.report", on_main=True),
+          "kit.reward.figures", after=("prepare_clip",)),
+    Stage("direct", "03", "B", "kit.stages.sft_baseline:run_direct", "direct", "kit.eval.figures",
+          after=("prepare_vlm",)),
+    Stage("sft_baseline", "03", "B", "kit.stages.sft_baseline:run_sft_baseline", "sft_baseline", "kit.eval.figures",
+          after=("direct",)),
+    Stage("coda_direct", "03", "A", "kit.stages.coda:run_coda_direct", "coda_direct", after=("prepare_vlm",)),
+    Stage("coda_sft", "03", "A", "kit.stages.coda:run_coda_sft", "coda_sft", after=("prepare_vlm",)),
+    Stage("coda_sft_synth", "03", "A", "kit.stages.coda:run_coda_sft_synth", "coda_sft_synth",
+          after=("synthesis",)),
+    Stage("spin", "04", "A", "kit.stages.spin:run_spin_all", "spin", "kit.coda.rounds",
+          after=("coda_sft", "coda_sft_synth")),
+    Stage("rloo", "05", "B", "kit.stages.rloo:run_rloo", "rloo", "kit.rl.figures",
+          after=("clip_finetune", "prepare_vlm")),
+    Stage("action_sft", "06", "B", "kit.stages.action_sft:run_action_sft", "action_sft", "kit.rl.figures",
+          after=("rloo",)),
+    Stage("evaluate", "07", "B", "kit.report:run_evaluate", "evaluate", "kit.report", on_main=True,
+          after=("clip_finetune", "sft_baseline", "action_sft")),
     Stage("coda_evaluate", "07", "A", "kit.stages.coda_evaluate:run_coda_evaluate", "evaluate", "kit.coda.figures",
-          on_main=True),
+          on_main=True, after=("coda_direct", "spin")),
 )
 
 # Each notebook's own folder: the runner marks the notebook done there (`<folder>/.stage.json`) and
@@ -102,3 +113,31 @@ def track_of_folder(folder: str) -> str | None:
 
 def notebook_of_folder(folder: str) -> str | None:
     return next((s.notebook for s in STAGES if s.folder == folder), None)
+
+
+def needs(name: str, among: Iterable[str]) -> list[str]:
+    """The stages among `among` that stage `name` waits for (its `after`, the others being done before or
+    not selected)."""
+    keep = set(among)
+    return [d for d in stage(name).after if d in keep]
+
+
+def chain_lengths(names: Sequence[str]) -> dict[str, int]:
+    """Per stage of `names`, the number of stages on the longest chain of `names` that waits on it (itself
+    included): side by side, the longest chain starts first, since it decides when the last stage ends.
+
+    >>> chain_lengths(["prepare_data", "prepare_clip", "clip_finetune", "direct"])
+    {'prepare_data': 3, 'prepare_clip': 2, 'clip_finetune': 1, 'direct': 1}
+    """
+    below: dict[str, list[str]] = {n: [] for n in names}
+    for n in names:
+        for d in needs(n, names):
+            below[d].append(n)
+    memo: dict[str, int] = {}
+
+    def length(n: str) -> int:
+        if n not in memo:
+            memo[n] = 1 + max((length(m) for m in below[n]), default=0)
+        return memo[n]
+
+    return {n: length(n) for n in names}

@@ -3,6 +3,14 @@
 Each notebook gets three parameters (profile, run_dir, overrides) and does the rest itself; the
 runner only orders, skips, times and records. A stage is skipped on a rerun when it finished
 before with the same resolved parameters (its marker `<stage>/.stage.json` holds their hash).
+
+Stages side by side (`--jobs`, on a CPU by default one per core up to four): the notebooks' stages
+first run as processes of their own (`kit stage NAME`), as many at a time as `--jobs`, each with its
+share of the threads and once the stages it reads are done (the stage table's `after`), so that
+Track A and Track B use both cores; each notebook executes as soon as its stages are done and finds
+their results under the same keys. The numbers are those of the stage processes: every stage runs
+with `threads / jobs` threads, whichever finishes first (`OMP_NUM_THREADS=1 kit run --jobs 1` gives
+the same numbers as `kit run --jobs 2` on two cores).
 """
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ import importlib.metadata as md
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -147,13 +156,18 @@ def launched_processes(config_file: str | os.PathLike) -> int:
     return int(cfg.get("num_processes", 1))
 
 
+def stage_command(name: str, profile: str, rd: Path, over: Mapping) -> list[str]:
+    """`python -m kit.cli stage NAME` with the run's profile, run directory and overrides."""
+    import json
+
+    return [sys.executable, "-m", "kit.cli", "stage", name, "--profile", profile, "--run-dir", str(rd),
+            *[f"--set={k}={json.dumps(v)}" for k, v in over.items()]]
+
+
 def launch_stages(nb: Path, P: Mapping, profile: str, rd: Path, over: Mapping, config_file: str) -> list[str]:
     """The notebook's stages, each as `accelerate launch --config_file F -m kit.cli stage NAME`; the
     notebook then runs as usual in one process and finds their results under the same keys."""
-    import json
-
     names = [s.name for s in pipeline.of_notebook(nb.name[:2], P["tracks"])]
-    sets = [f"--set={k}={json.dumps(v)}" for k, v in over.items()]
     cfg = _launch_config(config_file)
     for name in names:
         # one machine and no port in the config: a free one, not torchrun's default that another run may hold
@@ -161,21 +175,175 @@ def launch_stages(nb: Path, P: Mapping, profile: str, rd: Path, over: Mapping, c
             int(cfg.get("num_machines", 1) or 1) == 1 and not cfg.get("main_process_port")) else []
         print(f"  accelerate launch --config_file {config_file} -m kit.cli stage {name}", flush=True)
         done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
-                               *port, "-m", "kit.cli", "stage", name, "--profile", profile, "--run-dir", str(rd), *sets],
-                              cwd=str(kparams.PROJECT_ROOT))
+                               *port, *stage_command(name, profile, rd, over)[1:]], cwd=str(kparams.PROJECT_ROOT))
         if done.returncode != 0:
             raise StageFailed(f"notebook {nb.name}: stage {name} under accelerate launch --config_file {config_file} "
                               f"failed (exit {done.returncode}); its processes' tracebacks are printed above")
     return names
 
 
+AUTO_JOBS = 4  # `kit run` on a CPU: one stage process per core, at most this many (the stage graph is rarely wider)
+
+
+def threads_available() -> int:
+    """The threads this process may use: OMP_NUM_THREADS where set, else the cores it may run on."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def side_by_side(P: Mapping, jobs: int | None, launcher: str | None) -> tuple[int, int]:
+    """(stage processes side by side, threads each) for `kit run --jobs` (None: one per thread on a CPU,
+    at most AUTO_JOBS; one on a GPU, whose memory one training fills, and under accelerate launch)."""
+    threads = threads_available()
+    if jobs is not None and jobs < 1:
+        raise SystemExit(f"kit run --jobs {jobs}: expected a positive number of stage processes")
+    if launcher:
+        if jobs not in (None, 1):
+            raise SystemExit("kit run --jobs with --launcher accelerate: the launched processes share the GPUs; "
+                             "leave --jobs out")
+        return 1, threads
+    if jobs is None:
+        from kit.models.device import model_spec
+
+        jobs = min(threads, AUTO_JOBS) if model_spec(P).device.type == "cpu" else 1
+    return jobs, max(1, threads // jobs)
+
+
+class StagePool:
+    """The stages `names` as processes of their own (`kit stage NAME`), `jobs` at a time with `threads`
+    threads each, every one once the stages it reads are done (pipeline.needs), the longest chain first
+    (pipeline.chain_lengths). `wait_for(names)` returns when those are done, and raises StageFailed
+    once any stage failed. A stage's output goes to `<run>/logs/stage_<name>.log`."""
+
+    def __init__(self, names: list[str], *, jobs: int, threads: int, profile: str, rd: Path, over: Mapping,
+                 log_output: bool = False):
+        self.names, self.jobs, self.threads = names, jobs, threads
+        self.profile, self.rd, self.over, self.log_output = profile, rd, over, log_output
+        self.status = {n: "waiting" for n in names}
+        self.seconds: dict[str, float] = {}
+        self.codes: dict[str, int] = {}
+        self._cond = threading.Condition()
+        self._stop = False
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._thread = threading.Thread(target=self._loop, name="kit-stages", daemon=True)
+
+    def log(self, name: str) -> Path:
+        return self.rd / "logs" / f"stage_{name}.log"
+
+    def start(self) -> "StagePool":
+        (self.rd / "logs").mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+        return self
+
+    def _launch(self, name: str) -> subprocess.Popen:
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
+               "TOKENIZERS_PARALLELISM": "false"}
+        out = None if self.log_output else open(self.log(name), "w")
+        try:
+            return subprocess.Popen(stage_command(name, self.profile, self.rd, self.over), env=env,
+                                    cwd=str(kparams.PROJECT_ROOT), stdout=out,
+                                    stderr=None if out is None else subprocess.STDOUT)
+        finally:
+            if out is not None:
+                out.close()  # the child holds its own copy
+
+    def _loop(self) -> None:
+        from tqdm.auto import tqdm
+
+        length = pipeline.chain_lengths(self.names)
+        row = {n: i for i, n in enumerate(self.names)}
+        started: dict[str, float] = {}
+        bar = tqdm(total=len(self.names), desc=f"stages, {self.jobs} side by side", unit="stage")
+        try:
+            while True:
+                with self._cond:
+                    stop = self._stop or "failed" in self.status.values()
+                    ready = sorted((n for n, st in self.status.items() if st == "waiting"
+                                    and all(self.status[d] == "ok" for d in pipeline.needs(n, self.names))),
+                                   key=lambda n: (-length[n], row[n]))
+                    for n in ([] if stop else ready[:self.jobs - len(self._procs)]):
+                        self._procs[n], started[n], self.status[n] = self._launch(n), time.time(), "running"
+                    if ", ".join(self._procs) != bar.postfix:
+                        bar.set_postfix_str(", ".join(self._procs))
+                    if not self._procs and (stop or not ready):
+                        break
+                for n, proc in list(self._procs.items()):
+                    if proc.poll() is None:
+                        continue
+                    with self._cond:
+                        del self._procs[n]
+                        self.codes[n], self.seconds[n] = proc.returncode, round(time.time() - started[n], 1)
+                        self.status[n] = "ok" if proc.returncode == 0 else "failed"
+                        self._cond.notify_all()
+                    bar.update(1)
+                time.sleep(0.2)
+        finally:
+            bar.close()
+            with self._cond:
+                for n, st in self.status.items():
+                    if st == "waiting":
+                        self.status[n] = "not run"
+                self._cond.notify_all()
+
+    def _failure(self) -> StageFailed | None:
+        failed = [n for n, st in self.status.items() if st == "failed"]
+        if not failed:
+            return None
+        n = failed[0]
+        tail = "" if self.log_output else "\n".join(
+            "    " + ln for ln in self.log(n).read_text(errors="replace").strip().splitlines()[-8:])
+        return StageFailed(f"stage {n} failed in its own process (exit {self.codes[n]}); its output is in "
+                           f"{self.log(n) if not self.log_output else 'the output above'}:\n{tail}".rstrip())
+
+    def wait_for(self, names: Iterable[str]) -> None:
+        """Until the stages `names` are done; StageFailed once any stage of the pool failed."""
+        wanted = [n for n in names if n in self.status]
+        with self._cond:
+            while True:
+                err = self._failure()
+                if err:
+                    raise err
+                if all(self.status[n] == "ok" for n in wanted):
+                    return
+                if any(self.status[n] == "not run" for n in wanted):
+                    raise StageFailed(f"stages {', '.join(n for n in wanted if self.status[n] == 'not run')} "
+                                      "did not run: the run was stopped")
+                self._cond.wait(timeout=1.0)
+
+    def close(self, interrupted: bool = False) -> None:
+        """Start nothing more; the running stages are let finish (their results are kept under their keys),
+        or, after Ctrl-C, stopped (a stopped training resumes from its last checkpoint next time)."""
+        with self._cond:
+            self._stop = True
+            running = dict(self._procs)
+        if running and not interrupted:
+            print(f"kit run: waiting for {', '.join(running)} to finish (results kept)", file=sys.stderr, flush=True)
+        for proc in running.values():
+            if interrupted and proc.poll() is None:
+                proc.terminate()
+        self._thread.join()
+
+    def record(self) -> dict:
+        return {"jobs": self.jobs, "threads_per_stage": self.threads,
+                "stages": {n: {"status": self.status[n], "seconds": self.seconds.get(n),
+                               "log": None if self.log_output else str(self.log(n))} for n in self.names}}
+
+
 def run(profile: str = "tiny", run_dir: str | None = None, only: Iterable[str] | None = None,
         overrides: list[str] | Mapping | None = None, force: bool = False, log_output: bool = False,
-        track: str | None = None, launcher: str | None = None, config_file: str | None = None) -> dict:
-    """The notebooks in order (papermill) into the run directory. With `launcher="accelerate"`, each
-    notebook's stages first run under `accelerate launch --config_file config_file` (several GPUs,
-    DeepSpeed); the notebook then reuses their results (the kernel is told how many processes made
-    them: kit.dist.KEY_PROCESSES) and draws its tables and figures."""
+        track: str | None = None, launcher: str | None = None, config_file: str | None = None,
+        jobs: int | None = None) -> dict:
+    """The notebooks in order (papermill) into the run directory. With `jobs` > 1 (None: side_by_side's
+    choice), their stages first run side by side in processes of their own (StagePool) and each notebook
+    waits for its own. With `launcher="accelerate"`, each notebook's stages first run under `accelerate
+    launch --config_file config_file` (several GPUs, DeepSpeed); the notebook then reuses their results
+    (the kernel is told how many processes made them: kit.dist.KEY_PROCESSES) and draws its tables and
+    figures."""
     if launcher not in (None, "accelerate"):
         raise SystemExit(f"kit run --launcher {launcher}: expected accelerate")
     if launcher and not config_file:
@@ -199,8 +367,13 @@ def run(profile: str = "tiny", run_dir: str | None = None, only: Iterable[str] |
             print(f"[{i}/{len(nbs)}] {nb.name}: done before with the same parameters, skipped (--force reruns it)")
         return {"run_dir": str(rd), "stages": {stage_of(nb): "skipped" for nb in nbs}}
     (runs.ensure_run_dir(rd) / "notebooks").mkdir(exist_ok=True)
+    n_jobs, threads = side_by_side(P, jobs, launcher)
     with run_lock(rd):
-        return _run(nbs, P, rd, phash, over, nb_profile, force, log_output, launcher, config_file, n_proc)
+        todo = [nb for nb in nbs if force or not is_done(rd, stage_of(nb), phash, rd / "notebooks" / nb.name)]
+        names = [s.name for nb in todo for s in pipeline.of_notebook(nb.name[:2], P["tracks"])]
+        pool = StagePool(names, jobs=n_jobs, threads=threads, profile=nb_profile, rd=rd, over=over,
+                         log_output=log_output) if n_jobs > 1 and len(names) > 1 else None
+        return _run(nbs, P, rd, phash, over, nb_profile, force, log_output, launcher, config_file, n_proc, pool)
 
 
 class RunInUse(RuntimeError):
@@ -232,24 +405,33 @@ def run_lock(rd: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _run(nbs, P, rd, phash, over, nb_profile, force, log_output, launcher, config_file, n_proc) -> dict:
+def _run(nbs, P, rd, phash, over, nb_profile, force, log_output, launcher, config_file, n_proc, pool) -> dict:
     manifest_path = rd / "manifest.json"
     runs.forget_json(manifest_path, ["overrides", "finished"])  # this run's, not merged with an earlier run's
     git = git_commit()
     runs.update_json(manifest_path, {
         "profile": P["profile"], "params": P, "params_hash": phash, "seed": P["seed"],
         "git": git, "packages": package_versions(), "lock": lock_status(), "machine": machine(),
-        "overrides": over,
+        "overrides": over, "side_by_side": None,
         "started": _dt.datetime.now().isoformat(timespec="seconds"),
     })
     summary = {}
     before = os.environ.get(dist.KEY_PROCESSES)
     if n_proc:  # the notebooks' kernels (papermill starts them with our environment) key as the launch did
         os.environ[dist.KEY_PROCESSES] = str(n_proc)
+    interrupted = False
     try:
+        if pool:
+            pool.start()
         _run_notebooks(nbs, P, rd, phash, over, nb_profile, force, log_output, launcher, config_file, summary,
-                       git["commit"])
+                       git["commit"], pool)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
+        if pool:
+            pool.close(interrupted)
+            runs.update_json(manifest_path, {"side_by_side": pool.record()})
         if n_proc:
             os.environ.pop(dist.KEY_PROCESSES, None)
             if before is not None:
@@ -259,9 +441,9 @@ def _run(nbs, P, rd, phash, over, nb_profile, force, log_output, launcher, confi
 
 
 def _run_notebooks(nbs, P, rd, phash, over, nb_profile, force, log_output, launcher, config_file, summary,
-                   commit: str | None) -> None:
-    """Each notebook in turn; `commit` is recorded per stage (a resumed run's notebooks may have run at
-    other commits)."""
+                   commit: str | None, pool: StagePool | None = None) -> None:
+    """Each notebook in turn (with a pool, once its stages are done there); `commit` is recorded per stage
+    (a resumed run's notebooks may have run at other commits)."""
     import papermill as pm
 
     manifest_path = rd / "manifest.json"
@@ -281,8 +463,11 @@ def _run_notebooks(nbs, P, rd, phash, over, nb_profile, force, log_output, launc
         # executed into a side file, so the last finished copy stays until this one finishes
         running = rd / "notebooks" / ".running" / nb.name
         running.parent.mkdir(parents=True, exist_ok=True)
-        t0 = time.time()
+        t0 = waited = time.time()
         try:
+            if pool:  # its stages side by side first: their results are what the notebook then finds
+                pool.wait_for(s.name for s in pipeline.of_notebook(nb.name[:2], P["tracks"]))
+                waited = time.time()
             if launcher:
                 launch_stages(nb, P, nb_profile, rd, over, config_file)
             source = for_tracks(nb, P["tracks"], rd / "notebooks" / ".source" / nb.name)
@@ -304,7 +489,9 @@ def _run_notebooks(nbs, P, rd, phash, over, nb_profile, force, log_output, launc
             raise (err if isinstance(err, StageFailed) else StageFailed(_failure_message(nb, failed, err))) from None
         os.replace(running, executed)
         secs = round(time.time() - t0, 1)
+        # with a pool, `seconds` counts from the notebook's turn; `executed_seconds` from its stages' end
         runs.update_json(manifest_path, {"stages": {stage: {"status": "ok", "seconds": secs, "notebook": str(executed),
+                                                            "executed_seconds": round(time.time() - waited, 1),
                                                             "commit": commit}}})
         runs.write_json(rd / stage / ".stage.json", {"status": "ok", "params_hash": phash, "seconds": secs,
                                                      "notebook": str(executed)})

@@ -95,6 +95,8 @@ def _run_one(profile: str, run_dir: Path, settings: Mapping, base: Sequence[str]
     threads = settings.get("threads", threads)
     env = dict(os.environ) if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads),
                                                     "MKL_NUM_THREADS": str(threads)}
+    if threads is not None:  # every stage in the run's one process, with these threads (not side by side)
+        cmd += ["--jobs", "1"]
     t0 = time.time()
     with open(run_dir / "sweep.log", "w") as log:
         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,

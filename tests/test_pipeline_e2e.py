@@ -31,7 +31,9 @@ OVERRIDES = {"data.toy.splits": {"train": 400, "val": 50, "test": 100},
 def run_dir(tmp_path_factory):
     rd = tmp_path_factory.mktemp("e2e") / "tiny"
     t0 = time.time()
-    out = runner.run("tiny", str(rd), only=NOTEBOOKS, overrides=OVERRIDES)
+    # as `make run` on two cores: the stages side by side, two processes of one thread (a pytest worker
+    # has one thread; the other worker's tests take their share of the cores while it lasts)
+    out = runner.run("tiny", str(rd), only=NOTEBOOKS, overrides=OVERRIDES, jobs=2)
     print(f"both tracks end to end: {time.time() - t0:.0f} s", file=sys.stderr)
     assert set(out["stages"].values()) == {"ok"}
     return rd

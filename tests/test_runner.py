@@ -37,6 +37,9 @@ def nbdir(tmp_path, monkeypatch):
     _nb(d / "00_prepare.ipynb", COUNT.format(stage="prepare"))
     _nb(d / "03_sft_baseline.ipynb", COUNT.format(stage="sft_baseline"))
     monkeypatch.setattr(runner, "NOTEBOOKS_DIR", d)
+    # stand-ins for the stage table's notebooks: no stages side by side before them (one thread: one
+    # stage process, which is kit run's choice too, here and in the processes the tests start)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     return d
 
 
@@ -274,3 +277,68 @@ def test_kill_9_in_the_middle_of_a_notebook_then_a_rerun(nbdir, tmp_path):
     assert runs.read_metrics(rd)["sft_baseline"]["finished"] is True
     man = json.loads((rd / "manifest.json").read_text())
     assert man["stages"]["sft_baseline"]["status"] == "ok" and man["finished"] >= man["started"]
+
+
+def test_stages_side_by_side_by_default_on_a_cpu_one_thread_each(monkeypatch):
+    """`kit run` on a CPU: one stage process per thread it may use (at most AUTO_JOBS), each with an
+    equal share; one process where there is one thread, under accelerate launch, or on --jobs 1."""
+    from kit.params import load_profile
+
+    P = load_profile("tiny")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert runner.side_by_side(P, None, None) == (2, 1)
+    assert runner.side_by_side(P, 1, None) == (1, 2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    assert runner.side_by_side(P, None, None) == (runner.AUTO_JOBS, 8 // runner.AUTO_JOBS)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert runner.side_by_side(P, None, None) == (1, 1)
+    assert runner.side_by_side(P, 2, None) == (2, 1)     # asked for: two processes of one thread
+    assert runner.side_by_side(P, None, "accelerate") == (1, 1)
+    with pytest.raises(SystemExit, match="--jobs with --launcher"):
+        runner.side_by_side(P, 2, "accelerate")
+    with pytest.raises(SystemExit, match="--jobs 0: expected a positive"):
+        runner.side_by_side(P, 0, None)
+
+
+def test_the_stage_table_orders_what_each_stage_reads():
+    """Each stage's `after` names stages listed before it, so the table's order (the notebooks' order,
+    one process) and the order side by side (after each one's `after`) both give a stage what it reads;
+    every stage but the first waits for one, and the report of each track waits for its last stage."""
+    from kit import pipeline
+
+    seen: set[str] = set()
+    for s in pipeline.STAGES:
+        assert set(s.after) <= seen, (s.name, set(s.after) - seen)
+        assert s.after or s is pipeline.STAGES[0], s.name
+        seen.add(s.name)
+    length = pipeline.chain_lengths([s.name for s in pipeline.STAGES])
+    assert max(length, key=length.get) == "prepare_data"
+    assert length["evaluate"] == length["coda_evaluate"] == 1
+    # every stage of a track reaches that track's report
+    for track, report in (("B", "evaluate"), ("A", "coda_evaluate")):
+        names = [s.name for s in pipeline.STAGES if s.track in (None, track)]
+        for n in names:
+            if n != report:
+                assert pipeline.chain_lengths(names)[n] > 1, n
+
+
+@pytest.mark.slow
+def test_a_stage_that_fails_side_by_side_stops_the_run_and_names_its_log(tmp_path):
+    """Notebooks 02 and 03 side by side on a run folder without notebook 00's data: their stages fail in
+    their own processes; kit run stops with the failed stage and its log, starts nothing that waits on
+    it, marks the notebook failed, and the manifest says what ran."""
+    rd = tmp_path / "run"
+    with pytest.raises(runner.StageFailed, match=r"stage (clip_finetune|direct) failed in its own process "
+                                                 r"\(exit 1\); its output is in .*logs/stage_\w+\.log"):
+        runner.run("tiny", str(rd), only=["02", "03"], track="B", jobs=2)
+    man = json.loads((rd / "manifest.json").read_text())
+    side = man["side_by_side"]
+    assert side["jobs"] == 2 and side["threads_per_stage"] >= 1
+    st = {n: v["status"] for n, v in side["stages"].items()}
+    assert set(st) == {"clip_finetune", "direct", "sft_baseline"}
+    assert "failed" in (st["clip_finetune"], st["direct"]) and st["sft_baseline"] in ("not run", "failed")
+    failed = next(n for n in ("clip_finetune", "direct") if st[n] == "failed")
+    assert "Traceback" in (rd / "logs" / f"stage_{failed}.log").read_text()
+    assert man["stages"]["clip_finetune"]["status"] == "failed"
+    assert not (rd / "notebooks" / "02_clip_finetune.ipynb").exists()
+    assert "clip_finetune" not in runs.read_metrics(rd)
