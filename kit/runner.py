@@ -5,8 +5,8 @@ runner only orders, skips, times and records. A stage is skipped on a rerun when
 before with the same resolved parameters (its marker `<stage>/.stage.json` holds their hash).
 
 Stages side by side (`--jobs`, on a CPU by default one per core up to four): the notebooks' stages
-first run as processes of their own (`kit stage NAME`), as many at a time as `--jobs`, each with its
-share of the threads and once the stages it reads are done (the stage table's `after`), so that
+first run in `--jobs` worker processes (each runs stage after stage as `kit stage NAME` would), each
+with its share of the threads, a stage once the stages it reads are done (the stage table's `after`), so that
 Track A and Track B use both cores; each notebook executes as soon as its stages are done and finds
 their results under the same keys. The numbers are those of the stage processes: every stage runs
 with `threads / jobs` threads, whichever finishes first (`OMP_NUM_THREADS=1 kit run --jobs 1` gives
@@ -214,43 +214,84 @@ def side_by_side(P: Mapping, jobs: int | None, launcher: str | None) -> tuple[in
     return jobs, max(1, threads // jobs)
 
 
-class StagePool:
-    """The stages `names` as processes of their own (`kit stage NAME`), `jobs` at a time with `threads`
-    threads each, every one once the stages it reads are done (pipeline.needs), the longest chain first
-    (pipeline.chain_lengths). `wait_for(names)` returns when those are done, and raises StageFailed
-    once any stage failed. A stage's output goes to `<run>/logs/stage_<name>.log`."""
+def _worker_start(threads: int) -> None:
+    """A stage worker's first step: its threads, and its end with the runner's (a `kill -9` of kit run
+    must not leave a worker training into the run folder)."""
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        import ctypes
+        import signal
 
-    def __init__(self, names: list[str], *, jobs: int, threads: int, profile: str, rd: Path, over: Mapping,
-                 log_output: bool = False):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the run lock and Ctrl-C still stop it with the runner
+        pass
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _stage_in_worker(name: str, profile: str, run_dir: str, over: Mapping, log: str) -> None:
+    """Stage `name` in this worker as `kit stage NAME` runs it (setup, then the stage), its output into
+    `log`. A failure comes back as a RuntimeError naming the exception (the traceback is in the log)."""
+    import traceback
+
+    from kit.notebook import setup
+    from kit.stages import run_stage
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, "w") as f:  # the file descriptors, so that tqdm, warnings and C libraries write there too
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            P, rd = setup(profile, run_dir, over)
+            run_stage(name, P, rd)
+            print(f"stage {name} done", flush=True)
+        except BaseException as e:
+            traceback.print_exc()
+            sys.stderr.flush()
+            raise RuntimeError(f"{type(e).__name__}: {e}".splitlines()[0][:300]) from None
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+class StagePool:
+    """The stages `names` in `jobs` worker processes with `threads` threads each (each worker imports
+    the training stack once and runs stage after stage as `kit stage NAME` would), every stage once the
+    stages it reads are done (pipeline.needs), the longest chain first (pipeline.chain_lengths).
+    `wait_for(names)` returns when those are done, and raises StageFailed once any stage failed. A
+    stage's output goes to `<run>/logs/stage_<name>.log`."""
+
+    def __init__(self, names: list[str], *, jobs: int, threads: int, profile: str, rd: Path, over: Mapping):
         self.names, self.jobs, self.threads = names, jobs, threads
-        self.profile, self.rd, self.over, self.log_output = profile, rd, over, log_output
+        self.profile, self.rd, self.over = profile, rd, dict(over)
         self.status = {n: "waiting" for n in names}
         self.seconds: dict[str, float] = {}
-        self.codes: dict[str, int] = {}
+        self.errors: dict[str, str] = {}
         self._cond = threading.Condition()
-        self._stop = False
-        self._procs: dict[str, subprocess.Popen] = {}
+        self._interrupted = False
+        self._pool = None
         self._thread = threading.Thread(target=self._loop, name="kit-stages", daemon=True)
 
     def log(self, name: str) -> Path:
         return self.rd / "logs" / f"stage_{name}.log"
 
     def start(self) -> "StagePool":
+        import multiprocessing as mp
+
         (self.rd / "logs").mkdir(parents=True, exist_ok=True)
+        # spawn: fresh interpreters (no fork of a process that holds threads); created in the loop's thread,
+        # whose end is what PR_SET_PDEATHSIG watches
+        self._ctx = mp.get_context("spawn")
         self._thread.start()
         return self
-
-    def _launch(self, name: str) -> subprocess.Popen:
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
-               "TOKENIZERS_PARALLELISM": "false"}
-        out = None if self.log_output else open(self.log(name), "w")
-        try:
-            return subprocess.Popen(stage_command(name, self.profile, self.rd, self.over), env=env,
-                                    cwd=str(kparams.PROJECT_ROOT), stdout=out,
-                                    stderr=None if out is None else subprocess.STDOUT)
-        finally:
-            if out is not None:
-                out.close()  # the child holds its own copy
 
     def _loop(self) -> None:
         from tqdm.auto import tqdm
@@ -258,36 +299,55 @@ class StagePool:
         length = pipeline.chain_lengths(self.names)
         row = {n: i for i, n in enumerate(self.names)}
         started: dict[str, float] = {}
+        running: dict[str, object] = {}
         bar = tqdm(total=len(self.names), desc=f"stages, {self.jobs} side by side", unit="stage")
+        self._pool = self._ctx.Pool(self.jobs, initializer=_worker_start, initargs=(self.threads,),
+                                    maxtasksperchild=None)
         try:
-            while True:
+            while not self._interrupted:
                 with self._cond:
-                    stop = self._stop or "failed" in self.status.values()
+                    stop = "failed" in self.status.values()
                     ready = sorted((n for n, st in self.status.items() if st == "waiting"
                                     and all(self.status[d] == "ok" for d in pipeline.needs(n, self.names))),
                                    key=lambda n: (-length[n], row[n]))
-                    for n in ([] if stop else ready[:self.jobs - len(self._procs)]):
-                        self._procs[n], started[n], self.status[n] = self._launch(n), time.time(), "running"
-                    if ", ".join(self._procs) != bar.postfix:
-                        bar.set_postfix_str(", ".join(self._procs))
-                    if not self._procs and (stop or not ready):
+                    for n in ([] if stop else ready[:self.jobs - len(running)]):
+                        running[n] = self._pool.apply_async(
+                            _stage_in_worker, (n, self.profile, str(self.rd), self.over, str(self.log(n))))
+                        started[n], self.status[n] = time.time(), "running"
+                    if not running and (stop or not ready):
                         break
-                for n, proc in list(self._procs.items()):
-                    if proc.poll() is None:
+                if ", ".join(running) != bar.postfix:
+                    bar.set_postfix_str(", ".join(running))
+                elif time.time() - bar.last_print_t > 10:  # the elapsed time moves while a stage runs
+                    bar.refresh()
+                for n, res in list(running.items()):
+                    if not res.ready():
                         continue
+                    try:
+                        res.get()
+                        err = None
+                    except Exception as e:  # the stage's own failure (its traceback is in its log)
+                        err = str(e)
                     with self._cond:
-                        del self._procs[n]
-                        self.codes[n], self.seconds[n] = proc.returncode, round(time.time() - started[n], 1)
-                        self.status[n] = "ok" if proc.returncode == 0 else "failed"
+                        del running[n]
+                        self.seconds[n] = round(time.time() - started[n], 1)
+                        self.status[n] = "ok" if err is None else "failed"
+                        if err is not None:
+                            self.errors[n] = err
                         self._cond.notify_all()
                     bar.update(1)
                 time.sleep(0.2)
         finally:
             bar.close()
+            if self._interrupted:  # Ctrl-C: the workers stop now (a stopped training resumes next time)
+                self._pool.terminate()
+            else:
+                self._pool.close()
+            self._pool.join()
             with self._cond:
                 for n, st in self.status.items():
-                    if st == "waiting":
-                        self.status[n] = "not run"
+                    if st in ("waiting", "running"):
+                        self.status[n] = "not run" if st == "waiting" else "stopped"
                 self._cond.notify_all()
 
     def _failure(self) -> StageFailed | None:
@@ -295,10 +355,8 @@ class StagePool:
         if not failed:
             return None
         n = failed[0]
-        tail = "" if self.log_output else "\n".join(
-            "    " + ln for ln in self.log(n).read_text(errors="replace").strip().splitlines()[-8:])
-        return StageFailed(f"stage {n} failed in its own process (exit {self.codes[n]}); its output is in "
-                           f"{self.log(n) if not self.log_output else 'the output above'}:\n{tail}".rstrip())
+        return StageFailed(f"stage {n} failed in its worker process: {self.errors[n]}\n"
+                           f"  its output, with the traceback, is {self.log(n)}")
 
     def wait_for(self, names: Iterable[str]) -> None:
         """Until the stages `names` are done; StageFailed once any stage of the pool failed."""
@@ -310,28 +368,29 @@ class StagePool:
                     raise err
                 if all(self.status[n] == "ok" for n in wanted):
                     return
-                if any(self.status[n] == "not run" for n in wanted):
-                    raise StageFailed(f"stages {', '.join(n for n in wanted if self.status[n] == 'not run')} "
-                                      "did not run: the run was stopped")
+                if any(self.status[n] in ("not run", "stopped") for n in wanted):
+                    raise StageFailed(f"stages {', '.join(n for n in wanted if self.status[n] != 'ok')} "
+                                      "did not finish: the run was stopped")
                 self._cond.wait(timeout=1.0)
 
     def close(self, interrupted: bool = False) -> None:
         """Start nothing more; the running stages are let finish (their results are kept under their keys),
         or, after Ctrl-C, stopped (a stopped training resumes from its last checkpoint next time)."""
         with self._cond:
-            self._stop = True
-            running = dict(self._procs)
+            self._interrupted = interrupted
+            running = [n for n, st in self.status.items() if st == "running"]
+            for n, st in self.status.items():  # nothing more starts
+                if st == "waiting":
+                    self.status[n] = "not run"
         if running and not interrupted:
             print(f"kit run: waiting for {', '.join(running)} to finish (results kept)", file=sys.stderr, flush=True)
-        for proc in running.values():
-            if interrupted and proc.poll() is None:
-                proc.terminate()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
     def record(self) -> dict:
         return {"jobs": self.jobs, "threads_per_stage": self.threads,
-                "stages": {n: {"status": self.status[n], "seconds": self.seconds.get(n),
-                               "log": None if self.log_output else str(self.log(n))} for n in self.names}}
+                "stages": {n: {"status": self.status[n], "seconds": self.seconds.get(n), "log": str(self.log(n)),
+                               **({"error": self.errors[n]} if n in self.errors else {})} for n in self.names}}
 
 
 def run(profile: str = "tiny", run_dir: str | None = None, only: Iterable[str] | None = None,
@@ -371,8 +430,8 @@ def run(profile: str = "tiny", run_dir: str | None = None, only: Iterable[str] |
     with run_lock(rd):
         todo = [nb for nb in nbs if force or not is_done(rd, stage_of(nb), phash, rd / "notebooks" / nb.name)]
         names = [s.name for nb in todo for s in pipeline.of_notebook(nb.name[:2], P["tracks"])]
-        pool = StagePool(names, jobs=n_jobs, threads=threads, profile=nb_profile, rd=rd, over=over,
-                         log_output=log_output) if n_jobs > 1 and len(names) > 1 else None
+        pool = StagePool(names, jobs=n_jobs, threads=threads, profile=nb_profile, rd=rd,
+                         over=over) if n_jobs > 1 and len(names) > 1 else None
         return _run(nbs, P, rd, phash, over, nb_profile, force, log_output, launcher, config_file, n_proc, pool)
 
 

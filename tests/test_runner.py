@@ -325,11 +325,12 @@ def test_the_stage_table_orders_what_each_stage_reads():
 @pytest.mark.slow
 def test_a_stage_that_fails_side_by_side_stops_the_run_and_names_its_log(tmp_path):
     """Notebooks 02 and 03 side by side on a run folder without notebook 00's data: their stages fail in
-    their own processes; kit run stops with the failed stage and its log, starts nothing that waits on
-    it, marks the notebook failed, and the manifest says what ran."""
+    the worker processes; kit run stops with the failed stage, its error and its log, starts nothing that
+    waits on it, marks the notebook failed, and the manifest says what ran."""
     rd = tmp_path / "run"
-    with pytest.raises(runner.StageFailed, match=r"stage (clip_finetune|direct) failed in its own process "
-                                                 r"\(exit 1\); its output is in .*logs/stage_\w+\.log"):
+    with pytest.raises(runner.StageFailed, match=r"stage (clip_finetune|direct) failed in its worker process: "
+                                                 r"FileNotFoundError: .*run notebook 00 \(prepare\).*\n"
+                                                 r"  its output, with the traceback, is .*logs/stage_\w+\.log"):
         runner.run("tiny", str(rd), only=["02", "03"], track="B", jobs=2)
     man = json.loads((rd / "manifest.json").read_text())
     side = man["side_by_side"]
