@@ -149,7 +149,9 @@ def judge_for(fake, cache_dir, **kw) -> OpenAIJudge:
 
 def test_faults_are_absorbed_and_a_rerun_sends_nothing(fake, tmp_path):
     reqs = [rate_request(i) for i in range(6)]
-    clean = judge_for(fake, tmp_path / "clean").judge(reqs, progress=False)
+    # the baseline without faults: a client timeout no busy machine reaches (the first requests of the
+    # module also start the client and the server's threads), so every item is asked once
+    clean = judge_for(fake, tmp_path / "clean", timeout=30).judge(reqs, progress=False)
     assert [r.verdict for r in clean] == [rating(i) for i in range(6)]
     assert fake.count() == 6
 

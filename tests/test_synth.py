@@ -296,6 +296,12 @@ def test_resume_after_a_crash_redoes_only_missing_chunks(tmp_path, clip):
                                                captioner=None, writer=TemplateWriter(), cfg=SYNTH), pool, tmp_path / "w2")
     strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
     assert strip(fresh) == strip(recs)  # resumed = uninterrupted
+    # the writer's counts are the dataset's: summed over its chunks, whoever wrote them, and a rerun
+    # that reuses every chunk writes nothing and reports the same counts
+    assert pipeline.writer_counts(tmp_path / "work") == pipeline.writer_counts(tmp_path / "w2") == {"images": 7}
+    steps.writer = TemplateWriter()
+    assert strip(pipeline.synthesize(steps, pool, tmp_path / "work")) == strip(recs)
+    assert not steps.writer.stats["images"] and pipeline.writer_counts(tmp_path / "work") == {"images": 7}
 
     # the CODA-LM layout: the same loader reads it, every named region is a region QA item
     recs[3]["output"] = None  # an image the LLM never answered validly: left out, counted

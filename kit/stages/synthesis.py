@@ -130,7 +130,8 @@ def run_synthesis(P: Mapping, run_dir, *, captioner=None, stage: str = STAGE, bu
     steps, samples, upstream = built or build_steps(P, run_dir, captioner,
                                                     writer_cache=runs.stage_dir(run_dir, STAGE) / "llm_cache")
     key = stage_key(_settings(P), {**upstream, "pool": _pool_id(pool)})
-    records = pipeline.synthesize(steps, pool, keyed_dir(sd / "work", key), desc=f"{stage}: {len(pool)} images")
+    work = keyed_dir(sd / "work", key)
+    records = pipeline.synthesize(steps, pool, work, desc=f"{stage}: {len(pool)} images")
     out_root = sd / "data"
 
     def write():  # the main process decides whether the split is there (see spin._write_marked)
@@ -144,7 +145,7 @@ def run_synthesis(P: Mapping, run_dir, *, captioner=None, stage: str = STAGE, bu
                              "writer": steps.writer.describe()},
                 "pool": str(pool[0].parent), "key": key}
     card = pipeline.dataset_card(records, train_qa=train_qa_pairs(samples), describe=describe,
-                                 writer_stats=steps.writer.stats)
+                                 writer_stats=pipeline.writer_counts(work))
     runs.write_json(sd / "card.json", card)
     runs.atomic_write_text(sd / "card.md", pipeline.card_markdown(card))
     runs.write_jsonl(sd / "records.jsonl", records)

@@ -162,6 +162,16 @@ def synthesize(steps: Steps, pool: Sequence[Path], work_dir: Path, *, desc: str 
     return _by_chunk(steps, list(pool), work_dir, lambda part: process_chunk(steps, part), lambda p: p.name, desc)
 
 
+def writer_counts(work_dir: Path) -> dict:
+    """The writer's counts (images, requests sent, cached, malformed, failed) summed over the finished
+    chunks of `work_dir`: what writing that dataset took, the same whether this run wrote or reused them."""
+    total: Counter = Counter()
+    for f in sorted(Path(work_dir).glob("chunk_*.writer.json")):
+        if f.with_name(f.name.replace(".writer.json", ".jsonl")).exists():
+            total.update(runs.read_json(f) or {})
+    return dict(sorted(total.items()))
+
+
 def _by_chunk(steps: Steps, items: list, work_dir: Path, process: Callable[[list], list[dict]],
               name: Callable[[Any], str], desc: str) -> list[dict]:
     """`process` over `items` in chunks of `synth.chunk_size`, each chunk's records saved as
@@ -180,8 +190,13 @@ def _by_chunk(steps: Steps, items: list, work_dir: Path, process: Callable[[list
             f = work_dir / f"chunk_{ci // n:05d}.jsonl"
             recs = runs.read_jsonl(f) if f.exists() else None
             if recs is None or [r["file_name"] for r in recs] != [name(x) for x in part]:
+                was = dict(steps.writer.stats)
                 recs = process(part)
-                runs.write_jsonl(f, recs, every_rank=True)  # this process's chunk
+                # what writing this chunk took (requests, cache hits, malformed answers): the dataset's
+                # writer counts are the sum over its chunks, whichever run or process wrote each
+                runs.write_json(f.with_suffix(".writer.json"), {k: v - was.get(k, 0) for k, v in
+                                                                steps.writer.stats.items()}, every_rank=True)
+                runs.write_jsonl(f, recs, every_rank=True)  # this process's chunk, last: it marks the chunk done
             out += recs
             bar.update(len(part) * dist.num_processes())
     dist.sum_counts_since(steps.writer.stats, before)
