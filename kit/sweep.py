@@ -9,9 +9,10 @@ Each combination is one `kit run` (papermill, as everywhere) in `<sweep dir>/<se
 process of its own, so a failure is reported and the others go on. `--threads 1,2` runs every
 combination once per thread count (OMP_NUM_THREADS): the tiny models' floats differ between them as
 they differ between machines, so the spread over both is the spread a user's machine can land in;
-the runs of a thread count go side by side, `cores / threads` at a time. Without `--threads`,
-`--jobs N` runs N combinations side by side with `cores / N` threads each (one job: the threads
-`kit run` would use, so seed S equals `kit run --set seed=S`).
+the runs of a thread count go side by side, `cores / threads` at a time, each run's stages one after
+another in its one process (`kit run --jobs 1`). Without `--threads`, `--jobs N` runs N combinations
+side by side with `cores / N` threads each (one job: `kit run` as a user runs it, its stages side by
+side on a CPU, so seed S equals `kit run --set seed=S`; on two cores that is the one-thread run).
 Reuse is `kit run`'s: a rerun skips notebooks done with the same parameters, and inside them
 every stage reuses only what its key matches. `sweep.json` lists the combinations and how each
 went; `summary.json`, `summary.md` and `figures/<metric>.png` hold mean, standard deviation, min,
