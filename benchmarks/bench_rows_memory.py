@@ -6,10 +6,13 @@ hold frame paths, and `kit.train.rows.rows_dataset` decodes a frame when a batch
 
 For 1k and 8k toy scenes (one toy world with 8k training scenes, generated once in a temp folder),
 each case runs in a fresh process: load the split, build each stage's rows and TRL dataset in turn
-and draw one batch from it. Measured: the process's peak resident memory above what it held after
-the imports (`peak_mb`). Reported: `growth_8k_over_1k` = peak(8k) / peak(1k) per mode,
+and draw one batch from it. Measured: the process's resident memory (psutil) while the split, and
+then each stage's rows and dataset, are alive, the highest of those samples above what the process
+held right after its imports (`peak_mb`). Not the kernel's peak RSS: the imports' own transient peak
+(hundreds of MB) would hide anything smaller than it. Reported: `growth_8k_over_1k` = peak(8k) / peak(1k) per mode,
 `pil_over_paths_8k`, and `kb_per_scene`, the memory one more scene costs: with paths only its row
-(prompt structure and text, a few KB), with PIL also its decoded frame (~70 KB at 192x128).
+(prompt structure and text, a few KB), with PIL also its decoded frame (72 KB of pixels at
+192x128, plus what PIL and the allocator keep around them).
 Writes benchmarks/results/bench_rows_memory.json. About two minutes (most of it drawing scenes).
 """
 from __future__ import annotations
@@ -29,7 +32,8 @@ BATCH = 8
 
 def _child(mode: str, n: int, root: str) -> dict:
     import gc
-    import resource
+
+    import psutil
 
     from kit.data.bdd_oia import load_split
     from kit.rl.trainer import rloo_rows
@@ -37,15 +41,19 @@ def _child(mode: str, n: int, root: str) -> dict:
     from kit.stages.sft_baseline import sft_rows
     from kit.train.rows import rows_dataset
 
-    def rss_mb() -> float:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    proc = psutil.Process()
 
-    base = rss_mb()
+    def rss_mb() -> float:  # resident now (not the process's peak so far)
+        return proc.memory_info().rss / 2**20
+
+    gc.collect()
+    base = high = rss_mb()
     t0 = time.perf_counter()
     samples = load_split(Path(root), "train", max_samples=n).samples
     if mode == "pil":  # the old way: every frame decoded into the rows before training starts
         for s in samples:
             s.frame_paths = s.load_images()
+    high = max(high, rss_mb())
     P = {"rloo": {"frames": 1}}
     builders = [lambda: sft_rows(samples), lambda: rloo_rows(samples, int(P["rloo"]["frames"])),
                 lambda: action_rows(samples, {s.id: "a red light ahead" for s in samples}, P)]
@@ -54,9 +62,10 @@ def _child(mode: str, n: int, root: str) -> dict:
         rows = build()
         ds = rows_dataset(rows, "bench rows")
         drawn += sum(len(ds[i]["images"]) for i in range(BATCH))
+        high = max(high, rss_mb())  # the split, this stage's rows and its dataset, all alive
         del rows, ds
         gc.collect()
-    return {"mode": mode, "n": len(samples), "peak_mb": round(rss_mb() - base, 1), "frames_drawn": drawn,
+    return {"mode": mode, "n": len(samples), "peak_mb": round(high - base, 1), "frames_drawn": drawn,
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -83,8 +92,9 @@ def main() -> dict:
         # what one more scene costs: the rows' text and structure (paths), or that plus its decoded frame (pil)
         "kb_per_scene": {m: round((peak[(m, hi)] - peak[(m, lo)]) * 1024 / (hi - lo), 1) for m in MODES},
         "toy_world_seconds": round(gen_s, 1),
-        "note": "peak_mb: peak RSS above the process's RSS after imports; rows of the SFT baseline, RLOO and "
-                "stage 2 plus their TRL datasets, one batch drawn from each",
+        "note": "peak_mb: the highest resident memory sampled while the split and each stage's rows and TRL "
+                "dataset (SFT baseline, RLOO, stage 2; one batch drawn from each) were alive, above the "
+                "resident memory right after the imports",
     }
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "bench_rows_memory.json").write_text(json.dumps(result, indent=2) + "\n")
