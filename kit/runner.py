@@ -398,7 +398,7 @@ def run(profile: str = "tiny", run_dir: str | None = None, only: Iterable[str] |
         track: str | None = None, launcher: str | None = None, config_file: str | None = None,
         jobs: int | None = None) -> dict:
     """The notebooks in order (papermill) into the run directory. With `jobs` > 1 (None: side_by_side's
-    choice), their stages first run side by side in processes of their own (StagePool) and each notebook
+    choice), their stages first run side by side in worker processes (StagePool) and each notebook
     waits for its own. With `launcher="accelerate"`, each notebook's stages first run under `accelerate
     launch --config_file config_file` (several GPUs, DeepSpeed); the notebook then reuses their results
     (the kernel is told how many processes made them: kit.dist.KEY_PROCESSES) and draws its tables and
