@@ -78,10 +78,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="the tiny profile as make run runs it (default: smaller)")
     a = ap.parse_args(argv if argv is not None else [])
-    from kit.runner import AUTO_JOBS, machine
+    from kit.runner import AUTO_JOBS, machine, threads_available
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    jobs = max(2, min(cores, AUTO_JOBS))
+    jobs = max(2, min(threads_available(), AUTO_JOBS))
     sets = [] if a.full else [f"--set={k}={json.dumps(v)}" for k, v in SMALL.items()]
     with tempfile.TemporaryDirectory(prefix="kit-bench-sbs-") as tmp:
         seq = leg(Path(tmp) / "one_after_another", 1, sets)

@@ -156,18 +156,13 @@ def launched_processes(config_file: str | os.PathLike) -> int:
     return int(cfg.get("num_processes", 1))
 
 
-def stage_command(name: str, profile: str, rd: Path, over: Mapping) -> list[str]:
-    """`python -m kit.cli stage NAME` with the run's profile, run directory and overrides."""
-    import json
-
-    return [sys.executable, "-m", "kit.cli", "stage", name, "--profile", profile, "--run-dir", str(rd),
-            *[f"--set={k}={json.dumps(v)}" for k, v in over.items()]]
-
-
 def launch_stages(nb: Path, P: Mapping, profile: str, rd: Path, over: Mapping, config_file: str) -> list[str]:
     """The notebook's stages, each as `accelerate launch --config_file F -m kit.cli stage NAME`; the
     notebook then runs as usual in one process and finds their results under the same keys."""
+    import json
+
     names = [s.name for s in pipeline.of_notebook(nb.name[:2], P["tracks"])]
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in over.items()]
     cfg = _launch_config(config_file)
     for name in names:
         # one machine and no port in the config: a free one, not torchrun's default that another run may hold
@@ -175,7 +170,8 @@ def launch_stages(nb: Path, P: Mapping, profile: str, rd: Path, over: Mapping, c
             int(cfg.get("num_machines", 1) or 1) == 1 and not cfg.get("main_process_port")) else []
         print(f"  accelerate launch --config_file {config_file} -m kit.cli stage {name}", flush=True)
         done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
-                               *port, *stage_command(name, profile, rd, over)[1:]], cwd=str(kparams.PROJECT_ROOT))
+                               *port, "-m", "kit.cli", "stage", name, "--profile", profile, "--run-dir", str(rd), *sets],
+                              cwd=str(kparams.PROJECT_ROOT))
         if done.returncode != 0:
             raise StageFailed(f"notebook {nb.name}: stage {name} under accelerate launch --config_file {config_file} "
                               f"failed (exit {done.returncode}); its processes' tracebacks are printed above")
@@ -277,23 +273,19 @@ class StagePool:
         self.errors: dict[str, str] = {}
         self._cond = threading.Condition()
         self._interrupted = False
-        self._pool = None
         self._thread = threading.Thread(target=self._loop, name="kit-stages", daemon=True)
 
     def log(self, name: str) -> Path:
         return self.rd / "logs" / f"stage_{name}.log"
 
     def start(self) -> "StagePool":
-        import multiprocessing as mp
-
         (self.rd / "logs").mkdir(parents=True, exist_ok=True)
-        # spawn: fresh interpreters (no fork of a process that holds threads); created in the loop's thread,
-        # whose end is what PR_SET_PDEATHSIG watches
-        self._ctx = mp.get_context("spawn")
         self._thread.start()
         return self
 
     def _loop(self) -> None:
+        import multiprocessing as mp
+
         from tqdm.auto import tqdm
 
         length = pipeline.chain_lengths(self.names)
@@ -301,8 +293,9 @@ class StagePool:
         started: dict[str, float] = {}
         running: dict[str, object] = {}
         bar = tqdm(total=len(self.names), desc=f"stages, {self.jobs} side by side", unit="stage")
-        self._pool = self._ctx.Pool(self.jobs, initializer=_worker_start, initargs=(self.threads,),
-                                    maxtasksperchild=None)
+        # spawn: fresh interpreters (no fork of a process that holds threads), started from this thread,
+        # whose end is what the workers' PR_SET_PDEATHSIG watches
+        pool = mp.get_context("spawn").Pool(self.jobs, initializer=_worker_start, initargs=(self.threads,))
         try:
             while not self._interrupted:
                 with self._cond:
@@ -311,7 +304,7 @@ class StagePool:
                                     and all(self.status[d] == "ok" for d in pipeline.needs(n, self.names))),
                                    key=lambda n: (-length[n], row[n]))
                     for n in ([] if stop else ready[:self.jobs - len(running)]):
-                        running[n] = self._pool.apply_async(
+                        running[n] = pool.apply_async(
                             _stage_in_worker, (n, self.profile, str(self.rd), self.over, str(self.log(n))))
                         started[n], self.status[n] = time.time(), "running"
                     if not running and (stop or not ready):
@@ -340,10 +333,10 @@ class StagePool:
         finally:
             bar.close()
             if self._interrupted:  # Ctrl-C: the workers stop now (a stopped training resumes next time)
-                self._pool.terminate()
+                pool.terminate()
             else:
-                self._pool.close()
-            self._pool.join()
+                pool.close()
+            pool.join()
             with self._cond:
                 for n, st in self.status.items():
                     if st in ("waiting", "running"):

@@ -177,12 +177,11 @@ def _by_chunk(steps: Steps, items: list, work_dir: Path, process: Callable[[list
     """`process` over `items` in chunks of `synth.chunk_size`, each chunk's records saved as
     `work_dir/chunk_<i>.jsonl` once done (a rerun reuses a chunk whose file names match). Under several
     processes each takes a block of chunks (kit.dist) and every process gets every record, in order;
-    the writer's counts are summed over the processes."""
+    each chunk's writer counts are saved beside it (`writer_counts` sums them)."""
     n = max(1, int(steps.cfg["chunk_size"]))
     work_dir.mkdir(parents=True, exist_ok=True)
     starts = list(range(0, len(items), n))
     mine = [starts[i] for i in dist.my_share(len(starts))]
-    before = dict(steps.writer.stats)
     out: list[dict] = []
     with tqdm(total=len(items), desc=desc, disable=not dist.is_main()) as bar:
         for ci in mine:
@@ -199,7 +198,6 @@ def _by_chunk(steps: Steps, items: list, work_dir: Path, process: Callable[[list
                 runs.write_jsonl(f, recs, every_rank=True)  # this process's chunk, last: it marks the chunk done
             out += recs
             bar.update(len(part) * dist.num_processes())
-    dist.sum_counts_since(steps.writer.stats, before)
     return dist.gather_in_order(out)
 
 
