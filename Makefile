@@ -23,6 +23,13 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r $(LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	$(BIN)/python -m pip check
+	# committed notebooks stay without outputs: git passes every notebook it stages through nbstripout
+	# (.gitattributes names the filter; cell ids kept, so a diff shows what changed). Only in a git clone
+	if git rev-parse --git-dir >/dev/null 2>&1; then \
+		git config filter.nbstripout.clean '"$(CURDIR)/$(BIN)/python" -m nbstripout --keep-id' && \
+		git config filter.nbstripout.smudge cat && \
+		git config filter.nbstripout.required true && \
+		git config diff.ipynb.textconv '"$(CURDIR)/$(BIN)/python" -m nbstripout --keep-id -t'; fi
 	touch $(STAMP)
 
 # one lock for every platform and Python >= 3.11 (uv's universal resolution; markers pick the lines that apply)
