@@ -1,5 +1,6 @@
 """The `kit` command: run the notebooks (once, or swept over seeds and settings), check a run against its
-profile's reference bands, show and explain a profile, check a dataset, score with the judge, redraw figures.
+profile's reference bands, show and explain a profile, check a dataset, score with the judge, redraw figures,
+copy the notebooks to step through in JupyterLab against a run folder of your own.
 
 Each command imports what it needs when it runs (the one place in kit that does so throughout), so that
 `kit --help`, `kit verify` and `kit params` start without loading torch and the training stack."""
@@ -158,6 +159,38 @@ def _cmd_stage(a: argparse.Namespace) -> int:
     return 0
 
 
+def _shown(path: str | os.PathLike) -> str:
+    """A path as a user types it here: relative to the current folder when inside it."""
+    p = Path(path).absolute()
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
+def _cmd_notebooks_copy(a: argparse.Namespace) -> int:
+    from kit.params import ParamsError
+    from kit.runner import CopyExists, copy_notebooks
+    from kit.runs import resolve_run_dir
+
+    try:
+        out = copy_notebooks(a.run_dir, to=a.to, profile=a.profile, force=a.force)
+    except ParamsError:
+        raise  # main says it, as for every command
+    except (CopyExists, ValueError) as e:
+        print(f"kit notebooks copy: {e}", file=sys.stderr)
+        return 1
+    for p in out["written"]:
+        print(f"wrote {_shown(p)}")
+    profile = f"profile = {json.dumps(out['profile'])}" if out["profile"] else "profile as in notebooks/"
+    print(f"their parameters: run_dir = {json.dumps(out['run_dir'])} ({resolve_run_dir(out['run_dir'])}), {profile}")
+    if out["note"]:
+        print(f"kit notebooks copy: note: {out['note']}", file=sys.stderr)
+    jupyter = Path(sys.executable).parent / "jupyter"
+    print(f"open them: {_shown(jupyter) if jupyter.exists() else 'jupyter'} lab {_shown(out['dest'])}")
+    return 0
+
+
 def _user_cache(*parts: str) -> Path:
     """The user's own cache folder ($XDG_CACHE_HOME or ~/.cache), not one every user of the machine shares."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "kit", *parts)
@@ -196,8 +229,9 @@ def _cmd_judge_score(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="kit", description=__doc__)
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    ap = argparse.ArgumentParser(prog="kit", description=__doc__.split("\n\n")[0],
+                                 epilog="`kit COMMAND --help` says more about each command.")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND", help="one of:")
 
     r = sub.add_parser("run", help="execute the notebooks in order with papermill")
     r.add_argument("--profile", default="tiny", help="profile name in params/ or a YAML path (default: tiny)")
@@ -255,9 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(make run uses this)")
     v.set_defaults(func=_cmd_verify)
 
-    p = sub.add_parser("params", help="profiles")
-    psub = p.add_subparsers(dest="pcmd", required=True)
-    ps = psub.add_parser("show", help="print the resolved profile")
+    p = sub.add_parser("params", help="show a resolved profile; explain its keys")
+    psub = p.add_subparsers(dest="pcmd", required=True, metavar="SUBCOMMAND", help="one of:")
+    ps = psub.add_parser("show", help="print the resolved profile (`kit params explain KEY` gives base.yaml's "
+                                      "comment for a key)")
     ps.add_argument("profile", help="profile name in params/ or a YAML path, e.g. tiny")
     ps.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override, e.g. sft.epochs=3")
     ps.set_defaults(func=_cmd_params_show)
@@ -267,8 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override, e.g. sft.epochs=3")
     pe.set_defaults(func=_cmd_params_explain)
 
-    d = sub.add_parser("data", help="datasets")
-    dsub = d.add_subparsers(dest="dcmd", required=True)
+    d = sub.add_parser("data", help="check a dataset in its original layout")
+    dsub = d.add_subparsers(dest="dcmd", required=True, metavar="SUBCOMMAND", help="one of:")
     dc = dsub.add_parser("check", help="validate a dataset in its original layout; print a JSON summary")
     dc.add_argument("dataset", choices=["bdd-oia", "coda-lm"], help="which dataset's layout to check")
     dc.add_argument("root", help="the dataset's folder, e.g. /data/BDD-OIA")
@@ -276,14 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
     dc.set_defaults(func=_cmd_data_check)
 
     st = sub.add_parser("stage", help="run one stage function without its notebook (e.g. under accelerate launch)")
-    st.add_argument("name", help=", ".join(s.name for s in pipeline.STAGES))
+    st.add_argument("name", help="the stage: " + ", ".join(s.name for s in pipeline.STAGES))
     st.add_argument("--profile", default="tiny", help="profile name in params/ or a YAML path (default: tiny)")
     st.add_argument("--run-dir", help="run directory (default: runs/<profile>)")
     st.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override, e.g. sft.epochs=3")
     st.set_defaults(func=_cmd_stage)
 
-    j = sub.add_parser("judge", help="the CODA-LM judge")
-    jsub = j.add_subparsers(dest="jcmd", required=True)
+    j = sub.add_parser("judge", help="score CODA-LM answers with the judge")
+    jsub = j.add_subparsers(dest="jcmd", required=True, metavar="SUBCOMMAND", help="one of:")
     js = jsub.add_parser("score", help="score a CODA-LM submission folder; print a JSON summary per task")
     js.add_argument("pred_dir", help="folder with {general_perception,region_perception,driving_suggestion}_answer.jsonl")
     js.add_argument("--reference", required=True, help="the CODA-LM JSON folder answered, e.g. CODA-LM/Mini")
@@ -307,7 +342,32 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("run_dir", help="a run directory written by kit run, e.g. runs/tiny")
     f.add_argument("--debug", action="store_true", help="show the traceback of an error")
     f.set_defaults(func=_cmd_figures)
+
+    n = sub.add_parser("notebooks", help="the numbered notebooks, for stepping through in JupyterLab")
+    nsub = n.add_subparsers(dest="ncmd", required=True, metavar="SUBCOMMAND", help="one of:")
+    nc = nsub.add_parser("copy", help="copy the notebooks, their parameters cell pointed at a run folder of your own "
+                                      "(so stepping through leaves make run's runs/tiny as it is)")
+    nc.add_argument("run_dir", help="the run folder the copies read and write, e.g. runs/mine (relative to the "
+                                    "project root; a finished one is reused, stage by stage, where the keys match)")
+    nc.add_argument("--to", metavar="FOLDER", help="where the copies go (default: my-notebooks/<the run folder's "
+                                                  "name>; relative to the project root)")
+    nc.add_argument("--profile", metavar="P", help="set the copies' profile too: a name in params/ or a YAML path "
+                                                  "(default: the notebooks' own, tiny)")
+    nc.add_argument("--force", action="store_true", help="overwrite copies already there (your edits in them are lost)")
+    nc.set_defaults(func=_cmd_notebooks_copy)
+    _describe(ap)
     return ap
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Each subcommand's --help opens with the line `kit --help` gives it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {c.dest: c.help for c in action._choices_actions}
+            for name, sub in action.choices.items():
+                if sub.description is None:
+                    sub.description = helps.get(name)
+                _describe(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

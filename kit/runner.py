@@ -549,3 +549,124 @@ def _run_notebooks(nbs, P, rd, phash, over, nb_profile, force, log_output, launc
                                                      "notebook": str(executed)})
         print(f"{head}: ok in {secs:.0f} s", flush=True)
         summary[stage] = "ok"
+
+
+# `kit notebooks copy`: the numbered notebooks, for a student to step through in JupyterLab against a run
+# folder of their own (the notebooks themselves stay pointed at runs/tiny, where `make run` writes).
+
+COPIES_DIR = PROJECT_ROOT / "my-notebooks"  # in .gitignore
+
+
+class CopyExists(FileExistsError):
+    """A copy is there already (it may hold a student's work)."""
+
+
+def parameters_cell(doc: Mapping) -> dict:
+    """The notebook's cell tagged `parameters` (the one papermill replaces), as a JSON dict."""
+    for cell in doc.get("cells", []):
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            return cell
+    raise ValueError("no cell tagged 'parameters'")
+
+
+def set_parameters(source: str, values: Mapping[str, str]) -> str:
+    """`source` (a parameters cell: one `name = literal  # comment` per line) with the literal of each
+    name in `values` replaced by that string; everything else, comments included, as it was (a comment
+    keeps its column where the new literal leaves room).
+
+    >>> print(set_parameters('run_dir = "runs/tiny"   # relative to the project root', {"run_dir": "runs/mine"}))
+    run_dir = "runs/mine"   # relative to the project root
+    """
+    import ast
+    import json
+    import re
+
+    found = {}
+    for node in ast.parse(source).body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id in values):
+            if node.value.lineno != node.value.end_lineno:
+                raise ValueError(f"parameters cell: {node.targets[0].id} spans several lines; expected one literal")
+            found[node.targets[0].id] = node.value
+    missing = [k for k in values if k not in found]
+    if missing:
+        raise ValueError(f"parameters cell: no assignment to {', '.join(missing)}")
+    lines = source.splitlines(keepends=True)
+    for name, node in sorted(found.items(), key=lambda kv: -kv[1].lineno):
+        raw = lines[node.lineno - 1].encode()  # ast's columns count UTF-8 bytes
+        head, old, rest = (raw[:node.col_offset].decode(), raw[node.col_offset:node.end_col_offset].decode(),
+                           raw[node.end_col_offset:].decode())
+        new = json.dumps(str(values[name]), ensure_ascii=False)  # a JSON string is a Python string literal
+        if ast.literal_eval(new) != str(values[name]):
+            raise ValueError(f"parameters cell: cannot write {values[name]!r} as a literal")
+        gap, comment = re.match(r"([ \t]*)(.*)", rest, re.S).groups()
+        if comment.startswith("#"):
+            gap = " " * max(min(2, len(gap)), len(gap) + len(old) - len(new))
+        lines[node.lineno - 1] = head + new + gap + comment
+    return "".join(lines)
+
+
+def copy_notebooks(run_dir: str | os.PathLike, to: str | os.PathLike | None = None, profile: str | None = None,
+                   force: bool = False) -> dict:
+    """Copies of the numbered notebooks whose parameters cell has `run_dir` (and `profile`, when given) set,
+    into `to` (default: my-notebooks/<the run folder's name>/; relative paths from the project root, as
+    run folders). Each copy is otherwise the notebook as it is (cell ids, tags, outputs, markdown). An
+    existing copy is overwritten only with `force`: CopyExists names it otherwise, and nothing is written.
+
+    Returns {"dest", "written" (paths), "run_dir", "profile" (the literals written; profile None when
+    the notebooks' own stays), "note" (None, or why the copies will not find the run's results)}."""
+    import ast
+    import json
+
+    rd = runs.resolve_run_dir(run_dir)
+    if not rd.name:
+        raise ValueError(f"run folder {str(run_dir)!r}: expected a folder with a name, e.g. runs/mine")
+    dest = runs.resolve_run_dir(to) if to else COPIES_DIR / rd.name
+    if dest == NOTEBOOKS_DIR.resolve():
+        raise ValueError(f"{dest}: the kit's own notebooks; copy them elsewhere (--to)")
+    values = {"run_dir": str(Path(run_dir))}
+    if profile:
+        kparams.load_profile(profile)  # a ParamsError names the profile and the known ones
+        ppath = kparams.find_profile(profile)
+        # as kit run hands it to the notebooks: a name in params/, or the file's full path (any folder)
+        values["profile"] = ppath.stem if ppath.parent == kparams.PARAMS_DIR else str(ppath)
+    nbs = list_notebooks()
+    targets = [dest / nb.name for nb in nbs]
+    existing = [t for t in targets if t.exists()]
+    if existing and not force:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise CopyExists(f"{existing[0]} exists{more}, perhaps with your work in it; --force overwrites "
+                         f"(or --to another folder)")
+    docs = []
+    for nb in nbs:
+        doc = json.loads(nb.read_text())
+        try:
+            cell = parameters_cell(doc)
+            src = cell["source"]
+            text = set_parameters("".join(src) if isinstance(src, list) else src, values)
+        except ValueError as e:
+            raise ValueError(f"{nb}: {e}") from None
+        cell["source"] = text.splitlines(keepends=True) if isinstance(src, list) else text
+        docs.append(doc)
+    written = []
+    for doc, target in zip(docs, targets):
+        # nbformat's own layout (indent 1, unescaped text, a final newline): a copy differs from its
+        # notebook in the parameters cell only
+        written.append(runs.atomic_write_text(target, json.dumps(doc, indent=1, ensure_ascii=False) + "\n"))
+
+    # a run folder made with other settings: its results are under other keys
+    note = None
+    made = runs.read_json(rd / "manifest.json") if (rd / "manifest.json").is_file() else None
+    if made:
+        cell_src = parameters_cell(docs[0])["source"]
+        lits = {n.targets[0].id: ast.literal_eval(n.value) for n in ast.parse("".join(cell_src)).body
+                if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Name)}
+        p_copy = Path(str(lits.get("profile", "tiny"))).stem
+        over = kparams.parse_overrides(lits.get("overrides") or {})
+        if made.get("profile") != p_copy or (made.get("overrides") or {}) != over:
+            note = (f"{rd} was made with profile {made.get('profile')!r} and overrides "
+                    f"{json.dumps(made.get('overrides') or {})}; the copies have profile {p_copy!r} and overrides "
+                    f"{json.dumps(over)}: a stage whose settings differ will not find its results under its key and will "
+                    f"train afresh (--profile, or the overrides in the parameters cell, make them match)")
+    return {"dest": dest, "written": written, "run_dir": values["run_dir"], "profile": values.get("profile"),
+            "note": note}
