@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Mapping
 
 from kit import params as kparams
-from kit import runs
+from kit import quiet, runs
 
 
 def seed_everything(seed: int) -> None:
@@ -21,10 +21,12 @@ def seed_everything(seed: int) -> None:
 
 def setup(profile: str = "tiny", run_dir: str = "runs/tiny", overrides: Mapping | list[str] | None = None,
           stage: str | None = None) -> tuple[dict, Path]:
-    """Resolve the profile (with overrides) and the run directory; seed the RNGs.
+    """Resolve the profile (with overrides) and the run directory; seed the RNGs; silence the library
+    messages kit.quiet lists (expected on a CPU, not about the run).
 
     Returns (params, run_dir). The notebook's stage folder is created if `stage` is given.
     """
+    quiet.known_messages()
     P = kparams.load_profile(profile, overrides or {})
     rd = runs.ensure_run_dir(run_dir)
     if stage:

@@ -150,6 +150,8 @@ def test_round_r_refers_to_round_r_minus_1_and_resumes_after_a_kill(sft_run, tmp
     r1_digest = _digest(P, rd, t1["checkpoint"])
     assert t1["start_digest"] == t1["ref_digest"] == sft_digest
     assert t2["start_digest"] == t2["ref_digest"] == r1_digest != sft_digest
+    _check_one_pair(t1["one_pair"])  # recorded by the first run's round 1, kept when reused
+    _check_one_pair(t2["one_pair"])  # and by the resumed round 2
     assert _digest(P, rd, t2["checkpoint"]) != r1_digest
 
     # DPO's own curve: ln 2 at the start (policy = reference), accuracy logged; pairs mixed with round 1's
@@ -201,6 +203,17 @@ def test_table1_and_figures_from_files_alone(sft_run, tmp_path):
     assert "spin-orig r1" in m["evaluate"]["elo"]["bootstrap"]
 
 
+def _check_one_pair(p):
+    """DPO's loss for one pair, from its four log-probs, equals TRL's (notebook 04's equation cell),
+    and the trained policy is not its reference (else the loss is ln 2 whatever the formula)."""
+    import math
+
+    margin = (p["logp_chosen"] - p["ref_logp_chosen"]) - (p["logp_rejected"] - p["ref_logp_rejected"])
+    assert abs(margin) > 1e-3
+    by_hand = math.log1p(math.exp(-p["beta"] * margin))  # -log sigmoid(beta * margin)
+    assert by_hand == pytest.approx(p["trl_loss"], abs=1e-4)
+
+
 def test_lora_round_refers_to_the_previous_adapter(tmp_path):
     """With LoRA the policy is the SFT adapter, DPOTrainer's frozen `ref` adapter is its copy, and
     the round saves its own adapter only."""
@@ -221,6 +234,7 @@ def test_lora_round_refers_to_the_previous_adapter(tmp_path):
     assert hasattr(final, "peft_config") and list(final.peft_config) == ["default"]
     assert weights_digest(final, "default") != sft_adapter
     assert not (rd / "spin" / "original" / "round_1" / "checkpoints" / t["key"] / "final" / "ref").exists()
+    _check_one_pair(t["one_pair"])
 
     # the SFT model must be the one the current settings make: a changed SFT setting stops SPIN, naming it
     with pytest.raises(FileNotFoundError, match="rerun notebook 03"):

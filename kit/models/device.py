@@ -24,7 +24,7 @@ class ModelSpec:
     >>> spec.device, spec.dtype, spec.vlm["name"]
     (device(type='cpu'), torch.float32, 'tiny')
     >>> spec.trainer_precision()
-    {'use_cpu': True, 'bf16': False, 'fp16': False, 'gradient_checkpointing': False}
+    {'use_cpu': True, 'bf16': False, 'fp16': False, 'activation_checkpointing': False}
     """
     models: Mapping
     device: torch.device
@@ -51,12 +51,12 @@ class ModelSpec:
     def trainer_precision(self) -> dict:
         """Keyword arguments for any TRL/transformers TrainingArguments subclass.
 
-        TRL's configs default to bf16 and gradient checkpointing; on a CPU that fails or is slower, so
-        the device decides both here, in one place."""
+        TRL's configs default to bf16 and gradient checkpointing (transformers 5 calls it activation
+        checkpointing); on a CPU that fails or is slower, so the device decides both here, in one place."""
         if self.device.type == "cpu":
-            return {"use_cpu": True, "bf16": False, "fp16": False, "gradient_checkpointing": False}
+            return {"use_cpu": True, "bf16": False, "fp16": False, "activation_checkpointing": False}
         return {"bf16": self.dtype == torch.bfloat16, "fp16": self.dtype == torch.float16,
-                "gradient_checkpointing": True}
+                "activation_checkpointing": True}
 
 
 def _device(want: str, profile) -> torch.device:

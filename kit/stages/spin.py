@@ -241,7 +241,7 @@ def run_spin(P: Mapping, run_dir, variant: str) -> dict:
             "pairs": {"new": len(pairs), "dropped_identical": same, "from_previous": len(mixed) - len(pairs),
                       "trained_on": len(mixed), "asked": {k: len(v) for k, v in asked.items()}},
             "train": {k: tr.get(k) for k in ("key", "checkpoint", "steps", "n_rows", "seconds", "reused", "curve",
-                                             "start_digest", "ref_digest")}})
+                                             "start_digest", "ref_digest", "one_pair")}})
         stages.append(stage)
         prev_ckpt, prev_name, prev_pairs, prev_pred = tr["checkpoint"], name, pairs, entry["predictions"]
         # the summary lists finished rounds only, so a kill leaves no half-made round in Table 1

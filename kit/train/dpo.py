@@ -37,6 +37,26 @@ def dpo_curve(log_history: Sequence[Mapping]) -> list[dict]:
     return out
 
 
+def one_pair(trainer, ds) -> dict:
+    """The first training pair scored by the trained policy and its frozen reference, as DPOTrainer
+    scores a batch: TRL's `evaluate` on that pair gives its loss and the policy's summed log-probs,
+    `compute_ref_log_probs` the reference's. Notebook 04 recomputes DPO's loss from these four
+    numbers by hand and checks it against TRL's. The random generators are restored afterwards."""
+    import torch
+
+    pair = ds.select([0])
+    with torch.random.fork_rng(devices=[]):
+        m = trainer.evaluate(eval_dataset=pair)  # TRL names its metrics eval_* whatever the prefix
+        batch = next(iter(trainer.get_eval_dataloader(pair)))  # the collator's batch, on the trainer's device
+        ref_model = trainer.ref_model if trainer.ref_model is not None else trainer.model
+        ref_chosen, ref_rejected = trainer.compute_ref_log_probs(ref_model, batch)
+    return {"beta": float(trainer.args.beta), "loss_type": list(trainer.args.loss_type), "prompt": ds[0]["prompt"],
+            "chosen": ds[0]["chosen"], "rejected": ds[0]["rejected"],
+            "logp_chosen": m["eval_logps/chosen"], "logp_rejected": m["eval_logps/rejected"],
+            "ref_logp_chosen": float(ref_chosen.reshape(-1)[0]), "ref_logp_rejected": float(ref_rejected.reshape(-1)[0]),
+            "trl_loss": m["eval_loss"]}
+
+
 def weights_digest(model, adapter: str | None = None) -> str:
     """A hash of a model's trainable weights (for a PeftModel: one adapter's LoRA weights), to check
     which weights a trainer started from and referred to."""
@@ -73,7 +93,7 @@ def train_dpo(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cf
     save_each_epoch; precision: kit.models.device.model_spec(P).trainer_precision(). Resumes from the last
     checkpoint-* in out_dir; a finished out_dir returns its
     result. Returns {"log_history", "curve" (dpo_curve), "checkpoint", "seconds", "steps", "n_rows",
-    "start_digest", "ref_digest", "resumed_from"}.
+    "start_digest", "ref_digest", "resumed_from", "one_pair" (one_pair)}.
     """
     from transformers.trainer_utils import get_last_checkpoint
     from trl import DPOTrainer
@@ -105,6 +125,8 @@ def train_dpo(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cf
     t0 = time.time()
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.time() - t0
+    hist = list(trainer.state.log_history)
+    pair = one_pair(trainer, ds)
     main = trainer.accelerator.is_main_process  # under several processes, one writes
     if hasattr(trainer.model, "peft_config"):
         # the trained adapter only (not the "ref" copy). Under DeepSpeed every process takes part in
@@ -114,10 +136,9 @@ def train_dpo(model, processor, rows: Sequence[Mapping], out_dir: str | Path, cf
             trainer.model.save_pretrained(str(final), selected_adapters=["default"], state_dict=sd)
     else:
         trainer.save_model(str(final))  # every process: DeepSpeed/FSDP gather the weights here
-    hist = trainer.state.log_history
     result = {"log_history": hist, "curve": dpo_curve(hist), "checkpoint": str(final), "seconds": round(seconds, 2),
               "steps": int(trainer.state.global_step), "n_rows": len(ds), "start_digest": start, "ref_digest": ref,
-              "resumed_from": resume}
+              "resumed_from": resume, "one_pair": pair}
     if main:
         processor.save_pretrained(str(final))
         write_json(out_dir / RESULT_FILE, result)
