@@ -12,9 +12,9 @@ PROFILE ?= tiny
 RUN_DIR ?= runs/$(PROFILE)
 ARGS ?=
 
-.PHONY: run test test-fast bench venv lock verify clean-runs
+.PHONY: run test test-fast bench venv lock verify clean-runs notebook-filter
 
-venv: $(STAMP)
+venv: $(STAMP) notebook-filter
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,14 +23,17 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r $(LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	$(BIN)/python -m pip check
-	# committed notebooks stay without outputs: git passes every notebook it stages through nbstripout
-	# (.gitattributes names the filter; cell ids kept, so a diff shows what changed). Only in a git clone
-	if git rev-parse --git-dir >/dev/null 2>&1; then \
+	touch $(STAMP)
+
+# committed notebooks stay without outputs: git passes every notebook it stages through nbstripout
+# (.gitattributes names the filter; cell ids kept, so a diff shows what changed). Set up on every
+# make run/test/venv (four `git config` calls), in a git clone only
+notebook-filter: $(STAMP)
+	@if git rev-parse --git-dir >/dev/null 2>&1; then \
 		git config filter.nbstripout.clean '"$(CURDIR)/$(BIN)/python" -m nbstripout --keep-id' && \
 		git config filter.nbstripout.smudge cat && \
 		git config filter.nbstripout.required true && \
 		git config diff.ipynb.textconv '"$(CURDIR)/$(BIN)/python" -m nbstripout --keep-id -t'; fi
-	touch $(STAMP)
 
 # one lock for every platform and Python >= 3.11 (uv's universal resolution; markers pick the lines that apply)
 lock:
@@ -40,7 +43,7 @@ lock:
 		--custom-compile-command "make lock" -o $(LOCK)
 
 # then the run's headline numbers against the profile's reference bands (params/expected/), where it has them
-run: $(STAMP)
+run: $(STAMP) notebook-filter
 	$(BIN)/kit run --profile $(PROFILE) --run-dir $(RUN_DIR) $(ARGS)
 	$(BIN)/kit verify $(RUN_DIR) --if-bands
 
@@ -48,10 +51,10 @@ verify: $(STAMP)
 	$(BIN)/kit verify $(RUN_DIR)
 
 # two pytest workers, one thread each (tests/conftest.py); a file's tests stay on one worker
-test: $(STAMP)
+test: $(STAMP) notebook-filter
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) notebook-filter
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
 bench: $(STAMP)

@@ -5,8 +5,9 @@ with the tiny models) and says nothing about the run; each is silenced by its ex
 other warning from the same library still shows:
 
 - bitsandbytes, on a CPU with AVX512-BF16, tries to fetch a faster 4-bit kernel from the Hugging
-  Face hub at import time and logs that it could not (offline, untrusted). The tiny profile does not
-  quantize; on a CPU, 4-bit layers fall back to bitsandbytes' built-in kernel.
+  Face hub at import time (through the `kernels` package, which in offline mode first says it skips
+  the publisher check) and logs that it could not. The tiny profile does not quantize; on a CPU,
+  4-bit layers fall back to bitsandbytes' built-in kernel.
 - DeepSpeed (installed for the multi-GPU configs) logs "Setting accelerator to CPU" when imported on
   a machine without a GPU, which is what a CPU run is.
 - open_clip logs "No pretrained weights loaded ... initialized randomly" for the kit's own tiny CLIP,
@@ -37,6 +38,7 @@ class _Drop(logging.Filter):
 
 _FILTERS = (
     ("bitsandbytes.backends.cpu.ops", _Drop("Failed to load CPU gemm_4bit_forward from kernels-community")),
+    ("kernels._internals.hf_hub", _Drop("Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes'")),
     # DeepSpeed's logger is created at import with its own level and handler: a filter on the logger
     # object (getLogger returns the same one later) survives that
     ("DeepSpeed", _Drop("Setting accelerator to CPU")),
