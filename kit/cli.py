@@ -147,12 +147,19 @@ def _cmd_figures(a: argparse.Namespace) -> int:
 
 def _cmd_stage(a: argparse.Namespace) -> int:
     from kit import dist
+    from kit.data import DataError
     from kit.notebook import setup
     from kit.stages import run_stage, stage_function
 
     stage_function(a.name)  # an unknown name fails before anything loads
     P, rd = setup(a.profile, a.run_dir or f"runs/{a.profile}", a.set)
-    run_stage(a.name, P, rd)
+    try:
+        run_stage(a.name, P, rd)
+    except (DataError, FileNotFoundError) as e:  # e.g. an earlier stage not run yet, or a dataset not where it is said to be
+        print(f"kit stage {a.name}: {e}" + ("" if a.debug else " (--debug shows the traceback)"), file=sys.stderr)
+        if a.debug:
+            raise
+        return 1
     if dist.is_main():
         print(f"stage {a.name} done ({dist.num_processes()} process(es)); run directory: {rd}")
     dist.close()
@@ -315,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--profile", default="tiny", help="profile name in params/ or a YAML path (default: tiny)")
     st.add_argument("--run-dir", help="run directory (default: runs/<profile>)")
     st.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override, e.g. sft.epochs=3")
+    st.add_argument("--debug", action="store_true", help="show the traceback of an error")
     st.set_defaults(func=_cmd_stage)
 
     j = sub.add_parser("judge", help="score CODA-LM answers with the judge")
@@ -371,7 +379,10 @@ def _describe(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kit import quiet
     from kit.params import ParamsError
+
+    quiet.known_messages()  # before any command imports the training stack
 
     a = build_parser().parse_args(argv)
     try:

@@ -180,3 +180,13 @@ def test_params_show_points_at_params_explain(capsys):
         main(["params", "show", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "`kit params explain KEY` gives base.yaml's comment for a key" in text
+
+
+def test_a_stage_run_before_what_it_reads_says_so_in_one_line(tmp_path):
+    """`kit stage rloo` in a folder where notebook 02 never ran: a user's ordering mistake, told in one
+    line naming the file, what is missing and what to run first; exit status 1, no traceback."""
+    rc, _, err = kit("stage", "rloo", "--run-dir", str(tmp_path / "run"))
+    assert rc == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("kit stage rloo: ") and "metrics.json" in lines[0] and "notebook 02" in lines[0]
