@@ -198,6 +198,26 @@ def _cmd_notebooks_copy(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_doctor(a: argparse.Namespace) -> int:
+    from kit.doctor import blockers, doctor, table
+    from kit.params import load_profile
+    from kit.runs import resolve_run_dir
+
+    P = load_profile(a.profile, a.set)  # a bad key: ParamsError, said by main as for every command
+    rd = a.run_dir or f"runs/{P['profile']}"
+    rows = doctor(P, rd, check_judge_endpoint=a.check_judge, progress=sys.stderr.isatty())
+    print(f"kit doctor: profile {P['profile']}, run folder {_shown(resolve_run_dir(rd))}")
+    print(table(rows))
+    fixes = blockers(rows)
+    if fixes:
+        print(f"\n{len(fixes)} blocker(s), each with its fix:")
+        print("\n".join(fixes))
+        return 1
+    warned = sum(r.status == "warn" for r in rows)
+    print(f"\nno blockers{f' ({warned} warning(s) above)' if warned else ''}")
+    return 0
+
+
 def _user_cache(*parts: str) -> Path:
     """The user's own cache folder ($XDG_CACHE_HOME or ~/.cache), not one every user of the machine shares."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "kit", *parts)
@@ -350,6 +370,15 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("run_dir", help="a run directory written by kit run, e.g. runs/tiny")
     f.add_argument("--debug", action="store_true", help="show the traceback of an error")
     f.set_defaults(func=_cmd_figures)
+
+    dr = sub.add_parser("doctor", help="before a long run: torch, GPU, bitsandbytes, models, data, disk, GPU memory "
+                                       "and judge in one table (exit 1 when something blocks the run)")
+    dr.add_argument("--profile", default="tiny", help="profile name in params/ or a YAML path (default: tiny)")
+    dr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override, e.g. device=cuda")
+    dr.add_argument("--run-dir", help="the run folder the run will use, for its disk space (default: runs/<profile>)")
+    dr.add_argument("--check-judge", action="store_true",
+                    help="send one small request to the openai judge's endpoint (default: only check its settings and key)")
+    dr.set_defaults(func=_cmd_doctor)
 
     n = sub.add_parser("notebooks", help="the numbered notebooks, for stepping through in JupyterLab")
     nsub = n.add_subparsers(dest="ncmd", required=True, metavar="SUBCOMMAND", help="one of:")
