@@ -1,6 +1,7 @@
 """The `kit` command: run the notebooks (once, or swept over seeds and settings), check a run against its
-profile's reference bands, show and explain a profile, check a dataset, score with the judge, redraw figures,
-copy the notebooks to step through in JupyterLab against a run folder of your own.
+profile's reference bands, check the machine before a long run (doctor), show and explain a profile, check
+a dataset, score with the judge, redraw figures, copy the notebooks to step through in JupyterLab against a
+run folder of your own.
 
 Each command imports what it needs when it runs (the one place in kit that does so throughout), so that
 `kit --help`, `kit verify` and `kit params` start without loading torch and the training stack."""
