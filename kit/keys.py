@@ -119,7 +119,8 @@ def keyed_training(parent: str | os.PathLike, key: str, train: Callable[[Path], 
     done = read_json(out / RESULT_FILE)
     if done and done.get("checkpoint") and marked_key(done["checkpoint"]) == key:
         if is_main():  # say so: a rerun that trains nothing should not look like one that trained
-            when = time.strftime("%Y-%m-%d %H:%M", time.localtime((out / RESULT_FILE).stat().st_mtime))
+            when = done.get("trained_at") or time.strftime(  # the file's time: results saved before trained_at was
+                "%Y-%m-%d %H:%M", time.localtime((out / RESULT_FILE).stat().st_mtime))
             steps = f", {done['steps']} steps" if done.get("steps") else ""
             print(f"{info.get('stage', Path(parent).parent.name)}: reused the training of key {key} "
                   f"({out}, trained {when}{steps}); a changed setting trains afresh", flush=True)
@@ -128,6 +129,7 @@ def keyed_training(parent: str | os.PathLike, key: str, train: Callable[[Path], 
     res = {**train(out), "processes": num_processes()}  # how many processes trained it
     if is_main():  # under several processes, one writes
         mark(res["checkpoint"], key, **info)
-        write_json(out / RESULT_FILE, {**res, "key": key})
+        # when it was trained, kept in the result: a copied run folder's files carry the copy's times
+        write_json(out / RESULT_FILE, {**res, "key": key, "trained_at": time.strftime("%Y-%m-%d %H:%M")})
     wait()
     return {**res, "key": key, "reused": False}

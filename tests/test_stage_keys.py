@@ -74,6 +74,12 @@ def test_keyed_training_trains_once_per_key(tmp_path, capsys):
     b = keyed_training(tmp_path / "ck", "k1", train, stage="sft_baseline")
     said = capsys.readouterr().out                 # a reuse says so, with when and how long it trained
     assert said.startswith("sft_baseline: reused the training of key k1 (") and ", 12 steps)" in said
+    # when it trained is the result's own record, not the file's time: a copied run folder keeps it
+    import os
+
+    os.utime(tmp_path / "ck" / "k1" / "train_result.json", (0, 0))
+    keyed_training(tmp_path / "ck", "k1", train, stage="sft_baseline")
+    assert f"trained {b['trained_at']}," in capsys.readouterr().out and not b["trained_at"].startswith("1970")
     c = keyed_training(tmp_path / "ck", "k2", train)
     assert (a["reused"], b["reused"], c["reused"]) == (False, True, False) and len(calls) == 2
     assert b["loss"] == a["loss"] and Path(c["checkpoint"]).parent.name == "k2"
