@@ -359,3 +359,18 @@ def test_paper_profile_fails_fast_naming_what_is_missing(tmp_path, monkeypatch):
         run_synthesis(load_profile("paper-iterative", cpu), tmp_path / "run")
     with pytest.raises(RuntimeError, match="OPENAI_API_KEY"):
         run_synthesis(load_profile("paper-iterative", {**cpu, "synth.regions.backend": "classical"}), tmp_path / "run")
+
+
+def test_no_pool_says_what_to_set(tmp_path):
+    """Real CODA-LM holds no unlabeled pool: with synth.pool_dir null, the error says to set it (the toy
+    world's message would point at data.toy.coda_unlabeled, which a real root never reads)."""
+    from kit.params import load_profile
+
+    P = load_profile("tiny", {"data.coda_lm_root": str(tmp_path / "CODA-LM")})
+    with pytest.raises(DataError, match="real CODA-LM, which has none: set synth.pool_dir"):
+        pipeline.pool_images(P, tmp_path / "run")
+    from kit import runs
+
+    runs.record_metrics(tmp_path / "run", "prepare", {"datasets": {"coda_lm_root": str(tmp_path / "toy")}})
+    with pytest.raises(DataError, match="the toy world has no pool: data.toy.coda_unlabeled"):
+        pipeline.pool_images(load_profile("tiny", {"data.toy.coda_unlabeled": 0}), tmp_path / "run")

@@ -44,9 +44,14 @@ def pool_images(P: Mapping, run_dir) -> list[Path]:
     s = P["synth"]
     d = Path(s["pool_dir"]).expanduser() if s.get("pool_dir") else coda_lm_root(P["data"], run_dir) / POOL_DIR
     if not d.is_dir():
-        raise DataError(f"{d}: no folder of unlabeled images (params synth.pool_dir"
-                        f"{'' if s.get('pool_dir') else ' is null and the toy world has no pool: data.toy.coda_unlabeled'}); "
-                        "expected a folder of .jpg/.png driving images")
+        if s.get("pool_dir"):
+            why = "params synth.pool_dir"
+        elif P["data"].get("coda_lm_root"):  # CODA-LM's download holds no unlabeled pool: only the toy world has one
+            why = (f"params synth.pool_dir is null, and data.coda_lm_root {P['data']['coda_lm_root']} is real CODA-LM, "
+                   "which has none: set synth.pool_dir to your unlabeled driving images")
+        else:
+            why = "params synth.pool_dir is null and the toy world has no pool: data.toy.coda_unlabeled"
+        raise DataError(f"{d}: no folder of unlabeled images ({why}); expected a folder of .jpg/.png driving images")
     files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS)
     if s.get("max_images") is not None:
         files = files[:int(s["max_images"])]
