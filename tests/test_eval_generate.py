@@ -127,7 +127,7 @@ def test_figures_for_predictions(tmp_path):
                                                             {"step": 2, "epoch": 1.0, "loss": 1.0}]})
     paths = figures_for_predictions(rd / "sft_baseline" / "predictions.jsonl", tmp_path / "figs", "test")
     assert [p.name for p in paths] == ["label_distribution.png", "per_class_f1.png", "action_confusion.png",
-                                       "examples.png"]
+                                       "reason_confusion.png", "examples.png"]
     for p in paths:
         w, h = Image.open(p).size
         assert w > 300 and h > 200

@@ -1,5 +1,5 @@
 """Track B figures from a predictions.jsonl alone (paper B's Fig. 4, 8, 9, Tables 2-3, confusion
-matrices), reused by the SFT baseline, the action SFT stage and notebook 07.
+matrices per action and per reason), reused by the SFT baseline, the action SFT stage and notebook 07.
 
     figures_for_predictions(pred_path, out_dir, title) -> [png, ...]
     figures_from_run(run_dir) -> [png, ...]     # Direct and SFT baseline, from files only
@@ -124,6 +124,33 @@ def plot_action_confusion(recs, path: Path, title: str) -> Path:
     return _save(fig, path)
 
 
+def plot_reason_confusion(recs, path: Path, title: str) -> Path:
+    """One 2x2 confusion matrix per reason (each of the 21 is its own yes/no decision, as for actions);
+    a reason the split never holds shows an empty "yes" row, which is why the official mF1 scores it 0."""
+    import seaborn as sns
+    from sklearn.metrics import multilabel_confusion_matrix
+
+    _, _, gr, pr = _matrices(recs)
+    cms = multilabel_confusion_matrix(gr, pr, labels=list(range(len(REASONS))))
+    cols = 7
+    rows = -(-len(REASONS) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.5 * rows))
+    for k, ax in enumerate(axes.flat):
+        if k >= len(REASONS):
+            ax.axis("off")
+            continue
+        sns.heatmap(cms[k], annot=True, fmt="d", cbar=False, cmap="Blues", ax=ax, square=True,
+                    xticklabels=["no", "yes"], yticklabels=["no", "yes"], annot_kws={"fontsize": 9})
+        name = REASONS[k]
+        ax.set_title(f"{k}: {name[:24]}{'…' if len(name) > 24 else ''}", fontsize=8)
+        ax.set_xlabel("predicted" if k // cols == rows - 1 else "", fontsize=8)
+        ax.set_ylabel("ground truth" if k % cols == 0 else "", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(f"{title}: confusion matrix per reason", fontsize=12)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 # D-pad positions of the four actions, clockwise from the top as in paper B's Fig. 4:
 # forward (up), stop/slow down (a bar at the bottom), left, right.
 _ARROWS = {0: (0.0, 0.35, 0.0, 0.5), 2: (-0.35, 0.0, -0.5, 0.0), 3: (0.35, 0.0, 0.5, 0.0)}
@@ -208,6 +235,7 @@ def figures_for_predictions(pred_path: str | os.PathLike, out_dir: str | os.Path
     return [plot_distribution(recs, out / "label_distribution.png", title),
             plot_per_class_f1(recs, out / "per_class_f1.png", title),
             plot_action_confusion(recs, out / "action_confusion.png", title),
+            plot_reason_confusion(recs, out / "reason_confusion.png", title),
             plot_examples(recs, out / "examples.png", title)]
 
 
