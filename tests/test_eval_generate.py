@@ -131,6 +131,13 @@ def test_figures_for_predictions(tmp_path):
     for p in paths:
         w, h = Image.open(p).size
         assert w > 300 and h > 200
+    # paper B's Tables 2-3 beside this run's, a row for every class
+    from kit.eval.results import per_class_tables
+
+    actions, reasons = per_class_tables(rd)
+    assert len(actions) == 4 and len(reasons) == 21 and not actions.isna().any().any()
+    assert actions.set_index("class").loc["stop", "paper B: F1 (%)"] == 89.24
+    assert reasons.set_index("class").loc["Traffic light is not green", "paper B: test GT (%)"] == 51.61
     again = figures_from_run(rd)
     names = {p.name for p in again}
     assert {"per_class_f1.png", "train_loss.png", "comparison.png"} <= names
