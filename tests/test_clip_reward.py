@@ -441,6 +441,9 @@ def test_stage_end_to_end_on_toy_data(tmp_path):
     assert m["reward_checkpoint"] == out["reward_checkpoint"] and m["targets"] == ["reason", "action"]
     assert set(m["table1"]) == {"pretrained", "reason_ft", "action_ft"}
     assert len(results_table(rd)) == 8 and table1(rd).shape[0] == 4
+    t1 = table1(rd)  # paper B's values beside each model's: the reason model's 94.43% on its own pairs
+    assert t1.loc["Image vs. Reason", ("paper B: reason_ft", "Match %")] == 94.43
+    assert list(table1(rd, paper=False).columns.get_level_values(0).unique()) == list(m["table1"])
     assert len(out["figures"]) == 7
     r = load_reward(P, rd)
     assert r.bundle.model.training is False
