@@ -18,6 +18,8 @@ PAPER_B = {
     "RLOO (stage 1)": {"clip_score": 0.4188, "clip_match": 0.4243},
     "RLOO + action SFT": {"action_accuracy": 0.8412, "reason_macro_f1": 0.0,
                           "clip_score": 0.4258, "clip_match": 0.4367},
+    # the poster table's first row: the ground-truth answers, scored by the reward CLIP
+    "Ground truth": {"action_macro_f1": 1.0, "reason_macro_f1": 1.0, "clip_score": 0.9132},
 }
 
 # method name -> metrics.json key holding {"eval": {...}}
@@ -54,7 +56,23 @@ def track_b_rows(run_dir: str | os.PathLike) -> list[dict]:
         for col, v in PAPER_B.get(method, {}).items():
             row[f"paper_{col}"] = v
         rows.append(row)
+    gt = _ground_truth(run_dir)
+    if gt and rows:
+        rows.insert(0, {"method": "Ground truth", **gt, **{f"paper_{c}": v for c, v in PAPER_B["Ground truth"].items()}})
     return rows
+
+
+def _ground_truth(run_dir) -> dict | None:
+    """The poster's ground-truth row: the test answers themselves (mF1 1 by definition) and their CLIP score,
+    the reward model's mean match probability with the full ground-truth answer (Table 1's "Image vs.
+    Output" of the reward model notebook 02 kept), over Table 1's test images."""
+    m = runs.read_metrics(run_dir).get("clip_finetune") or {}
+    t = runs.read_json(runs.resolve_run_dir(run_dir) / "clip_finetune" / "table1.json") or {}
+    out = ((t.get("table") or {}).get(f"{m.get('target', 'reason')}_ft") or {}).get("output")
+    if not out:
+        return None
+    return {"action_macro_f1": 1.0, "reason_macro_f1": 1.0, "clip_score": out["avg_sim"],
+            "clip_match": out["match_pct"] / 100, "n": out.get("n")}
 
 
 def track_b_table(run_dir: str | os.PathLike):

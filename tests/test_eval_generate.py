@@ -163,3 +163,20 @@ def test_train_loss_figure_marks_the_checkpoint_val_chose(tmp_path, monkeypatch)
     star = bx.collections[0].get_offsets()
     assert star.tolist() == [[20, 0.7]]  # the star sits on the chosen checkpoint's val score
     plt.close("all")
+
+
+def test_report_has_the_posters_ground_truth_row(tmp_path):
+    """Notebook 07's Track B table opens with the ground truth: mF1 1, and the reward CLIP's score of the
+    true answers (Table 1's Image vs. Output for the model notebook 02 kept), beside the poster's 91.32%."""
+    from kit.report import track_b_rows
+
+    rd = tmp_path / "run"
+    runs.record_metrics(rd, "sft_baseline", {"eval": {"action": {"macro_f1": 0.5}, "reason": {"macro_f1": 0.3}, "n": 2}})
+    assert [r["method"] for r in track_b_rows(rd)] == ["SFT baseline"]  # no Table 1 yet: no ground-truth row
+    runs.record_metrics(rd, "clip_finetune", {"target": "reason"})
+    runs.write_json(rd / "clip_finetune" / "table1.json",
+                    {"table": {"reason_ft": {"output": {"avg_sim": 0.8, "match_pct": 90.0, "n": 2}},
+                               "action_ft": {"output": {"avg_sim": 0.1, "match_pct": 5.0, "n": 2}}}})
+    gt = track_b_rows(rd)[0]
+    assert gt["method"] == "Ground truth" and (gt["clip_score"], gt["clip_match"]) == (0.8, 0.9)
+    assert gt["action_macro_f1"] == gt["reason_macro_f1"] == 1.0 and gt["paper_clip_score"] == 0.9132
