@@ -16,7 +16,8 @@ other warning from the same library still shows:
 - TRL and PEFT read `model.is_gradient_checkpointing`, which transformers 5 renamed (a
   FutureWarning inside those libraries, not in the kit's code).
 
-`known_messages()` is idempotent; kit.notebook.setup and the stage workers call it.
+`known_messages()` is idempotent; kit.notebook.setup (every notebook and stage worker) and the `kit`
+command call it, before the libraries are imported where they can.
 """
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ class _Drop(logging.Filter):
 
 _FILTERS = (
     ("bitsandbytes.backends.cpu.ops", _Drop("Failed to load CPU gemm_4bit_forward from kernels-community")),
-    ("kernels._internals.hf_hub", _Drop("Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes'")),
+    ("kernels._internals.hf_hub",
+     _Drop("Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes'")),
     # DeepSpeed's logger is created at import with its own level and handler: a filter on the logger
     # object (getLogger returns the same one later) survives that
     ("DeepSpeed", _Drop("Setting accelerator to CPU")),
