@@ -154,6 +154,7 @@ def run_synthesis(P: Mapping, run_dir, *, captioner=None, stage: str = STAGE, bu
     if hidden is not None:
         judge = make_judge(P["judge"], run_dir)
         entry["quality"] = {"named_objects": quality.named_object_scores(records, hidden),
+                            "steps": quality.step_scores(records, hidden),
                             "answers": quality.answer_quality(records, hidden, judge, P["coda"]["questions"])}
         runs.write_json(sd / "quality.json", entry["quality"])
 

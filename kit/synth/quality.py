@@ -1,6 +1,8 @@
 """How good the synthetic data is, measured where only the toy world can: its pool's scene graphs
 (kept aside in `<coda_lm_root>/toy/hidden/unlabeled.jsonl`; the synthesis never reads them).
 
+- each step (step_scores): the proposals' box recall, naming's recall on the objects the proposals
+  cover, and the named regions split into right, misnamed and background.
 - named objects: a named region is a true positive when it overlaps an unmatched hidden object by
   IoU >= 0.5 and names the same CODA-LM class (the official evaluator's seven); precision and recall
   per class, plus the share whose exact category name is right.
@@ -74,6 +76,58 @@ def named_object_scores(records: Sequence[Mapping], hidden: Mapping[str, Mapping
     out = {"per_class": per_class, "overall": _pr(sum(tp.values()), sum(fp.values()), sum(fn.values())),
            "exact_name_share": exact / located if located else None}
     return out
+
+
+def step_scores(records: Sequence[Mapping], hidden: Mapping[str, Mapping]) -> dict:
+    """Where the named objects' errors come from, step by step against the hidden objects:
+
+    - regions: proposals per image, and box recall: the share of hidden objects that some proposal
+      covers at IoU >= 0.5 (per class and overall), the ceiling for everything after it;
+    - naming, given a covered object: the share of covered hidden objects that end up named with
+      their own class (naming's recall where the proposals did their part);
+    - named regions, split by what went wrong: right (the class of the hidden object it covers),
+      misnamed (it covers a hidden object of another class), background (it covers none: a road,
+      lane or sky region that naming should have dropped). right / all is the precision of
+      named_object_scores.
+    """
+    covered, hit, total = Counter(), Counter(), Counter()
+    kinds, n_props = Counter(), 0
+    for r in records:
+        truth = hidden[r["file_name"]]["objects"]
+        boxes = r.get("proposal_boxes") or []
+        n_props += len(boxes)
+        t_cls = [region_class(t["category_name"]) or "unscored" for t in truth]
+        named_right = set()
+        for i, j in match(r["objects"], truth):
+            c = region_class(r["objects"][i]["name"]) or "unscored"
+            if j is None:
+                kinds["background"] += 1
+            elif t_cls[j] == c:
+                kinds["right"] += 1
+                named_right.add(j)
+            else:
+                kinds["misnamed"] += 1
+        for j, (t, c) in enumerate(zip(truth, t_cls)):
+            total[c] += 1
+            if any(iou(b, t["box"]) >= IOU for b in boxes):
+                covered[c] += 1
+                hit[c] += j in named_right
+
+    def share(a, b):
+        return a / b if b else None
+
+    classes = [c for c in CLASSES if total[c]]
+    n_named = sum(kinds.values())
+    return {
+        "regions": {"images": len(records), "proposals_per_image": share(n_props, len(records)),
+                    "box_recall": share(sum(covered.values()), sum(total.values())),
+                    "box_recall_per_class": {c: share(covered[c], total[c]) for c in classes},
+                    "hidden_objects": sum(total.values())},
+        "naming_given_covered": {"recall": share(sum(hit.values()), sum(covered.values())),
+                                 "per_class": {c: share(hit[c], covered[c]) for c in classes}},
+        "named": {"n": n_named, **{k: kinds[k] for k in ("right", "misnamed", "background")},
+                  **{f"{k}_share": share(kinds[k], n_named) for k in ("right", "misnamed", "background")}},
+    }
 
 
 def answer_quality(records: Sequence[Mapping], hidden: Mapping[str, Mapping], judge, questions: Mapping[str, str],
