@@ -344,15 +344,19 @@ def test_named_object_scores_by_hand():
     assert s["exact_name_share"] == 0.0  # "truck" for a car: the class is right, the name is not
 
     # step by step: the proposals covered the car and the cone, not the dog; of the two covered, the car was
-    # named right; the three named regions are one right, one misnamed (the cone as a barrier), one background
-    recs[0]["proposal_boxes"] = [[1, 1, 10, 10], [50, 50, 10, 10], [120, 120, 5, 5], [200, 0, 4, 4]]
+    # named right; the named regions are one right, one misnamed (the cone as a barrier), one background, and
+    # (added) one loose box: a 3x10 strip of the dog (IoU 0.3)
+    recs[0]["objects"].append({"box": [80, 0, 3, 10], "name": "animal"})
+    recs[0]["proposal_boxes"] = [[1, 1, 10, 10], [50, 50, 10, 10], [120, 120, 5, 5], [200, 0, 4, 4], [80, 0, 3, 10]]
     st = quality.step_scores(recs, hidden)
-    assert st["regions"]["proposals_per_image"] == 4 and st["regions"]["box_recall"] == 2 / 3
+    assert st["regions"]["proposals_per_image"] == 5 and st["regions"]["box_recall"] == 2 / 3
     assert st["regions"]["box_recall_per_class"] == {"vehicle": 1.0, "traffic_cone": 1.0, "miscellaneous": 0.0}
     assert st["naming_given_covered"]["recall"] == 0.5
     assert st["naming_given_covered"]["per_class"] == {"vehicle": 1.0, "traffic_cone": 0.0, "miscellaneous": None}
-    assert (st["named"]["right"], st["named"]["misnamed"], st["named"]["background"]) == (1, 1, 1)
-    assert st["named"]["right_share"] == s["overall"]["precision"]  # the same precision, split by cause
+    named = st["named"]
+    assert (named["right"], named["misnamed"], named["loose"], named["background"]) == (1, 1, 1, 1)
+    s = quality.named_object_scores(recs, hidden)
+    assert named["right_share"] == s["overall"]["precision"] == 0.25  # the same precision, split by cause
 
 
 def test_paper_profile_fails_fast_naming_what_is_missing(tmp_path, monkeypatch):

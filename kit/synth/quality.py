@@ -2,7 +2,7 @@
 (kept aside in `<coda_lm_root>/toy/hidden/unlabeled.jsonl`; the synthesis never reads them).
 
 - each step (step_scores): the proposals' box recall, naming's recall on the objects the proposals
-  cover, and the named regions split into right, misnamed and background.
+  cover, and the named regions split into right, misnamed, loose boxes and background.
 - named objects: a named region is a true positive when it overlaps an unmatched hidden object by
   IoU >= 0.5 and names the same CODA-LM class (the official evaluator's seven); precision and recall
   per class, plus the share whose exact category name is right.
@@ -24,6 +24,8 @@ from kit.runs import read_jsonl
 from kit.synth.regions import iou
 
 IOU = 0.5
+LOOSE = 0.1  # a named region overlapping a hidden object at least this much, but below IOU, is a loose box
+NAMED_KINDS = ("right", "misnamed", "loose", "background")
 
 
 def hidden_pool(coda_root) -> dict[str, dict] | None:
@@ -85,10 +87,11 @@ def step_scores(records: Sequence[Mapping], hidden: Mapping[str, Mapping]) -> di
       covers at IoU >= 0.5 (per class and overall), the ceiling for everything after it;
     - naming, given a covered object: the share of covered hidden objects that end up named with
       their own class (naming's recall where the proposals did their part);
-    - named regions, split by what went wrong: right (the class of the hidden object it covers),
-      misnamed (it covers a hidden object of another class), background (it covers none: a road,
-      lane or sky region that naming should have dropped). right / all is the precision of
-      named_object_scores.
+    - named regions, split by what went wrong: right (the class of the hidden object it covers at
+      IoU >= 0.5), misnamed (it covers one of another class), loose (it overlaps a hidden object, but
+      at IoU < 0.5: part of an object, or an object with much around it; or a second region on an
+      object another already covers), background (IoU < 0.1 with every hidden object: road, lane
+      paint or sky that naming let through). right / all is the precision of named_object_scores.
     """
     covered, hit, total = Counter(), Counter(), Counter()
     kinds, n_props = Counter(), 0
@@ -101,7 +104,8 @@ def step_scores(records: Sequence[Mapping], hidden: Mapping[str, Mapping]) -> di
         for i, j in match(r["objects"], truth):
             c = region_class(r["objects"][i]["name"]) or "unscored"
             if j is None:
-                kinds["background"] += 1
+                best = max((iou(r["objects"][i]["box"], t["box"]) for t in truth), default=0.0)
+                kinds["loose" if best >= LOOSE else "background"] += 1
             elif t_cls[j] == c:
                 kinds["right"] += 1
                 named_right.add(j)
@@ -125,8 +129,8 @@ def step_scores(records: Sequence[Mapping], hidden: Mapping[str, Mapping]) -> di
                     "hidden_objects": sum(total.values())},
         "naming_given_covered": {"recall": share(sum(hit.values()), sum(covered.values())),
                                  "per_class": {c: share(hit[c], covered[c]) for c in classes}},
-        "named": {"n": n_named, **{k: kinds[k] for k in ("right", "misnamed", "background")},
-                  **{f"{k}_share": share(kinds[k], n_named) for k in ("right", "misnamed", "background")}},
+        "named": {"n": n_named, **{k: kinds[k] for k in NAMED_KINDS},
+                  **{f"{k}_share": share(kinds[k], n_named) for k in NAMED_KINDS}},
     }
 
 
