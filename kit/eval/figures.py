@@ -126,28 +126,34 @@ def plot_action_confusion(recs, path: Path, title: str) -> Path:
 
 def plot_reason_confusion(recs, path: Path, title: str) -> Path:
     """One 2x2 confusion matrix per reason (each of the 21 is its own yes/no decision, as for actions);
-    a reason the split never holds shows an empty "yes" row, which is why the official mF1 scores it 0."""
-    import seaborn as sns
+    a reason the split never holds shows an empty "yes" row, which is why the official mF1 scores it 0.
+    Drawn with imshow and fixed margins: 21 seaborn heatmaps with tight_layout took 5 s a figure."""
     from sklearn.metrics import multilabel_confusion_matrix
 
     _, _, gr, pr = _matrices(recs)
     cms = multilabel_confusion_matrix(gr, pr, labels=list(range(len(REASONS))))
     cols = 7
     rows = -(-len(REASONS) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.5 * rows))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows))
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.06, top=0.88, wspace=0.35, hspace=0.55)
     for k, ax in enumerate(axes.flat):
         if k >= len(REASONS):
             ax.axis("off")
             continue
-        sns.heatmap(cms[k], annot=True, fmt="d", cbar=False, cmap="Blues", ax=ax, square=True,
-                    xticklabels=["no", "yes"], yticklabels=["no", "yes"], annot_kws={"fontsize": 9})
+        cm = cms[k]
+        ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(int(cm.max()), 1))
+        for (i, j), v in np.ndenumerate(cm):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=9,
+                    color="white" if v > 0.6 * cm.max() else "black")
+        ax.set_xticks([0, 1], ["no", "yes"], fontsize=7)
+        ax.set_yticks([0, 1], ["no", "yes"], fontsize=7)
         name = REASONS[k]
         ax.set_title(f"{k}: {name[:24]}{'…' if len(name) > 24 else ''}", fontsize=8)
-        ax.set_xlabel("predicted" if k // cols == rows - 1 else "", fontsize=8)
-        ax.set_ylabel("ground truth" if k % cols == 0 else "", fontsize=8)
-        ax.tick_params(labelsize=7)
+        if k // cols == rows - 1:
+            ax.set_xlabel("predicted", fontsize=8)
+        if k % cols == 0:
+            ax.set_ylabel("ground truth", fontsize=8)
     fig.suptitle(f"{title}: confusion matrix per reason", fontsize=12)
-    fig.tight_layout()
     return _save(fig, path)
 
 
