@@ -267,7 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--track", choices=["A", "B"],
                    help="one paper's track: A (CODA-LM) or B (BDD-OIA): its notebooks and cells, its dataset only")
     r.add_argument("--run-dir", help="run directory (default: runs/<profile>)")
-    r.add_argument("--force", action="store_true", help="rerun stages even if done with the same parameters")
+    r.add_argument("--force", action="store_true",
+                   help="run notebooks again even if they finished with the same parameters (their stages still "
+                        "reuse every result whose key is unchanged)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. sft.epochs=3")
     r.add_argument("--log-output", action="store_true", help="stream the notebooks' output (progress bars)")
     r.add_argument("--launcher", choices=["accelerate"],
