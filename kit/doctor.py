@@ -380,9 +380,8 @@ def check_data(P: Mapping, run_dir, progress: bool = False) -> list[Row]:
     split: BDD-OIA's train, val and test (every Track B stage reads one), CODA-LM's coda.train_split,
     coda.eval_split and any other split there (notebook 00 checks every split present). A null root is the
     toy world, which notebook 00 generates; a root whose track is not selected is not read."""
-    from kit.data import DataError, bdd_oia
+    from kit.data import DataError, bdd_oia, coda_lm
     from kit.data.check import check_dataset
-    from kit.stages.prepare_data import _coda_splits
 
     data, tracks, rows = P.get("data") or {}, _tracks(P), []
     for name, kind, track in (("bdd_oia", "bdd-oia", "B"), ("coda_lm", "coda-lm", "A")):
@@ -404,7 +403,7 @@ def check_data(P: Mapping, run_dir, progress: bool = False) -> list[Row]:
         else:
             coda = P.get("coda") or {}
             splits = list(dict.fromkeys([coda.get("train_split", "Train"), coda.get("eval_split", "Test"),
-                                         *_coda_splits(root)]))
+                                         *coda_lm.splits_present(root)]))
         said, bad = [], []
         for sp in splits:
             try:

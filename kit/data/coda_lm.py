@@ -40,6 +40,11 @@ REGION_CLASSES: dict[str, str] = {n: c for c, names in _OFFICIAL_CLASS_NAMES.ite
 UNSCORED = "unscored"
 
 
+def splits_present(root: Path) -> list[str]:
+    """The official splits whose annotation folder `<root>/CODA-LM/<split>` exists, in SPLITS order."""
+    return [s for s in SPLITS if (Path(root) / "CODA-LM" / s).is_dir()]
+
+
 def region_class(category_name: str) -> str | None:
     """One of CLASSES for a CODA category name, or None where the official evaluator scores no class."""
     return REGION_CLASSES.get(str(category_name))

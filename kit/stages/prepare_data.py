@@ -15,10 +15,6 @@ def _bdd_splits(root: Path) -> list[str]:
     return [s for s in bdd_oia.SPLITS if (root / f"{s}_25k_images_actions.json").exists()]
 
 
-def _coda_splits(root: Path) -> list[str]:
-    return [s for s in coda_lm.SPLITS if (root / "CODA-LM" / s).is_dir()]
-
-
 def run_prepare_data(P: dict, run_dir) -> dict:
     rd = runs.resolve_run_dir(run_dir)
     t0 = time.perf_counter()
@@ -47,7 +43,7 @@ def run_prepare_data(P: dict, run_dir) -> dict:
                                 "(kit run --track A|B)")
     broot, croot = roots.get("bdd_oia"), roots.get("coda_lm")
     bsplits = _bdd_splits(broot) if broot else []
-    csplits = _coda_splits(croot) if croot else []
+    csplits = coda_lm.splits_present(croot) if croot else []
     if broot and not bsplits:
         raise DataError(f"{broot}: no <split>_25k_images_actions.json; expected the BDD-OIA layout")
     caps = data.get("max_samples") or {}
