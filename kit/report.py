@@ -56,17 +56,17 @@ def track_b_rows(run_dir: str | os.PathLike) -> list[dict]:
         for col, v in PAPER_B.get(method, {}).items():
             row[f"paper_{col}"] = v
         rows.append(row)
-    gt = _ground_truth(run_dir)
+    gt = _ground_truth(run_dir, metrics)
     if gt and rows:
         rows.insert(0, {"method": "Ground truth", **gt, **{f"paper_{c}": v for c, v in PAPER_B["Ground truth"].items()}})
     return rows
 
 
-def _ground_truth(run_dir) -> dict | None:
+def _ground_truth(run_dir, metrics: Mapping) -> dict | None:
     """The poster's ground-truth row: the test answers themselves (mF1 1 by definition) and their CLIP score,
     the reward model's mean match probability with the full ground-truth answer (Table 1's "Image vs.
     Output" of the reward model notebook 02 kept), over Table 1's test images."""
-    m = runs.read_metrics(run_dir).get("clip_finetune") or {}
+    m = metrics.get("clip_finetune") or {}
     t = runs.read_json(runs.resolve_run_dir(run_dir) / "clip_finetune" / "table1.json") or {}
     out = ((t.get("table") or {}).get(f"{m.get('target', 'reason')}_ft") or {}).get("output")
     if not out:
