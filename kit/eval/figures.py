@@ -105,39 +105,19 @@ def plot_per_class_f1(recs, path: Path, title: str) -> Path:
     return _save(fig, path)
 
 
-def plot_action_confusion(recs, path: Path, title: str) -> Path:
-    """One 2x2 confusion matrix per action (multi-label: each action is its own yes/no decision)."""
-    import seaborn as sns
+def _confusion_grid(gt, pred, titles: Sequence[str], cols: int, path: Path, suptitle: str) -> Path:
+    """One 2x2 confusion matrix per label of a multi-label matrix (each label its own yes/no decision),
+    `cols` to a row. Drawn with imshow and fixed margins: seaborn heatmaps under tight_layout took 5 s
+    for the 21 reasons."""
     from sklearn.metrics import multilabel_confusion_matrix
 
-    ga, pa, _, _ = _matrices(recs)
-    cms = multilabel_confusion_matrix(ga, pa, labels=list(range(len(ACTIONS))))
-    fig, axes = plt.subplots(1, len(ACTIONS), figsize=(3.2 * len(ACTIONS), 3.2))
-    for ax, name, cm in zip(axes, ACTIONS, cms):
-        sns.heatmap(cm, annot=True, fmt="d", cbar=False, cmap="Blues", ax=ax, square=True,
-                    xticklabels=["no", "yes"], yticklabels=["no", "yes"], annot_kws={"fontsize": 11})
-        ax.set_title(name)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("ground truth")
-    fig.suptitle(f"{title}: confusion matrix per action", fontsize=12)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_reason_confusion(recs, path: Path, title: str) -> Path:
-    """One 2x2 confusion matrix per reason (each of the 21 is its own yes/no decision, as for actions);
-    a reason the split never holds shows an empty "yes" row, which is why the official mF1 scores it 0.
-    Drawn with imshow and fixed margins: 21 seaborn heatmaps with tight_layout took 5 s a figure."""
-    from sklearn.metrics import multilabel_confusion_matrix
-
-    _, _, gr, pr = _matrices(recs)
-    cms = multilabel_confusion_matrix(gr, pr, labels=list(range(len(REASONS))))
-    cols = 7
-    rows = -(-len(REASONS) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows))
-    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.06, top=0.88, wspace=0.35, hspace=0.55)
+    cms = multilabel_confusion_matrix(gt, pred, labels=list(range(len(titles))))
+    rows = -(-len(titles) // cols)
+    height = 2.4 * rows + 0.4
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, height), squeeze=False)
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.45 / height, top=1 - 0.55 / height, wspace=0.35, hspace=0.55)
     for k, ax in enumerate(axes.flat):
-        if k >= len(REASONS):
+        if k >= len(titles):
             ax.axis("off")
             continue
         cm = cms[k]
@@ -147,14 +127,27 @@ def plot_reason_confusion(recs, path: Path, title: str) -> Path:
                     color="white" if v > 0.6 * cm.max() else "black")
         ax.set_xticks([0, 1], ["no", "yes"], fontsize=7)
         ax.set_yticks([0, 1], ["no", "yes"], fontsize=7)
-        name = REASONS[k]
-        ax.set_title(f"{k}: {name[:24]}{'…' if len(name) > 24 else ''}", fontsize=8)
+        ax.set_title(titles[k], fontsize=8)
         if k // cols == rows - 1:
             ax.set_xlabel("predicted", fontsize=8)
         if k % cols == 0:
             ax.set_ylabel("ground truth", fontsize=8)
-    fig.suptitle(f"{title}: confusion matrix per reason", fontsize=12)
+    fig.suptitle(suptitle, fontsize=12)
     return _save(fig, path)
+
+
+def plot_action_confusion(recs, path: Path, title: str) -> Path:
+    """One 2x2 confusion matrix per action (multi-label: each action is its own yes/no decision)."""
+    ga, pa, _, _ = _matrices(recs)
+    return _confusion_grid(ga, pa, ACTIONS, len(ACTIONS), path, f"{title}: confusion matrix per action")
+
+
+def plot_reason_confusion(recs, path: Path, title: str) -> Path:
+    """One 2x2 confusion matrix per reason (each of the 21 is its own yes/no decision, as for actions);
+    a reason the split never holds shows an empty "yes" row, which is why the official mF1 scores it 0."""
+    _, _, gr, pr = _matrices(recs)
+    titles = [f"{k}: {n[:24]}{'…' if len(n) > 24 else ''}" for k, n in enumerate(REASONS)]
+    return _confusion_grid(gr, pr, titles, 7, path, f"{title}: confusion matrix per reason")
 
 
 # D-pad positions of the four actions, clockwise from the top as in paper B's Fig. 4:
