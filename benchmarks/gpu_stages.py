@@ -90,7 +90,7 @@ class Probe:
 
     def reset(self) -> None:
         self.training: list[dict] = []
-        self.generation = {"calls": 0, "sequences": 0, "new_token_positions": 0, "seconds": 0.0}
+        self.generation = {"calls": 0, "sequences": 0, "new_token_positions": 0, "decode_steps": 0, "seconds": 0.0}
         self.opt = {"steps": 0, "first": None, "last": None}
 
     @contextlib.contextmanager
@@ -159,6 +159,7 @@ class Probe:
                     g["sequences"] += int(seqs.shape[0])
                     prompt_len = int(ids.shape[1]) if torch.is_tensor(ids) and ids.dim() == 2 else 0
                     g["new_token_positions"] += int(seqs.shape[0]) * max(0, int(seqs.shape[1]) - prompt_len)
+                    g["decode_steps"] += max(0, int(seqs.shape[1]) - prompt_len)
                     g["seconds"] += time.perf_counter() - t0
             return out
 
@@ -305,7 +306,8 @@ def main(argv: list[str] | None = None) -> dict:
             rec["peak_gpu_memory_gib"] = max(p["peak_gpu_memory_gib"] for p in procs)
             rec["seconds"] = max(p["seconds"] for p in procs)
             if len(procs) > 1:  # generation is split over the processes: their sequences add up
-                g = {k: sum(p["generation"][k] for p in procs) for k in ("calls", "sequences", "new_token_positions")}
+                g = {k: sum(p["generation"][k] for p in procs)
+                     for k in ("calls", "sequences", "new_token_positions", "decode_steps")}
                 g["seconds"] = max(p["generation"]["seconds"] for p in procs)
                 g["sequences_per_second"] = round(g["sequences"] / g["seconds"], 3) if g["seconds"] else None
                 g["new_token_positions_per_second"] = (round(g["new_token_positions"] / g["seconds"], 1)

@@ -109,6 +109,8 @@ def check_device(P: Mapping) -> Row:
     if spec.device.type == "cuda" and spec.dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         return Row("device", BLOCKER, f"{detail}: this GPU has no bf16", "--set precision=fp16")
     vlm = str(spec.vlm.get("name") or "tiny")
+    if spec.device.type == "cpu" and vlm == "realsize":
+        return Row("device", OK, f"{detail}: the real model's shapes on a handful of samples, minutes a stage")
     if spec.device.type == "cpu" and vlm != "tiny":
         return Row("device", WARN, f"{detail}: the real VLM {vlm} on a CPU (hours to days a stage)",
                    "run on a machine with a GPU (device auto or cuda)")
@@ -241,13 +243,13 @@ def _download_fix(model_id: str, key: str, files: str = "") -> str:
 def vlm_row(name: str, key: str, run_dir, what: str = "vlm") -> tuple[Row, Weights | None]:
     """A VLM the profile names (`tiny`, a local folder or a hub id), resolved as kit.models.vlm resolves it,
     without the network; and its weights where they are here."""
-    from kit.models.vlm import TINY, _is_model_dir, _looks_like_path, tiny_vlm_dir
+    from kit.models.vlm import BUILT, _is_model_dir, _looks_like_path, tiny_vlm_dir
 
-    if name == TINY:
+    if name in BUILT:
         d = tiny_vlm_dir(run_dir)
         if _is_model_dir(d):
-            return Row(what, OK, f"{key}=tiny: built by notebook 00, in {d}"), weights_in(d)
-        return Row(what, OK, f"{key}=tiny: notebook 00 builds it (not built in this run folder yet)"), None
+            return Row(what, OK, f"{key}={name}: built by notebook 00, in {d}"), weights_in(d)
+        return Row(what, OK, f"{key}={name}: notebook 00 builds it (not built in this run folder yet)"), None
     p = Path(name).expanduser()
     if p.exists() or _looks_like_path(name):
         if not _is_model_dir(p):
@@ -485,7 +487,19 @@ def _vlm_weights(P: Mapping, run_dir) -> Weights | None:
     w = vlm_row(name, "models.vlm.name", run_dir)[1]
     if w is None and name == "tiny":
         return tiny_weights(P)
+    if w is None and name == "realsize":
+        return realsize_weights()
     return w
+
+
+def realsize_weights() -> Weights:
+    """The `realsize` VLM notebook 00 would build (SmolVLM-256M-Instruct's configuration), counted on the
+    meta device."""
+    from kit.models.realsize import meta_model
+
+    sd = meta_model().state_dict()
+    n = sum(v.numel() for v in sd.values())
+    return Weights(None, n, n * 4, {k: tuple(v.shape) for k, v in sd.items() if v.dim() == 2})
 
 
 def tiny_weights(P: Mapping) -> Weights:

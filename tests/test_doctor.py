@@ -162,6 +162,16 @@ def test_gpu_memory_row_says_no_gpu_without_one(tmp_path):
     assert D.check_gpu_memory(load_profile("tiny"), tmp_path).detail == "no GPU"
 
 
+def test_realsize_profile_runs_on_this_cpu_without_blockers(tmp_path):
+    """params/realsize.yaml: the real shapes built offline by notebook 00, random ViT-B-32, 4-bit on the CPU."""
+    rc, out, err = kit("doctor", "--profile", "realsize", "--run-dir", str(tmp_path / "run"))
+    assert rc == 0, out + err
+    assert "realsize: notebook 00 builds it" in table_row(out, "vlm")
+    assert table_row(out, "device").split()[1] == "ok" and "minutes a stage" in table_row(out, "device")
+    w = D.realsize_weights()  # SmolVLM-256M-Instruct's published size
+    assert 255e6 < w.params < 260e6 and D.lora_params(load_profile("realsize"), w) > 0
+
+
 def test_tiny_weights_count_what_notebook_00_builds(tmp_path):
     from kit.models.tiny_vlm import build_tiny_vlm
 

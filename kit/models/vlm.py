@@ -20,6 +20,8 @@ from kit.models.device import ModelSpec
 from kit.runs import resolve_run_dir
 
 TINY = "tiny"
+REALSIZE = "realsize"  # SmolVLM-256M-Instruct's shapes with random weights (kit.models.realsize), built by notebook 00
+BUILT = (TINY, REALSIZE)  # the names notebook 00 builds into the run directory
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -27,7 +29,7 @@ class ModelNotFoundError(FileNotFoundError):
 
 
 def tiny_vlm_dir(run_dir: str | os.PathLike) -> Path:
-    """Where notebook 00 saves the tiny VLM of a run."""
+    """Where notebook 00 saves the VLM it builds for a run (`tiny`, or `realsize`)."""
     return resolve_run_dir(run_dir) / "prepare" / "models" / "vlm"
 
 
@@ -80,13 +82,13 @@ def resolve_vlm_path(spec: ModelSpec, run_dir: str | os.PathLike, path: str | os
                 "Run the stage that writes it first (see metrics.json of the run for checkpoint paths).")
         return str(p)
     name = str(spec.vlm.get("name") or TINY)
-    if name == TINY:
+    if name in BUILT:
         d = tiny_vlm_dir(run_dir)
         if not _is_model_dir(d):
             raise ModelNotFoundError(
-                f"models.vlm.name='tiny': no tiny VLM at {d} (expected config.json there). It is built by "
-                f"notebook 00 (00_prepare.ipynb, or `kit run --profile tiny --run-dir {run_dir}`) for this run "
-                "directory; run that first.")
+                f"models.vlm.name={name!r}: no VLM at {d} (expected config.json there). It is built by "
+                f"notebook 00 (00_prepare.ipynb, or `kit stage prepare_vlm --profile PROFILE --run-dir {run_dir}`) "
+                "for this run directory; run that first.")
         return str(d)
     p = Path(name).expanduser()
     if p.exists() or _looks_like_path(name):
@@ -157,7 +159,8 @@ def load_vlm(spec: ModelSpec, run_dir: str | os.PathLike, path: str | os.PathLik
              for_training: bool = False):
     """Load (model, processor) for the profile's VLM (`path` None) or a checkpoint/adapter folder.
 
-    - `tiny` -> run_dir/prepare/models/vlm (built by notebook 00); a hub id or local folder otherwise.
+    - `tiny` or `realsize` -> run_dir/prepare/models/vlm (built by notebook 00); a hub id or local folder
+      otherwise.
     - An adapter folder (adapter_config.json) loads its base model, then the adapter (trainable when
       `for_training`). The processor comes from the folder when it has one, else from the base.
     - models.quantization 4bit/8bit loads through bitsandbytes; with `for_training` the model is

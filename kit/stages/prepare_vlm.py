@@ -26,8 +26,9 @@ from kit.eval.generate import generate
 from kit.keys import mark, processes
 from kit.labels import DESCRIBE_PROMPT
 from kit.models.device import model_spec
+from kit.models.realsize import build_realsize_vlm, meta_model
 from kit.models.tiny_vlm import build_tiny_vlm
-from kit.models.vlm import TINY, load_vlm, resolve_vlm_path, tiny_vlm_dir
+from kit.models.vlm import BUILT, REALSIZE, TINY, load_vlm, resolve_vlm_path, tiny_vlm_dir
 from kit.params import params_hash
 from kit.train.rows import rows_dataset, vlm_row
 from kit.train.sft import plot_loss, train_sft
@@ -93,7 +94,7 @@ def run_prepare_vlm(P: dict, run_dir) -> dict:
     t0 = time.time()
     vp = P["models"]["vlm"]
     pt = P.get("pretrain") or {}
-    if vp["name"] != TINY:
+    if vp["name"] not in BUILT:
         where = resolve_vlm_path(model_spec(P), rd)  # fails early, with the download command, if it is not here
         res = {"name": vp["name"], "path": where, "tiny": False, "pretrained": False,
                "note": "real model: used as downloaded, no pretraining"}
@@ -105,6 +106,8 @@ def run_prepare_vlm(P: dict, run_dir) -> dict:
     prev = (runs.read_metrics(rd).get(STAGE) or {}).get("models", {}).get("vlm") or {}
     if prev.get("params_hash") == h and (final / "config.json").is_file():
         return {**prev, "skipped": True}
+    if vp["name"] == REALSIZE:
+        return _build_realsize(P, rd, final, h, t0)
 
     work = runs.stage_dir(rd, STAGE) / SUB
     root = bdd_oia_root(P["data"], rd)
@@ -189,6 +192,35 @@ def run_prepare_vlm(P: dict, run_dir) -> dict:
     runs.record_metrics(rd, STAGE, {"models": {"vlm": res}})
     res["figures"] = [str(f) for f in dist.on_main(figures_from_run, rd)]
     runs.record_metrics(rd, STAGE, {"models": {"vlm": {"figures": res["figures"]}}})
+    return res
+
+
+def _build_realsize(P: Mapping, rd: Path, final: Path, h: str, t0: float) -> dict:
+    """`realsize`: SmolVLM-256M-Instruct's architecture, tokenizer layout, chat template and image processor
+    with random weights (kit.models.realsize), published where later stages load the run's VLM; no
+    pretraining (its outputs are random text: the realsize profile measures shapes, time and memory)."""
+    root = bdd_oia_root(P["data"], rd)
+    data_root = root.parent if (root.parent / "coda_lm").exists() else root
+
+    def build():
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        build_realsize_vlm(tmp, toyworld.text_corpus(data_root), seed=int(P["seed"]))
+        mark(tmp, h, stage="prepare_vlm")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+
+    dist.on_main(build)
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(final)
+    res = {"name": REALSIZE, "path": str(final), "tiny": False, "realsize": True, "params_hash": h,
+           "shapes_of": "HuggingFaceTB/SmolVLM-256M-Instruct", "pretrained": False,
+           "n_params": sum(p.numel() for p in meta_model().parameters()), "image_size": int(P["models"]["vlm"]["image_size"]),
+           "text_layers": cfg.text_config.num_hidden_layers, "vocab_size": cfg.text_config.vocab_size,
+           "seconds": round(time.time() - t0, 2), "processes": dist.num_processes(),
+           "note": "random weights in the real model's shapes: its answers are random text"}
+    runs.record_metrics(rd, STAGE, {"models": {"vlm": res}})
     return res
 
 
