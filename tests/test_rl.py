@@ -212,13 +212,39 @@ def test_gradient_variance_on_shared_batches(tiny, tmp_path):
     model, proc, reward, rows = tiny
     trainer, _ = make_trainer(copy.deepcopy(model), proc, reward, rows, tmp_path, *trainer_settings(_P()))
     v = gradient_variance(trainer, rows, n_prompts=2, repeats=2, max_coords=50_000)
-    assert set(v["estimators"]) == {"rloo", "greedy", "none"}
+    assert set(v["estimators"]) == {"rloo", "greedy", "none", "a2c"}
     assert v["n_coords"] == 50_000 < v["n_params"]
     for e in v["estimators"].values():
         assert math.isfinite(e["within_prompt"]) and e["within_prompt"] >= 0
         assert len(e["per_prompt_within"]) == 2
+        assert e["relative_within"] == pytest.approx(e["within_prompt"] / e["mean_grad_sq_norm"])
     assert v["estimators"]["rloo"]["within_ratio_to_rloo"] == pytest.approx(1.0)
     assert trainer.reward_log == [] and not (tmp_path / "reward_log.jsonl").exists()  # measurement leaves no trace
+    # the same batches for every estimator: without a2c, the other three's numbers do not move
+    trainer2, _ = make_trainer(copy.deepcopy(model), proc, reward, rows, tmp_path / "b", *trainer_settings(_P()))
+    w = gradient_variance(trainer2, rows, n_prompts=2, repeats=2, max_coords=50_000,
+                          baselines=("rloo", "greedy", "none"))
+    for b in ("rloo", "greedy", "none"):
+        assert w["estimators"][b]["within_prompt"] == pytest.approx(v["estimators"][b]["within_prompt"], rel=1e-5)
+
+
+def test_a2c_critic_learns_the_mean_reward_of_a_fixed_batch():
+    from kit.rl.critic import critic_baseline, fit_critic
+
+    g = torch.Generator().manual_seed(1)
+    feats = torch.randn(5, 16, generator=g)                      # five prompts' image embeddings
+    means = torch.tensor([-0.3, 0.0, 0.2, 0.5, 0.9])
+    rewards = means.repeat_interleave(8) + 0.1 * torch.randn(40, generator=g)
+    critic = fit_critic(feats.repeat_interleave(8, dim=0), rewards, seed=0)
+    values = critic(feats).detach()
+    per_prompt = rewards.view(5, 8).mean(1)
+    assert torch.allclose(values, per_prompt, atol=0.02)         # V(s) -> each prompt's mean reward
+    untrained = fit_critic(feats.repeat_interleave(8, dim=0), rewards, steps=0, seed=0)(feats).detach()
+    assert (values - per_prompt).abs().mean() < (untrained - per_prompt).abs().mean() / 5
+    adv = critic_baseline(rewards.view(5, 8), values)
+    assert adv.mean(1).abs().max() < 0.02 and adv.var() < rewards.var() / 2   # centred, less spread
+    again = fit_critic(feats.repeat_interleave(8, dim=0), rewards, seed=0)(feats).detach()
+    assert torch.equal(values, again)                            # its own generator: reproducible
 
 
 # ---- figures from files alone -------------------------------------------------------------------------------
@@ -233,7 +259,8 @@ def test_figures_from_run_files_only(tmp_path):
     runs.write_jsonl(sd / "samples.jsonl", [{"step": 0, "rewards": [0.1, 0.4, 0.2, 0.3],
                                              "advantages": leave_one_out(torch.tensor([[0.1, 0.4, 0.2, 0.3]]))[0].tolist()}])
     runs.write_json(sd / "variance.json", {"n_prompts": 2, "repeats": 2, "k": 4, "estimators": {
-        b: {"within_prompt": v, "total": 2 * v} for b, v in (("rloo", 1.0), ("greedy", 3.0), ("none", 9.0))}})
+        b: {"within_prompt": v, "total": 2 * v, "relative_within": v / 4}
+        for b, v in (("rloo", 1.0), ("greedy", 3.0), ("none", 9.0), ("a2c", 2.0))}})
     recs = [{"id": str(i), "description": "d", "clip_score": 0.1 * i, "clip_match": i > 5} for i in range(10)]
     runs.write_jsonl(sd / "descriptions_test.jsonl", recs)
     paths = figures_from_run(tmp_path)

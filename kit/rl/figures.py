@@ -30,8 +30,9 @@ from kit.rl.results import (
 )
 
 STAGES = ("rloo", "action_sft")
-COLORS = {"rloo": "#4c72b0", "greedy": "#dd8452", "none": "#55a868"}
-LABELS = {"rloo": "RLOO (leave-one-out)", "greedy": "SCST (greedy baseline)", "none": "REINFORCE (no baseline)"}
+COLORS = {"rloo": "#4c72b0", "greedy": "#dd8452", "none": "#55a868", "a2c": "#8172b3"}
+LABELS = {"rloo": "RLOO (leave-one-out)", "greedy": "SCST (greedy baseline)", "none": "REINFORCE (no baseline)",
+          "a2c": "A2C (MLP critic)"}
 
 
 _save = runs.save_figure
@@ -83,19 +84,26 @@ def plot_reward_curves(reward_log: Sequence[Mapping], per_epoch: Sequence[Mappin
 
 
 def plot_variance(variance: Mapping, path: Path) -> Path:
-    """Variance (trace of the covariance) of each estimator's gradient, same batches (linear axis from 0)."""
+    """Variance (trace of the covariance) of each estimator's gradient, same batches (linear axes from 0):
+    within a prompt, across all groups, and (when recorded) within a prompt relative to the estimator's own
+    squared mean gradient, which does not grow or shrink with the rewards' scale."""
     est = variance["estimators"]
     names = list(est)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, key, title in ((ax1, "within_prompt", "within a prompt (resampled k completions)"),
-                           (ax2, "total", "across all groups (prompts too)")):
+    panels = [("within_prompt", "within a prompt (resampled k completions)", "gradient variance (trace of covariance)"),
+              ("total", "across all groups (prompts too)", "gradient variance (trace of covariance)")]
+    if all(est[n].get("relative_within") is not None for n in names):
+        panels.append(("relative_within", "within a prompt / squared mean gradient\n(scale-free)",
+                       "relative variance (1 / signal-to-noise)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
+    for ax, (key, title, ylabel) in zip(axes, panels):
         vals = [est[n][key] for n in names]
         bars = ax.bar([LABELS.get(n, n).replace(" (", "\n(") for n in names], vals,
                       color=[COLORS.get(n, "gray") for n in names])
         ref = est.get("rloo", {}).get(key)
         ax.bar_label(bars, labels=[f"{v:.3g}" + (f"\n(x{v / ref:.1f})" if ref else "") for v in vals], fontsize=8)
-        ax.set_ylabel("gradient variance (trace of covariance)")
+        ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", labelsize=7.5)
         ax.set_ylim(0, max(vals) * 1.25 if vals and max(vals) > 0 else 1)
     fig.suptitle(f"Policy-gradient estimator variance: {variance['n_prompts']} prompts x {variance['repeats']} "
                  f"resamples x k={variance['k']}", fontsize=10)

@@ -76,12 +76,14 @@ def samples_table(run_dir, n_steps: int = 2):
 
 
 def variance_table(run_dir):
-    """The estimators' gradient variance on the same batches, and its ratio to RLOO's."""
+    """The estimators' gradient variance on the same batches, its ratio to RLOO's, and the scale-free
+    relative variance (within a prompt, over the estimator's own squared mean gradient)."""
     v = runs.read_json(work_dir(run_dir) / "variance.json")
     if not v:
         return pd.DataFrame()
     return pd.DataFrame({b: {k: e[k] for k in ("within_prompt", "within_ratio_to_rloo", "total",
-                                                "total_ratio_to_rloo", "mean_grad_norm") if k in e}
+                                                "total_ratio_to_rloo", "mean_grad_norm", "relative_within",
+                                                "relative_ratio_to_rloo") if k in e}
                          for b, e in v["estimators"].items()}).T.round(4)
 
 

@@ -7,7 +7,7 @@ reward (kit.reward.load_reward, notebook 02). Writes run_dir/rloo/:
     trainer/             TRL checkpoints (resume), final/ the trained model or adapter
     reward_log.jsonl     one record per step: mean reward, mean best-of-k, ...
     samples.jsonl        each step's first prompt: its k sampled descriptions, rewards, advantages
-    variance.json        gradient variance of the rloo / greedy (SCST) / none estimators, same batches
+    variance.json        gradient variance of the rloo / greedy (SCST) / none / a2c estimators, same batches
   descriptions_<split>.jsonl  greedy descriptions of the stage-1 model (and of the base model for
                          the eval split), with CLIP score and match; stage 2 reads them
   figures/*.png
