@@ -18,8 +18,9 @@ Per stage and mode, in benchmarks/results/realsize.json:
   bytes), and the memory the training itself added: `train_peak_rss_mib` (peak during train(), Linux's VmHWM
   reset at train begin) minus `rss_at_train_begin_mib`;
 - `optimizer`: every torch optimizer (the CLIP loops use no Trainer): steps, trainable parameters;
-- `sequences`: what the VLM was given, from every forward with images: sequences, mean and max tokens per
-  sequence, mean image tokens, mean image tiles (Idefics3's split tiles plus the global view);
+- `sequences`: what the VLM was given, from every forward of a whole sequence with images (a training step,
+  the prefill of a generation; mean over sequences): tokens per sequence (mean, max), image tokens, image
+  tiles (Idefics3's split tiles plus the global view, 64 image tokens each);
 - `generation`: sequences, decode steps, new tokens and `seconds_per_decode_step` (one step makes one
   token for every sequence of the batch).
 
@@ -31,6 +32,7 @@ GPU is at hand. The answers of random weights are random text, so no metric of t
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -69,6 +71,16 @@ def _reset_peak() -> bool:
         return False
 
 
+def _trim() -> None:
+    """glibc keeps freed memory for reuse, which hides what a later step allocates; hand it back."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _params(model) -> tuple[int, int]:
     """(trainable, total) parameters; a bitsandbytes 4-bit weight counts the values it stands for."""
     train = total = 0
@@ -93,13 +105,14 @@ class Recorder:
         import torch
         import transformers
         from torch.optim.optimizer import register_optimizer_step_post_hook
-        from transformers import Idefics3ForConditionalGeneration
+        from transformers import Idefics3Model
 
         rec = self
         orig_train = transformers.Trainer.train
 
         def train(trainer, *a, **kw):
             trainable, total = _params(trainer.model)
+            _trim()  # freed memory back to the system first, so the peak below is what train() itself needs
             r = {"trainer": type(trainer).__name__, "trainable_params": trainable, "total_params": total,
                  "rss_at_train_begin_mib": round((_status_kib("VmRSS") or 0) / 1024, 1)}
             reset = _reset_peak()
@@ -112,17 +125,23 @@ class Recorder:
                     r["train_added_mib"] = round(r["train_peak_rss_mib"] - r["rss_at_train_begin_mib"], 1)
                 rec.trains.append(r)
 
-        orig_forward = Idefics3ForConditionalGeneration.forward
+        # the inner model: TRL's SFT trainer calls the outer one through its fused LM head, not its forward
+        orig_forward = Idefics3Model.forward
 
+        @functools.wraps(orig_forward)  # generate() checks its keywords against forward's signature
         def forward(model, *a, **kw):
-            ids, pix = kw.get("input_ids"), kw.get("pixel_values")
-            if torch.is_tensor(ids) and torch.is_tensor(pix) and ids.dim() == 2:
-                mask = kw.get("attention_mask")
-                lens = mask.sum(1) if torch.is_tensor(mask) else torch.full((ids.shape[0],), ids.shape[1])
+            ids = kw.get("input_ids")
+            if torch.is_tensor(ids) and ids.dim() == 2 and ids.shape[1] > 1:  # a training step or a prefill
                 img = (ids == model.config.image_token_id).sum(1)
-                tiles = pix.shape[1] if pix.dim() == 5 else 1
-                rec.seqs.append((int(ids.shape[0]), float(lens.float().mean()), int(lens.max()),
-                                 float(img.float().mean()), float(tiles)))
+                if int(img.max()) > 0:
+                    mask = kw.get("attention_mask")  # generate() passes none (its cache tracks padding)
+                    pad = model.config.text_config.pad_token_id
+                    lens = mask.sum(1) if torch.is_tensor(mask) else (ids != pad).sum(1) if pad is not None \
+                        else torch.full((ids.shape[0],), ids.shape[1])
+                    v = model.config.vision_config
+                    per_tile = (v.image_size // v.patch_size) ** 2 // model.config.scale_factor ** 2
+                    rec.seqs.append((int(ids.shape[0]), float(lens.float().mean()), int(lens.max()),
+                                     float(img.float().mean()), float(img.float().mean()) / per_tile))
             return orig_forward(model, *a, **kw)
 
         def on_step(optimizer, args, kwargs):
@@ -133,7 +152,7 @@ class Recorder:
             rec.optimizers[key]["steps"] += 1
 
         transformers.Trainer.train = train
-        Idefics3ForConditionalGeneration.forward = forward
+        Idefics3Model.forward = forward
         register_optimizer_step_post_hook(on_step)
 
     def summary(self) -> dict:
@@ -189,34 +208,53 @@ def child(stage: str, run_dir: str, sets: list[str], out: str) -> None:
 # The assumptions, stated once (README "Real data and a GPU" repeats them):
 GPU_TFLOPS = 60.0           # sustained bf16 TFLOP/s of a training step of a 0.26B model at micro-batch 4 on an
 #                             H100 (about 6% of its dense peak: small matrices, LoRA and 4-bit dequantisation)
-DECODE_STEP_S = 0.03        # seconds per decode step of transformers' generate on a GPU (launch-bound at 0.26B)
 CUDA_CONTEXT_GIB = 0.6
 
 
+@functools.lru_cache(maxsize=1)
+def _flop_params() -> dict:
+    """The VLM's parameters that do matrix work, split by what they run on: the vision encoder on every
+    tile's 1024 patches, the rest (text decoder, connector, output head; not the embedding lookup) on every
+    token of the sequence."""
+    from kit.models.realsize import SMOLVLM_256M, meta_model
+
+    vision = text = 0
+    for name, p in meta_model().named_parameters():
+        if "vision_model" in name:
+            vision += p.numel()
+        elif "embed_tokens" not in name:
+            text += p.numel()
+    v = SMOLVLM_256M["vision_config"]
+    return {"vision": vision, "text": text, "patches_per_tile": (v["image_size"] // v["patch_size"]) ** 2}
+
+
 def estimate_gpu(rec: dict, micro_batch: int, mode: str) -> dict | None:
-    """GPU memory and seconds per optimizer step of one measured training, at `micro_batch` sequences of the
+    """GPU memory and seconds per micro-batch of one measured training, at `micro_batch` sequences of the
     measured lengths, in bf16. Method:
-        memory  = weights (4-bit: the measured 4-bit model's bytes; else 2 bytes a parameter)
+        memory  = weights (4-bit: half a byte a parameter; else 2 bytes)
                   + (memory train() added on the CPU, per sequence) x micro_batch / 2 (fp32 -> bf16)
                   + CUDA context
-        seconds = 6 x parameters x tokens per sequence x micro_batch / sustained FLOP/s (GPU_TFLOPS)
-    The CPU's added memory holds the activations kept for backward, the gradients and the optimizer's state of
-    the trainable parameters, at the measured micro-batch; halving it for bf16 overstates what stays fp32
-    (LoRA's weights and AdamW's moments), which are small next to the activations."""
+        seconds = 6 x (text parameters x tokens + vision parameters x patches) x micro_batch / GPU_TFLOPS
+    The CPU's added memory holds the activations kept for backward (the vision encoder's 1024 patches a
+    tile dominate them), the gradients and the optimizer's state of the trainable parameters, at the
+    measured micro-batch; halving it for bf16 overstates what stays fp32 (LoRA's weights and AdamW's
+    moments, small next to the activations), and a GPU's fused attention keeps no attention matrices,
+    so the memory leans high. 6 FLOPs a parameter and token is a full fine-tune's forward and backward;
+    LoRA skips the frozen weights' gradients (about 4), so the time leans high too."""
     tr = [t for t in rec.get("training") or [] if t.get("steps") and t.get("train_added_mib") is not None]
     seq = rec.get("sequences") or {}
     if not tr or not seq:
         return None
     t = tr[0]
     measured_batch = max(1, int(t["samples_per_step"]))
-    total = t["total_params"]
-    weights_gib = (total * (0.5 if mode == "qlora" else 2)) / 1024 ** 3
+    weights_gib = (t["total_params"] * (0.5 if mode == "qlora" else 2)) / 1024 ** 3
     per_seq_mib = max(0.0, t["train_added_mib"]) / measured_batch
     mem = weights_gib + per_seq_mib * micro_batch / 2 / 1024 + CUDA_CONTEXT_GIB
-    flops = 6 * total * seq["mean_tokens"] * micro_batch
+    fp = _flop_params()
+    flops = 6 * (fp["text"] * seq["mean_tokens"] + fp["vision"] * fp["patches_per_tile"] * seq["image_tiles"])
     return {"micro_batch": micro_batch, "memory_gib": round(mem, 2),
-            "seconds_per_micro_batch": round(flops / (GPU_TFLOPS * 1e12), 3),
-            "tokens_per_sequence": seq["mean_tokens"]}
+            "seconds_per_micro_batch": round(flops * micro_batch / (GPU_TFLOPS * 1e12), 3),
+            "tokens_per_sequence": seq["mean_tokens"], "image_tiles": seq["image_tiles"]}
 
 
 # -- the parent ------------------------------------------------------------------------------------------------
@@ -254,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a further profile override")
     ap.add_argument("--run-root", default=None, help="where the runs go (default: a temporary folder, removed after)")
     ap.add_argument("--out", default=str(OUT), help=f"result JSON (default: {OUT.relative_to(ROOT)})")
-    ap.add_argument("--table", action="store_true", help="print the README's table from --out and exit")
+    ap.add_argument("--table", action="store_true", help="recompute the GPU estimates from the numbers in --out, "
+                                                         "store them there, print the README's table and exit")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--run-dir", help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -267,11 +306,16 @@ def main(argv: list[str] | None = None) -> dict | None:
         child(a.child, a.run_dir, a.set, a.child_out)
         return None
     if a.table:
-        print(table(json.loads(Path(a.out).read_text())))
+        result = json.loads(Path(a.out).read_text())
+        result["gpu_estimate"] = gpu_estimates(result)  # the method as it is now, on the measured numbers
+        _write(Path(a.out), result)
+        print(table(result))
         return None
     from benchmarks.gpu_stages import stage_plan
+    from kit import quiet
     from kit.params import load_profile
 
+    quiet.known_messages()  # as every stage process does (kit.notebook.setup)
     modes = [m.strip() for m in a.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
     if bad:
@@ -283,8 +327,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     result = {"what": "every stage at SmolVLM-256M-Instruct's and ViT-B-32's sizes (random weights) on a CPU",
               "settings": {"profile": "realsize", "overrides": a.set, "stages": plan, "modes": modes},
               "machine": _machine(), "modes": {}, "failed": None,
-              "gpu_estimate_assumptions": {"gpu_tflops_sustained": GPU_TFLOPS, "decode_step_seconds": DECODE_STEP_S,
-                                           "cuda_context_gib": CUDA_CONTEXT_GIB, "dtype": "bf16"}}
+              "gpu_estimate_assumptions": {"gpu_tflops_sustained": GPU_TFLOPS, "cuda_context_gib": CUDA_CONTEXT_GIB,
+                                           "dtype": "bf16"}}
     t_all = time.perf_counter()
     try:
         for mode in modes:
