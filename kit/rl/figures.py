@@ -94,7 +94,7 @@ def plot_variance(variance: Mapping, path: Path) -> Path:
     if all(est[n].get("relative_within") is not None for n in names):
         panels.append(("relative_within", "within a prompt / squared mean gradient\n(scale-free)",
                        "relative variance (1 / signal-to-noise)"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 3.8))
     for ax, (key, title, ylabel) in zip(axes, panels):
         vals = [est[n][key] for n in names]
         bars = ax.bar([LABELS.get(n, n).replace(" (", "\n(") for n in names], vals,
