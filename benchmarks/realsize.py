@@ -406,7 +406,8 @@ def table(result: dict) -> str:
     """The README's table: per stage, the measured CPU numbers of each mode and the GPU estimate."""
     modes = list(result["modes"])
     head = ("| stage | mode | stage s | s / optimizer step (samples) | tokens / sequence (image) | s / decode step "
-            "| peak RSS GiB | trainable / total params | GPU estimate: memory GiB, s / micro-batch (paper micro-batch) |")
+            "| peak RSS GiB | trainable / total params "
+            "| GPU estimate: memory GiB, s / micro-batch (paper micro-batch) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     est = result.get("gpu_estimate") or {}
     names = list(dict.fromkeys(n for m in modes for n in result["modes"][m]["stages"]))

@@ -73,11 +73,12 @@ def gradient_variance(trainer, rows: Sequence[Mapping] | None = None, *, n_promp
                       baselines: Sequence[str] = ESTIMATORS, max_coords: int = 2 ** 22, seed: int = 0) -> dict:
     """Trace of the covariance of each estimator's per-group gradient, on shared batches.
 
-    `trainer` is a KitRLOOTrainer (its model, reward functions, k and sampling settings are used;
-    its logs are left as they were); `rows` default to the first of its training dataset. Returns, per estimator: `within_prompt` (mean over prompts of
-    the variance across the `repeats` resamples: the part a baseline can remove), `total` (variance
-    across all groups, prompts included), `mean_grad_norm`, their ratios to rloo, and per-prompt
-    values; plus n_prompts, repeats, k, n_params, n_coords, seconds."""
+    `trainer` is a KitRLOOTrainer (its model, reward functions, k and sampling settings are used; its logs
+    are left as they were); `rows` default to the first of its training dataset. Returns, per estimator:
+    `within_prompt` (mean over prompts of the variance across the `repeats` resamples: the part a baseline
+    can remove), `total` (variance across all groups, prompts included), `mean_grad_norm`,
+    `mean_grad_sq_norm` (of the mean gradient), `relative_within` (within_prompt / mean_grad_sq_norm), their
+    ratios to rloo, and per-prompt values; plus n_prompts, repeats, k, n_params, n_coords, seconds."""
     for b in baselines:
         if b not in ESTIMATORS:
             raise ValueError(f"rloo.variance baselines: expected names among {', '.join(ESTIMATORS)}, got {b!r}")

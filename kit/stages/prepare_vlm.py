@@ -26,6 +26,7 @@ from kit.eval.generate import generate
 from kit.keys import mark, processes
 from kit.labels import DESCRIBE_PROMPT
 from kit.models.device import model_spec
+from kit.models.realsize import NAME as REALSIZE_SHAPES
 from kit.models.realsize import build_realsize_vlm, meta_model
 from kit.models.tiny_vlm import build_tiny_vlm
 from kit.models.vlm import BUILT, REALSIZE, TINY, load_vlm, resolve_vlm_path, tiny_vlm_dir
@@ -215,8 +216,9 @@ def _build_realsize(P: Mapping, rd: Path, final: Path, h: str, t0: float) -> dic
 
     cfg = AutoConfig.from_pretrained(final)
     res = {"name": REALSIZE, "path": str(final), "tiny": False, "realsize": True, "params_hash": h,
-           "shapes_of": "HuggingFaceTB/SmolVLM-256M-Instruct", "pretrained": False,
-           "n_params": sum(p.numel() for p in meta_model().parameters()), "image_size": int(P["models"]["vlm"]["image_size"]),
+           "shapes_of": REALSIZE_SHAPES, "pretrained": False,
+           "n_params": sum(p.numel() for p in meta_model().parameters()),
+           "image_size": int(P["models"]["vlm"]["image_size"]),
            "text_layers": cfg.text_config.num_hidden_layers, "vocab_size": cfg.text_config.vocab_size,
            "seconds": round(time.time() - t0, 2), "processes": dist.num_processes(),
            "note": "random weights in the real model's shapes: its answers are random text"}
