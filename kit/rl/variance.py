@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from kit.reward.clip_reward import id_keys
 from kit.rl.advantages import BASELINES, compute_advantages
 from kit.rl.critic import critic_baseline, fit_critic
 
@@ -64,9 +65,13 @@ def _prompt_features(trainer, row: Mapping) -> torch.Tensor:
     if reward is None:
         raise ValueError("gradient_variance: the a2c estimator needs a reward with image_embeddings (kit's "
                          "CLIPReward) to give its critic the prompt's image; leave a2c out of `baselines`")
-    frames = row.get(getattr(reward, "frames_key", "images")) or row["images"]
+    frames = list(row.get(getattr(reward, "frames_key", "images")) or row["images"])
+    # keyed as the reward keys them while sampling (by the row's id), so these come from its cache and add
+    # nothing to it: a new entry would change the batches later scores are computed in (float noise)
+    col = getattr(reward, "key_column", None)
+    keys = id_keys([row[col]], [frames]) if col and row.get(col) is not None else None
     with torch.no_grad():
-        return reward.image_embeddings(list(frames)).float().mean(0).cpu()
+        return reward.image_embeddings(frames, keys=keys).float().mean(0).cpu()
 
 
 def gradient_variance(trainer, rows: Sequence[Mapping] | None = None, *, n_prompts: int = 8, repeats: int = 4,
