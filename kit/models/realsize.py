@@ -74,7 +74,7 @@ def smolvlm_tokenizer(texts: Iterable[str]):
     vocabulary size (49,280), the same special tokens at the same ids, the same chat template. The padding
     entries are never produced. Trained on the toy world's own text, it splits that text into somewhat fewer
     tokens than SmolLM2's general English BPE would; a sample's length is dominated by its image tokens
-    anyway (64 per tile, two to seventeen tiles an image)."""
+    anyway (64 per tile, one to seventeen tiles an image)."""
     import json
 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
