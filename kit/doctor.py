@@ -497,7 +497,12 @@ def realsize_weights() -> Weights:
     meta device."""
     from kit.models.realsize import meta_model
 
-    sd = meta_model().state_dict()
+    return _meta_weights(meta_model())
+
+
+def _meta_weights(model) -> Weights:
+    """Weights of a model built on the meta device: its parameter count, fp32 bytes, 2-D shapes."""
+    sd = model.state_dict()
     n = sum(v.numel() for v in sd.values())
     return Weights(None, n, n * 4, {k: tuple(v.shape) for k, v in sd.items() if v.dim() == 2})
 
@@ -525,11 +530,7 @@ def tiny_weights(P: Mapping) -> Weights:
                        "image_size": int(vp.get("image_size") or 64), "patch_size": c["patch_size"]},
         scale_factor=c["scale_factor"], tie_word_embeddings=False)
     with torch.device("meta"):
-        model = Idefics3ForConditionalGeneration(config)
-    sd = model.state_dict()
-    shapes = {k: tuple(v.shape) for k, v in sd.items() if v.dim() == 2}
-    n = sum(v.numel() for v in sd.values())
-    return Weights(None, n, n * 4, shapes)
+        return _meta_weights(Idefics3ForConditionalGeneration(config))
 
 
 def lora_params(P: Mapping, w: Weights) -> int:

@@ -77,19 +77,12 @@ def smolvlm_tokenizer(texts: Iterable[str]):
     anyway (64 per tile, one to seventeen tiles an image)."""
     import json
 
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    from kit.models.tokenizer import label_corpus
+    from kit.models.tokenizer import train_bpe
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=N_ORDINARY, special_tokens=HEAD, min_frequency=2,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(list(texts) + label_corpus(), trainer=trainer)
-    spec = json.loads(tok.to_str())
+    spec = json.loads(train_bpe(texts, N_ORDINARY, HEAD).to_str())
     vocab = spec["model"]["vocab"]
     for i in range(len(vocab), N_ORDINARY):  # unreachable padding: no merge produces these strings
         vocab[f"<|pad_{i}|>"] = i

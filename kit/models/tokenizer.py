@@ -62,19 +62,26 @@ def label_corpus() -> list[str]:
     return texts
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048):
-    """Train a byte-level BPE on `texts` (plus kit.labels' texts); return a PreTrainedTokenizerFast."""
+def train_bpe(texts: Iterable[str], vocab_size: int, special_tokens: list[str]):
+    """A byte-level BPE (a `tokenizers.Tokenizer`) trained on `texts` plus kit.labels' texts, with
+    `special_tokens` first (ids 0, 1, ...); any text still encodes, unknown words falling back to bytes."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
 
-    corpus = list(texts) + label_corpus()
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=2,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens, min_frequency=2,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(corpus, trainer=trainer)
+    tok.train_from_iterator(list(texts) + label_corpus(), trainer=trainer)
+    return tok
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048):
+    """Train a byte-level BPE on `texts` (plus kit.labels' texts); return a PreTrainedTokenizerFast."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = train_bpe(texts, vocab_size, SPECIAL_TOKENS)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=None,
         additional_special_tokens=[IMAGE, FAKE_IMAGE, GLOBAL_IMAGE, *ROW_COL],

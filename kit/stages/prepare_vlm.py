@@ -112,7 +112,6 @@ def run_prepare_vlm(P: dict, run_dir) -> dict:
 
     work = runs.stage_dir(rd, STAGE) / SUB
     root = bdd_oia_root(P["data"], rd)
-    data_root = root.parent if (root.parent / "coda_lm").exists() else root
     init_dir = work / "init"
 
     def build():  # the main process builds; under several processes the others wait and load it
@@ -120,7 +119,7 @@ def run_prepare_vlm(P: dict, run_dir) -> dict:
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
         if not (init_dir / "config.json").is_file():
-            build_tiny_vlm(init_dir, toyworld.text_corpus(data_root), image_size=int(vp["image_size"]),
+            build_tiny_vlm(init_dir, _text_corpus(P, rd), image_size=int(vp["image_size"]),
                            cfg=vp.get("tiny"), seed=int(P["seed"]))
 
     dist.on_main(build)
@@ -196,17 +195,20 @@ def run_prepare_vlm(P: dict, run_dir) -> dict:
     return res
 
 
+def _text_corpus(P: Mapping, rd: Path) -> list[str]:
+    """The toy world's texts the built VLM's tokenizer is trained on (both datasets' where both are there)."""
+    root = bdd_oia_root(P["data"], rd)
+    return toyworld.text_corpus(root.parent if (root.parent / "coda_lm").exists() else root)
+
+
 def _build_realsize(P: Mapping, rd: Path, final: Path, h: str, t0: float) -> dict:
     """`realsize`: SmolVLM-256M-Instruct's architecture, tokenizer layout, chat template and image processor
     with random weights (kit.models.realsize), published where later stages load the run's VLM; no
     pretraining (its outputs are random text: the realsize profile measures shapes, time and memory)."""
-    root = bdd_oia_root(P["data"], rd)
-    data_root = root.parent if (root.parent / "coda_lm").exists() else root
-
     def build():
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        build_realsize_vlm(tmp, toyworld.text_corpus(data_root), seed=int(P["seed"]))
+        build_realsize_vlm(tmp, _text_corpus(P, rd), seed=int(P["seed"]))
         mark(tmp, h, stage="prepare_vlm")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
