@@ -43,6 +43,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.gpu_stages import _write  # the same atomic JSON write
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 OUT = HERE / "results" / "realsize.json"
@@ -273,13 +275,6 @@ def _machine() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "bitsandbytes": bnb_v, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "threads": torch.get_num_threads()}
-
-
-def _write(path: Path, result: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def build_parser() -> argparse.ArgumentParser:
